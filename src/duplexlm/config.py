@@ -1,0 +1,291 @@
+"""Model configurations: one plain dataclass per family, JSON in and out.
+
+Each config derives and checks its values in ``__post_init__`` (head size, key/value groups), so a
+bad value fails where it is set, naming the field. Variants (norm, MLP, positions) are ``Literal``
+strings resolved to modules in one place (``models/layers.py``); the config stays plain JSON.
+
+>>> cfg = DecoderConfig(vocab_size=100, d_model=32, n_layer=2, n_head=4, n_kv_head=2)
+>>> cfg.head_dim, cfg.n_kv_groups
+(8, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_type_hints
+
+Family = Literal["encoder", "decoder", "seq2seq", "rnn"]
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+Positions = Literal["learned", "rope", "relative", "none"]
+EncoderHead = Literal["none", "mlm", "classify", "tag"]
+DecoderHead = Literal["none", "lm", "classify"]
+Seq2SeqHead = Literal["none", "lm"]
+RNNHead = Literal["none", "classify", "tag", "lm"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the field."""
+
+
+def _nearest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+@dataclass
+class BaseConfig:
+    """Shared behaviour: validation of ``Literal`` fields, JSON round trip, unknown-key errors."""
+
+    family: ClassVar[str] = ""
+
+    def _check_literals(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = get_args(hints[f.name])
+            value = getattr(self, f.name)
+            if allowed and all(isinstance(a, str) for a in allowed) and value not in allowed:
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name}: expected one of {list(allowed)}, found {value!r}"
+                )
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{type(self).__name__}.{name}: expected a positive integer, found {value!r}")
+
+    def _probability(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ConfigError(f"{type(self).__name__}.{name}: expected a probability in [0, 1), found {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BaseConfig:
+        """Build a config from a dict; unknown keys are an error that names the nearest valid ones."""
+        data = {k: v for k, v in data.items() if k not in ("family", "duplexlm_version")}
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}{_nearest(key, names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> BaseConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DecoderConfig(BaseConfig):
+    """A causal decoder: GPT-2 (learned positions, LayerNorm, GELU MLP) or Llama/Qwen2 (RoPE, RMSNorm,
+    SwiGLU, grouped-query attention), switched by fields, never by a model's name."""
+
+    family: ClassVar[str] = "decoder"
+    vocab_size: int = 50257
+    max_seq_len: int = 1024
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None: as many as query heads (multi-head attention)
+    head_dim: int | None = None  # None: d_model // n_head
+    d_ff: int | None = None  # None: 4 * d_model
+    positions: Positions = "learned"
+    rope_theta: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    activation: Activation = "gelu_tanh"
+    gated_mlp: bool = False  # True: SwiGLU/GeGLU, down(act(gate(x)) * up(x))
+    qkv_bias: bool = True
+    out_bias: bool = True  # bias of the attention output projection
+    mlp_bias: bool = True
+    norm_bias: bool = True  # LayerNorm only
+    tie_word_embeddings: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    head: DecoderHead = "lm"
+    num_labels: int = 2
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        self._positive("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ConfigError(
+                    f"DecoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}; "
+                    "set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        self._positive("n_kv_head", "head_dim", "d_ff")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"DecoderConfig.n_kv_head: n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
+            )
+        if self.positions not in ("learned", "rope", "none"):
+            raise ConfigError(f"DecoderConfig.positions: expected 'learned', 'rope' or 'none', found {self.positions!r}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"DecoderConfig.head_dim: rotary embeddings need an even head_dim, found {self.head_dim}")
+        self._probability("dropout", "attn_dropout")
+
+    @property
+    def n_kv_groups(self) -> int:
+        return self.n_head // self.n_kv_head
+
+
+@dataclass
+class EncoderConfig(BaseConfig):
+    """A bidirectional BERT-style encoder (post-LayerNorm, learned positions, token types)."""
+
+    family: ClassVar[str] = "encoder"
+    vocab_size: int = 30522
+    max_seq_len: int = 512
+    type_vocab_size: int = 2
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    d_ff: int | None = None
+    activation: Activation = "gelu"
+    norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    pooler: bool = True  # dense + tanh on the first token, as BERT's next-sentence/classifier input
+    head: EncoderHead = "none"
+    num_labels: int = 2
+    classifier_dropout: float | None = None
+    pad_token_id: int = 0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        self._positive("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer", "n_head")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        self._positive("d_ff", "num_labels")
+        self._probability("dropout", "attn_dropout")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass
+class Seq2SeqConfig(BaseConfig):
+    """A T5-style encoder-decoder: relative position buckets, RMS norm, shared embeddings."""
+
+    family: ClassVar[str] = "seq2seq"
+    vocab_size: int = 32128
+    d_model: int = 512
+    head_dim: int = 64
+    d_ff: int = 2048
+    n_layer: int = 6  # encoder layers
+    n_decoder_layer: int | None = None  # None: as many as the encoder
+    n_head: int = 8
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    activation: Activation = "relu"
+    gated_mlp: bool = False  # True: T5 v1.1 "gated-gelu"
+    norm_eps: float = 1e-6
+    dropout: float = 0.1
+    tie_word_embeddings: bool = True  # T5 v1.0: tied head, logits scaled by d_model**-0.5
+    head: Seq2SeqHead = "lm"
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    init_std: float = 1.0  # T5 scales its init per layer; see Seq2Seq._init_weights
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
+        self._positive("vocab_size", "d_model", "head_dim", "d_ff", "n_layer", "n_decoder_layer", "n_head",
+                       "relative_buckets", "relative_max_distance")
+        self._probability("dropout")
+
+
+@dataclass
+class RNNConfig(BaseConfig):
+    """A recurrent baseline: RNN/GRU/LSTM, one- or two-directional, attention pooling."""
+
+    family: ClassVar[str] = "rnn"
+    cell: Literal["rnn", "gru", "lstm"] = "lstm"
+    vocab_size: int = 8000
+    d_embed: int = 128
+    d_hidden: int = 256
+    n_layer: int = 1
+    bidirectional: bool = True
+    pooling: Literal["attention", "mean", "max", "last"] = "attention"
+    dropout: float = 0.1
+    head: RNNHead = "classify"
+    num_labels: int = 2
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        self._positive("vocab_size", "d_embed", "d_hidden", "n_layer", "num_labels")
+        self._probability("dropout")
+        if self.head == "lm" and self.bidirectional:
+            raise ConfigError("RNNConfig.bidirectional: a language-model head needs a one-directional RNN")
+
+    @property
+    def d_output(self) -> int:
+        return self.d_hidden * (2 if self.bidirectional else 1)
+
+
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
+    "encoder": EncoderConfig,
+    "decoder": DecoderConfig,
+    "seq2seq": Seq2SeqConfig,
+    "rnn": RNNConfig,
+}
+
+AnyConfig = EncoderConfig | DecoderConfig | Seq2SeqConfig | RNNConfig
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> AnyConfig:
+    """Rebuild a config written by :meth:`BaseConfig.to_dict`; ``family`` picks the class."""
+    family = data.get("family")
+    if family not in CONFIG_CLASSES:
+        raise ConfigError(
+            f"{source}: field 'family' must be one of {sorted(CONFIG_CLASSES)}, found {family!r}"
+        )
+    return CONFIG_CLASSES[family].from_dict(data, source=source)  # type: ignore[return-value]
+
+
+def load_config(path: str | Path) -> AnyConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+    return config_from_dict(data, source=str(path))
+
+
+__all__ = [
+    "CONFIG_CLASSES",
+    "AnyConfig",
+    "BaseConfig",
+    "ConfigError",
+    "DecoderConfig",
+    "EncoderConfig",
+    "RNNConfig",
+    "Seq2SeqConfig",
+    "config_from_dict",
+    "field",
+    "load_config",
+]

@@ -1,0 +1,250 @@
+"""Model directories: the one currency between stages.
+
+A duplexlm directory holds ``config.json`` (our config, with ``family``), ``model.safetensors`` and,
+when there is one, ``tokenizer.json`` + ``tokenizer_config.json``. :func:`load` also reads Hugging Face
+directories (``model_type`` bert, gpt2, llama, qwen2, t5) and converts them on the fly.
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed into place only
+when complete, so a crash never leaves a half-written model behind.
+
+>>> import tempfile, torch
+>>> from duplexlm.config import DecoderConfig
+>>> from duplexlm.models import build_model
+>>> model = build_model(DecoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=2))
+>>> d = tempfile.mkdtemp() + "/m"
+>>> save_model(model, d)
+>>> type(load(d)[0]).__name__
+'Decoder'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import __version__
+from .config import AnyConfig, ConfigError, config_from_dict
+from .convert import adapter_for_hf, from_hf, to_hf
+from .convert.common import independent
+from .models import build_model
+from .tokenizer import Tokenizer
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ModelDirectoryError(FileNotFoundError):
+    """A model directory lacks a file it needs; the message names the directory and the files."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types from Rust
+        raise ValueError(f"{file}: not a readable safetensors file: {e}") from e
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Weights from safetensors (single or sharded), else ``pytorch_model.bin`` loaded without
+    unpickling arbitrary objects (``weights_only=True``)."""
+    if (path / "model.safetensors").is_file():
+        return _load_safetensors(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map", {})
+        sd: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise ModelDirectoryError(f"{path}: shard {shard!r} named in {index.name} is missing")
+            sd.update(_load_safetensors(path / shard))
+        return sd
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise ModelDirectoryError(f"{path}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def is_hf_config(config: dict[str, Any]) -> bool:
+    return "family" not in config and "model_type" in config
+
+
+def load_config_and_weights(path: str | Path) -> tuple[AnyConfig, dict[str, Tensor]]:
+    """Our config and state dict (keys as our modules name them) from either kind of directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirectoryError(f"{path}: not a directory")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelDirectoryError(f"{path}: no config.json")
+    raw = read_json(cfg_file)
+    if is_hf_config(raw):
+        adapter_for_hf(raw.get("model_type"), source=str(cfg_file))  # fail on the type before reading weights
+        return from_hf(raw, read_state_dict(path), source=str(cfg_file))
+    config = config_from_dict(raw, source=str(cfg_file))
+    return config, read_state_dict(path)
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load a state dict, checking every name and shape; tied weights may be absent."""
+    expected = model.state_dict()
+    tied = _tied_names(model)
+    missing = [k for k in expected if k not in state_dict and k not in tied]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"{source}: weights do not match the config: {'; '.join(parts)}")
+    for k, t in state_dict.items():
+        if tuple(t.shape) != tuple(expected[k].shape):
+            raise ValueError(
+                f"{source}: tensor {k!r} has shape {tuple(t.shape)}, but the config expects {tuple(expected[k].shape)}"
+            )
+    model.load_state_dict(state_dict, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier-named one (written once)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        else:
+            seen[id(p)] = name
+    return tied
+
+
+def load(path: str | Path, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> tuple[nn.Module, Tokenizer | None]:
+    """Load a model directory (ours or Hugging Face) → ``(model, tokenizer)`` in eval mode.
+
+    The tokenizer is ``None`` when the directory has no ``tokenizer.json`` (a freshly built model).
+
+    >>> model, tokenizer = load("path/to/model")  # doctest: +SKIP
+    >>> out = model(input_ids, attention_mask=mask)  # doctest: +SKIP
+    """
+    path = Path(path)
+    config, sd = load_config_and_weights(path)
+    model = build_model(config)
+    load_weights(model, sd, source=str(path))
+    model.to(device=device, dtype=dtype or torch.float32)
+    model.eval()
+    tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _own_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    tied = _tied_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in tied}
+
+
+class atomic_directory:
+    """Context manager yielding a temporary directory that replaces ``path`` only on success.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()) / "out"
+    >>> with atomic_directory(d) as tmp:
+    ...     _ = (tmp / "a.txt").write_text("x")
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.txt']
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        for f in self.tmp.iterdir():  # flush file contents before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write a duplexlm model directory atomically."""
+    config: AnyConfig = model.config  # type: ignore[assignment]
+    with atomic_directory(path) as tmp:
+        _write_json(tmp / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
+        save_file(independent(_own_state_dict(model)), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "producer": "duplexlm"})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def convert_to_hf(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """A duplexlm directory → a Hugging Face directory that ``transformers.AutoModel*`` loads."""
+    src = Path(src)
+    config, sd = load_config_and_weights(src)
+    load_weights(build_model(config), sd, source=str(src))  # validates names and shapes
+    hf_config, hf_sd = to_hf(config, sd)
+    with atomic_directory(dst) as tmp:
+        _write_json(tmp / "config.json", hf_config)
+        save_file(independent(hf_sd), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _copy_tokenizer(src, tmp)
+    return hf_config
+
+
+def convert_from_hf(src: str | Path, dst: str | Path) -> AnyConfig:
+    """A Hugging Face directory → a duplexlm directory."""
+    src = Path(src)
+    model, _ = load(src)
+    with atomic_directory(dst) as tmp:
+        _write_json(tmp / "config.json", {"duplexlm_version": __version__, **model.config.to_dict()})
+        save_file(independent(_own_state_dict(model)), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "producer": "duplexlm"})
+        _copy_tokenizer(src, tmp)
+    return model.config

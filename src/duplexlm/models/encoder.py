@@ -1,0 +1,190 @@
+"""A bidirectional Transformer encoder in the style of BERT.
+
+Read top to bottom: block (post-norm attention + MLP) → heads (masked LM, classifier) → the model
+(word + position + token-type embeddings, blocks, optional pooler, head).
+
+>>> import torch
+>>> from duplexlm.config import EncoderConfig
+>>> cfg = EncoderConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layer=2, n_head=4, head="mlm")
+>>> model = Encoder(cfg).eval()
+>>> out = model(torch.randint(0, 64, (2, 8)))
+>>> out.last_hidden_state.shape, out.logits.shape, out.pooled_output.shape
+(torch.Size([2, 8, 32]), torch.Size([2, 8, 64]), torch.Size([2, 32]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError, EncoderConfig
+from .layers import ACTIVATIONS, MLP, Attention, build_norm, make_mask
+from .outputs import ModelOutput
+
+
+class Block(nn.Module):
+    """Post-norm residual block, as in the original Transformer and BERT:
+    x = norm_1(x + attn(x)), then x = norm_2(x + mlp(x))."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        c = config
+        self.attn = Attention(c.d_model, c.n_head, attn_dropout=c.attn_dropout)
+        self.norm_1 = build_norm("layernorm", c.d_model, c.norm_eps)
+        self.mlp = MLP(c.d_model, c.d_ff, c.activation)
+        self.norm_2 = build_norm("layernorm", c.d_model, c.norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None, impl: str) -> tuple[Tensor, Tensor | None]:
+        h, weights = self.attn(x, mask=mask, impl=impl)  # (B, T, C), (B, nh, T, T) or None
+        x = self.norm_1(x + self.dropout(h))
+        x = self.norm_2(x + self.dropout(self.mlp(x)))
+        return x, weights
+
+
+class MLMHead(nn.Module):
+    """Masked-LM head: dense → activation → LayerNorm → decoder onto the vocabulary.
+
+    The decoder's weight is the word embedding (tied by :meth:`Encoder.tie_weights`); its bias is
+    the head's own.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        c = config
+        self.dense = nn.Linear(c.d_model, c.d_model)
+        self.act = ACTIVATIONS[c.activation]
+        self.norm = build_norm("layernorm", c.d_model, c.norm_eps)
+        self.decoder = nn.Linear(c.d_model, c.vocab_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, C) → logits (B, T, V)."""
+        return self.decoder(self.norm(self.act(self.dense(x))))
+
+
+class Encoder(nn.Module):
+    """Word + learned position + token-type embeddings → LayerNorm → N post-norm blocks →
+    optional pooler (dense + tanh on the first token) → optional head.
+
+    ``head='mlm'`` gives vocabulary logits (B, T, V); ``'classify'`` gives (B, num_labels) from the
+    pooled first token; ``'tag'`` gives per-token logits (B, T, num_labels); ``'none'`` gives hidden
+    states only.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        if c.head == "classify" and not c.pooler:
+            raise ConfigError("EncoderConfig.pooler: head='classify' reads the pooled first token; "
+                              "set pooler=True")
+        if not 0 <= c.pad_token_id < c.vocab_size:
+            raise ConfigError(f"EncoderConfig.pad_token_id: expected an id in [0, {c.vocab_size}), "
+                              f"found {c.pad_token_id}")
+        self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id)
+        self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model)
+        self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model)
+        self.embed_norm = build_norm("layernorm", c.d_model, c.norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.pooler = nn.Linear(c.d_model, c.d_model) if c.pooler else None
+        self.mlm_head = MLMHead(c) if c.head == "mlm" else None
+        self.classifier: nn.Linear | None = None
+        if c.head in ("classify", "tag"):
+            p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
+            self.classifier_dropout = nn.Dropout(p)
+            self.classifier = nn.Linear(c.d_model, c.num_labels)
+        self.apply(self._init_weights)
+        self.tie_weights()
+        # A state dict may leave out the tied decoder weight (from_hf does, safetensors files often
+        # do); fill it from the embedding so strict loading still works.
+        self._register_load_state_dict_pre_hook(self._fill_tied_weight)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's init: normal(0, init_std) weights, zero biases, unit LayerNorms, a zero padding row."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def tie_weights(self) -> None:
+        """Share the word embedding with the masked-LM decoder."""
+        if self.mlm_head is not None:
+            self.mlm_head.decoder.weight = self.embed.weight
+
+    def _fill_tied_weight(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        tied, source = prefix + "mlm_head.decoder.weight", prefix + "embed.weight"
+        if self.mlm_head is not None and tied not in state_dict and source in state_dict:
+            state_dict[tied] = state_dict[source]
+
+    def _check_input(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
+                     position_ids: Tensor | None) -> None:
+        c = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected shape (batch, seq_len), found {tuple(input_ids.shape)}")
+        shape = tuple(input_ids.shape)
+        if shape[1] > c.max_seq_len:
+            raise ValueError(f"input_ids: {shape[1]} positions exceed max_seq_len={c.max_seq_len} "
+                             "of this model's learned position table")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                        ("position_ids", position_ids)):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape} (as input_ids), found {tuple(t.shape)}")
+        for name, t, high in (("input_ids", input_ids, c.vocab_size),
+                              ("token_type_ids", token_type_ids, c.type_vocab_size),
+                              ("position_ids", position_ids, c.max_seq_len)):
+            if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
+                raise ValueError(f"{name}: values must lie in [0, {high}), "
+                                 f"found min {int(t.min())}, max {int(t.max())} (shape {tuple(t.shape)})")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        """input_ids (B, T); attention_mask (B, T) of 1 = real token, 0 = padding; token_type_ids
+        (B, T) segment ids (default 0); position_ids (B, T) (default 0..T-1)."""
+        self._check_input(input_ids, attention_mask, token_type_ids, position_ids)
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(position_ids)  # (B, T, C)
+        x = self.dropout(self.embed_norm(x))
+        mask = make_mask(attention_mask, T, T, causal=False)  # (B, 1, 1, T) or None: every token sees all
+        impl = "eager" if output_attentions else "sdpa"
+
+        hidden_states: list[Tensor] = [x] if output_hidden_states else []
+        attentions: list[Tensor] = []
+        for block in self.blocks:
+            x, weights = block(x, mask, impl)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if weights is not None:
+                attentions.append(weights)
+
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, C)
+        logits = None
+        if self.mlm_head is not None:
+            logits = self.mlm_head(x)  # (B, T, V)
+        elif self.classifier is not None:
+            features = pooled if self.config.head == "classify" else x  # (B, C) or (B, T, C)
+            logits = self.classifier(self.classifier_dropout(features))  # (B, [T,] num_labels)
+        return ModelOutput(
+            last_hidden_state=x, logits=logits, pooled_output=pooled,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+__all__ = ["Block", "Encoder", "MLMHead"]

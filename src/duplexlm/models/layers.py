@@ -1,0 +1,332 @@
+"""Building blocks shared by every Transformer family, read top to bottom:
+
+norms → activations and MLPs → positions (rotary, T5 relative buckets) → masks → attention functions
+(SDPA and an explicit-math reference that returns the weights) → the attention module → KV cache.
+
+Shapes use B batch, T query length, S key length, nh query heads, nkv key/value heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------------------------------
+# Norms
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama, T5): no mean subtraction, no bias, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Cast back before the weight, as Llama and T5 do, so half-precision matches them.
+        return self.weight * x32.to(dtype)
+
+
+def build_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"norm: expected 'layernorm' or 'rmsnorm', found {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Activations and feed-forward
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact (erf) GELU: BERT
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's "gelu_new", T5 v1.1's gated-gelu
+    "relu": F.relu,
+    "silu": F.silu,  # SwiGLU when gated: Llama, Qwen2
+}
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", gated: bool = False,
+                 bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, found {activation!r}")
+        self.act = ACTIVATIONS[activation]
+        self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is not None:
+            h = self.act(self.gate(x)) * self.up(x)
+        else:
+            h = self.act(self.up(x))
+        return self.down(self.dropout(h))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Positions
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer), half-split layout as in Llama/Qwen2 checkpoints."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """position_ids (B, T) → cos, sin each (B, 1, T, hs) in fp32."""
+        freqs = position_ids.float()[..., None] * self.inv_freq  # (B, T, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hs)
+        return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, nh, T, hs); cos/sin (B, 1, T, hs)."""
+    return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
+
+
+def relative_position_bucket(relative_position: Tensor, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Tensor:
+    """T5's bucketing of (key - query) offsets: exact buckets near zero, log-spaced ones beyond,
+    everything past ``max_distance`` in the last bucket. Bidirectional halves the buckets by sign."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        # A decoder only looks back: offsets to the future collapse into bucket 0.
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 relative position bias: one learned scalar per (bucket, head), added to attention scores."""
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128,
+                 bidirectional: bool = True) -> None:
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.embedding = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, q_len: int, k_len: int, q_offset: int = 0) -> Tensor:
+        """→ bias (1, nh, T, S) for queries at positions q_offset..q_offset+T-1 and keys 0..S-1."""
+        device = self.embedding.weight.device
+        q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
+        k_pos = torch.arange(k_len, device=device)[None, :]
+        buckets = relative_position_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets,
+                                           self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1)[None]  # (1, nh, T, S)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Masks: True means "may attend". Kept boolean until the attention function turns them into an
+# additive bias in the query's dtype, so padding and causality combine without overflowing to -inf.
+
+
+def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: bool,
+              q_offset: int = 0) -> Tensor | None:
+    """Combine a padding mask (B, S) of 1/0 with causality into a boolean (B, 1, T, S), or None
+    when nothing is masked."""
+    mask = None
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != k_len:
+            raise ValueError(
+                f"attention_mask: expected {k_len} columns (one per key position, cached ones included), "
+                f"found shape {tuple(attention_mask.shape)}"
+            )
+        if not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    # Causality needs no explicit mask when the attention function can infer it: a square
+    # block from position 0 (is_causal, the flash path), or one new token that sees everything.
+    implicit = q_offset == k_len - q_len and (q_len == k_len or q_len == 1)
+    if causal and not (mask is None and implicit):
+        device = attention_mask.device if attention_mask is not None else None
+        q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
+        k_pos = torch.arange(k_len, device=device)[None, :]
+        causal_mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+        mask = causal_mask if mask is None else mask & causal_mask
+    return mask
+
+
+def _additive(mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    if mask is None:
+        return None if bias is None else bias.to(dtype)
+    base = torch.zeros((), dtype=dtype, device=mask.device) if bias is None else bias.to(dtype)
+    return base.masked_fill(~mask, torch.finfo(dtype).min)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention functions: one registry, as transformers' ALL_ATTENTION_FUNCTIONS. Each takes
+# q (B, nh, T, hs), k and v (B, nkv, S, hs) and returns (out (B, nh, T, hs), weights or None).
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                   is_causal: bool = False, dropout_p: float = 0.0,
+                   scale: float | None = None) -> tuple[Tensor, None]:
+    """PyTorch's fused scaled dot-product attention (flash / memory-efficient kernels where they apply)."""
+    attn_mask = _additive(mask, bias, q.dtype)
+    gqa = k.shape[1] != q.shape[1]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+        is_causal=is_causal and attn_mask is None and q.shape[-2] == k.shape[-2],
+        scale=scale, enable_gqa=gqa,
+    )
+    return out, None
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                    is_causal: bool = False, dropout_p: float = 0.0,
+                    scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """The explicit math, softmax(q kᵀ · scale + bias + mask) v, returning the weights (B, nh, T, S)."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S)
+    if is_causal and mask is None:
+        T, S = q.shape[-2], k.shape[-2]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+    additive = _additive(mask, bias, scores.dtype)
+    if additive is not None:
+        scores = scores + additive
+    weights = scores.float().softmax(dim=-1).to(q.dtype)
+    out = F.dropout(weights, p=dropout_p) @ v
+    return out, weights
+
+
+ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {
+    "sdpa": sdpa_attention,
+    "eager": eager_attention,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Key/value cache: a plain preallocated structure the model writes into; decoding loops live in infer/.
+
+
+class KVCache:
+    """Preallocated keys and values for incremental decoding, one slot per layer.
+
+    >>> cache = KVCache(n_layer=2, batch_size=1, n_kv_head=2, max_len=16, head_dim=8)
+    >>> cache.pos
+    0
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0  # number of positions already written
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this call's k, v (B, nkv, T, hs) after the cached ones; return all so far (B, nkv, pos+T, hs)."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions requested but the cache holds max_len={self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k.to(self.k.dtype)
+        self.v[layer, :, :, self.pos:end] = v.to(self.v.dtype)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# The attention module
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query heads (nkv ≤ nh), optional rotary positions,
+    an additive bias (T5 relative positions), a KV cache, and a cross-attention mode.
+
+    Self-attention projects q, k, v with one fused ``qkv`` Linear; cross-attention uses ``q`` on the
+    decoder states and a fused ``kv`` on the encoder's.
+    """
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, head_dim: int | None = None,
+                 qkv_bias: bool = True, out_bias: bool = True, attn_dropout: float = 0.0,
+                 scale: float | None = None, cross: bool = False) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.head_dim = head_dim or d_model // n_head
+        self.scale = scale
+        self.attn_dropout = attn_dropout
+        self.cross = cross
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if cross:
+            self.q = nn.Linear(d_model, q_size, bias=qkv_bias)
+            self.kv = nn.Linear(d_model, 2 * kv_size, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(d_model, q_size + 2 * kv_size, bias=qkv_bias)
+        self.proj = nn.Linear(q_size, d_model, bias=out_bias)
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                is_causal: bool = False, rope: tuple[Tensor, Tensor] | None = None,
+                kv_cache: KVCache | None = None, layer: int = 0, context: Tensor | None = None,
+                impl: str = "sdpa") -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) → (B, T, C) and the attention weights when ``impl='eager'``.
+
+        ``context`` (B, S, C) is the encoder output for cross-attention.
+        """
+        B, T, _ = x.shape
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs the encoder output as context")
+            q = self._heads(self.q(x), self.n_head)
+            k, v = self._split_kv(self.kv(context))
+        else:
+            q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+            q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y, weights = ATTENTION_FUNCTIONS[impl](q, k, v, mask=mask, bias=bias, is_causal=is_causal,
+                                               dropout_p=dropout_p, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, q_size)  # re-assemble heads side by side
+        return self.proj(y), weights
+
+    def _split_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = kv.chunk(2, dim=-1)
+        return self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
