@@ -79,7 +79,10 @@ class Tokenizer:
         if isinstance(texts, str):
             texts = [texts]
         encs = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        rows = [e.ids[:max_length] if max_length else e.ids for e in encs]
+        # A tokenizer.json may carry its own padding (all-MiniLM pads to 128): keep the real tokens only
+        # (sum of its attention mask, right-padded) and pad the batch to its longest row ourselves.
+        rows = [e.ids[: sum(e.attention_mask)] for e in encs]
+        rows = [r[:max_length] if max_length else r for r in rows]
         types = [e.type_ids[: len(r)] for e, r in zip(encs, rows)]
         width = max((len(r) for r in rows), default=0)
         pad = self.pad_token_id if self.pad_token_id is not None else 0

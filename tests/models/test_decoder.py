@@ -142,3 +142,19 @@ def test_config_errors():
         DecoderConfig(norm="batchnorm")
     with pytest.raises(ConfigError, match="did you mean 'n_layer'"):
         DecoderConfig.from_dict({"n_layers": 3})
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_attention_functions_stay_causal_with_a_bias(impl):
+    from duplexlm.models.layers import ATTENTION_FUNCTIONS, eager_attention
+
+    q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+    bias = torch.randn(1, 2, 5, 5)
+    out, _ = ATTENTION_FUNCTIONS[impl](q, k, v, bias=bias, is_causal=True)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    ref, _ = eager_attention(q, k, v, mask=causal, bias=bias)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    # one new query at the end of a longer key sequence sees every key
+    out1, _ = ATTENTION_FUNCTIONS[impl](q[:, :, -1:], k, v, is_causal=True)
+    torch.testing.assert_close(out1, eager_attention(q[:, :, -1:], k, v)[0],
+                               atol=1e-6, rtol=0)

@@ -191,11 +191,16 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, 
                    is_causal: bool = False, dropout_p: float = 0.0,
                    scale: float | None = None) -> tuple[Tensor, None]:
     """PyTorch's fused scaled dot-product attention (flash / memory-efficient kernels where they apply)."""
+    T, S = q.shape[-2], k.shape[-2]
+    if is_causal and mask is None and (bias is not None or T != S):
+        # SDPA's is_causal cannot be combined with an additive bias, and aligns top-left when T != S:
+        # spell causality out, aligned so the last query sees every key.
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
     attn_mask = _additive(mask, bias, q.dtype)
     gqa = k.shape[1] != q.shape[1]
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-        is_causal=is_causal and attn_mask is None and q.shape[-2] == k.shape[-2],
+        is_causal=is_causal and attn_mask is None,
         scale=scale, enable_gqa=gqa,
     )
     return out, None
@@ -217,7 +222,8 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
     additive = _additive(mask, bias, scores.dtype)
     if additive is not None:
         scores = scores + additive
-    weights = scores.float().softmax(dim=-1).to(q.dtype)
+    # softmax in at least fp32 (half-precision scores lose too much), in fp64 when given fp64
+    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     out = F.dropout(weights, p=dropout_p) @ v
     return out, weights
 

@@ -20,6 +20,6 @@ class ModelOutput:
     logits: Tensor | None = None
     pooled_output: Tensor | None = None  # encoder pooler / RNN pooled vector
     hidden_states: tuple[Tensor, ...] | None = None  # embeddings output, then each layer's
-    attentions: tuple[Tensor, ...] | None = None  # (B, nh, Tq, Tk) per layer, when asked for
+    attentions: tuple[Tensor, ...] | None = None  # (B, nh, Tq, Tk) per layer when asked for; RNN pooling: (B, T)
     encoder_last_hidden_state: Tensor | None = None  # seq2seq only
     kv_cache: Any = None  # the cache passed in, advanced past this call's tokens

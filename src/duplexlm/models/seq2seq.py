@@ -1,0 +1,374 @@
+"""A T5-style encoder-decoder: one shared embedding, a bidirectional encoder, a causal decoder that
+cross-attends to the encoder's output, and an optional LM head.
+
+T5's particular choices, all kept here so the weights of Hugging Face T5 checkpoints run unchanged:
+pre-RMSNorm blocks without biases; no absolute positions but a learned relative position bias
+(bucketed ``key - query`` offsets), computed once per stack from the first layer's table and added
+to every layer's self-attention scores; no 1/sqrt(head_dim) scaling of the scores; cross-attention
+without position bias; a ReLU (v1.0) or gated-GELU (v1.1) feed-forward; a tied head whose input is
+scaled by d_model**-0.5 (v1.0) or a separate head without scaling (v1.1).
+
+Read top to bottom: cache → block → stack (encoder or decoder) → the model.
+
+>>> import torch
+>>> from duplexlm.config import Seq2SeqConfig
+>>> config = Seq2SeqConfig(vocab_size=64, d_model=32, head_dim=8, d_ff=64, n_layer=2, n_head=4)
+>>> model = Seq2Seq(config).eval()
+>>> src, tgt = torch.randint(0, 64, (2, 7)), torch.randint(0, 64, (2, 5))
+>>> model(src, decoder_input_ids=tgt).logits.shape
+torch.Size([2, 5, 64])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Seq2SeqConfig
+from .layers import (
+    ATTENTION_FUNCTIONS,
+    MLP,
+    Attention,
+    KVCache,
+    RelativePositionBias,
+    RMSNorm,
+    make_mask,
+)
+from .outputs import ModelOutput
+
+
+def shift_right(labels: Tensor, decoder_start_token_id: int = 0, pad_token_id: int = 0) -> Tensor:
+    """Decoder inputs for teacher forcing: ``labels`` moved one step right behind the start token,
+    with the loss's ignore index -100 replaced by padding.
+
+    >>> shift_right(torch.tensor([[5, 6, 1, -100]])).tolist()
+    [[0, 5, 6, 1]]
+    """
+    shifted = torch.empty_like(labels)  # (B, T)
+    shifted[..., 0] = decoder_start_token_id
+    shifted[..., 1:] = labels[..., :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def _causal_mask(q_len: int, k_len: int, q_offset: int, device: torch.device) -> Tensor:
+    """Boolean (1, 1, T, S): query at position q_offset + t may see keys 0..q_offset + t."""
+    q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return (k_pos <= q_pos)[None, None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cache for incremental decoding
+
+
+class Seq2SeqCache:
+    """What decoding token by token keeps between calls: the decoder's self-attention keys and values
+    (a preallocated :class:`KVCache`), and each decoder layer's cross-attention keys and values,
+    projected once from the encoder output at the first call, with the encoder's padding mask.
+
+    >>> cache = Seq2SeqCache(n_layer=2, batch_size=1, n_head=4, max_len=16, head_dim=8)
+    >>> cache.pos, cache.has_cross
+    (0, False)
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        self.self_attn = KVCache(n_layer, batch_size, n_head, max_len, head_dim, dtype=dtype, device=device)
+        self.batch_size = batch_size
+        self.cross: list[tuple[Tensor, Tensor]] = []  # per layer: k, v each (B, nh, S, hs)
+        self.encoder_mask: Tensor | None = None  # (B, S) of 1/0, or None when nothing is padded
+
+    @property
+    def pos(self) -> int:
+        """Number of decoder positions already cached."""
+        return self.self_attn.pos
+
+    @property
+    def has_cross(self) -> bool:
+        return bool(self.cross)
+
+    def reset(self) -> None:
+        """Forget everything, so the cache can serve a new batch of sources."""
+        self.self_attn.reset()
+        self.cross = []
+        self.encoder_mask = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Blocks
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), [x + cross_attn(norm(x), encoder)], x + mlp(norm(x)).
+
+    The encoder's blocks have no cross-attention; the decoder's do.
+    """
+
+    def __init__(self, config: Seq2SeqConfig, cross: bool) -> None:
+        super().__init__()
+        c = config
+        # T5 folds the scale into its init (q std (d_model * hs)**-0.5), so scores are not divided
+        # by sqrt(hs): scale=1.0.
+        self.norm_1 = RMSNorm(c.d_model, c.norm_eps)
+        self.attn = Attention(c.d_model, c.n_head, head_dim=c.head_dim, qkv_bias=False, out_bias=False,
+                              attn_dropout=c.dropout, scale=1.0)
+        self.norm_cross: RMSNorm | None = None
+        self.cross_attn: Attention | None = None
+        if cross:
+            self.norm_cross = RMSNorm(c.d_model, c.norm_eps)
+            self.cross_attn = Attention(c.d_model, c.n_head, head_dim=c.head_dim, qkv_bias=False,
+                                        out_bias=False, attn_dropout=c.dropout, scale=1.0, cross=True)
+        self.norm_2 = RMSNorm(c.d_model, c.norm_eps)
+        self.mlp = MLP(c.d_model, c.d_ff, c.activation, gated=c.gated_mlp, bias=False, dropout=c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def cross_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output (B, S, C) → this layer's cross-attention k, v, each (B, nh, S, hs).
+
+        Computed once per source: the encoder output does not change while the decoder runs.
+        """
+        if self.cross_attn is None:
+            raise ValueError("cross_kv: this block has no cross-attention (it belongs to the encoder)")
+        a = self.cross_attn
+        B, S, _ = context.shape
+        kv = a.kv(context).view(B, S, 2, a.n_kv_head, a.head_dim)  # fused [k | v] along the features
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, S, hs)
+        return k, v
+
+    def _cross_attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                      impl: str) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) attends to precomputed encoder keys/values (B, nh, S, hs) → (B, T, C)."""
+        a = self.cross_attn
+        B, T, _ = x.shape
+        q = a.q(x).view(B, T, a.n_head, a.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = a.attn_dropout if self.training else 0.0
+        y, weights = ATTENTION_FUNCTIONS[impl](q, k, v, mask=mask, dropout_p=dropout_p, scale=a.scale)
+        y = y.transpose(1, 2).reshape(B, T, a.n_head * a.head_dim)  # (B, T, nh * hs)
+        return a.proj(y), weights
+
+    def forward(self, x: Tensor, mask: Tensor | None, bias: Tensor, kv_cache: KVCache | None, layer: int,
+                impl: str, cross_kv: tuple[Tensor, Tensor] | None = None,
+                cross_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) → (B, T, C) and the self-attention weights (B, nh, T, S) when ``impl='eager'``."""
+        h, weights = self.attn(self.norm_1(x), mask=mask, bias=bias, kv_cache=kv_cache, layer=layer, impl=impl)
+        x = x + self.dropout(h)
+        if self.norm_cross is not None and cross_kv is not None:
+            h, _ = self._cross_attend(self.norm_cross(x), *cross_kv, mask=cross_mask, impl=impl)
+            x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.norm_2(x)))
+        return x, weights
+
+
+class Stack(nn.Module):
+    """N blocks sharing one relative position bias, then a final RMSNorm.
+
+    The encoder's bias is bidirectional (separate buckets for keys before and after the query); the
+    decoder's looks only back and is combined with a causal mask.
+    """
+
+    def __init__(self, config: Seq2SeqConfig, n_layer: int, decoder: bool) -> None:
+        super().__init__()
+        c = config
+        self.decoder = decoder
+        # T5 keeps this table in the first layer only; every layer adds the same bias.
+        self.rel_bias = RelativePositionBias(c.n_head, c.relative_buckets, c.relative_max_distance,
+                                             bidirectional=not decoder)
+        self.blocks = nn.ModuleList(Block(c, cross=decoder) for _ in range(n_layer))
+        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None, kv_cache: Seq2SeqCache | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        """x (B, T, C) embedded tokens → ModelOutput with last_hidden_state (B, T, C).
+
+        For the decoder: ``context`` (B, S, C) is the encoder output and ``context_mask`` (B, S) its
+        padding; with ``kv_cache``, the cross-attention keys and values come from the cache once it
+        holds them, and ``attention_mask`` covers the cached positions too (B, past + T).
+        """
+        T = x.shape[1]
+        past = kv_cache.pos if kv_cache is not None else 0
+        S = past + T
+        if self.decoder:
+            mask = make_mask(attention_mask, T, S, causal=True, q_offset=past)
+            if mask is None and T > 1:
+                # make_mask leaves plain causality to the attention function's is_causal flag, which
+                # SDPA ignores once an additive bias is given: spell the causal mask out.
+                mask = _causal_mask(T, S, past, x.device)
+            cross_kv = self._cross_kv(context, context_mask, kv_cache)
+            cross_mask = make_mask(kv_cache.encoder_mask if kv_cache is not None else context_mask,
+                                   T, cross_kv[0][0].shape[2], causal=False)
+        else:
+            mask = make_mask(attention_mask, T, S, causal=False)
+            cross_kv, cross_mask = [None] * len(self.blocks), None
+        bias = self.rel_bias(T, S, q_offset=past)  # (1, nh, T, S), shared by all layers
+        impl = "eager" if output_attentions else "sdpa"
+        self_cache = kv_cache.self_attn if kv_cache is not None else None
+
+        x = self.dropout(x)
+        hidden_states: list[Tensor] = [x] if output_hidden_states else []
+        attentions: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, mask, bias, self_cache, i, impl, cross_kv[i], cross_mask)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if weights is not None:
+                attentions.append(weights)
+        x = self.dropout(self.norm(x))
+        if output_hidden_states:
+            hidden_states[-1] = x  # as in transformers: the last entry is after the final norm
+        if self_cache is not None:
+            self_cache.advance(T)
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            kv_cache=kv_cache,
+        )
+
+    def _cross_kv(self, context: Tensor | None, context_mask: Tensor | None,
+                  kv_cache: Seq2SeqCache | None) -> list[tuple[Tensor, Tensor]]:
+        """Every layer's cross-attention k, v: from the cache when it has them, else projected from
+        ``context`` (and stored in the cache for the next calls)."""
+        if kv_cache is not None and kv_cache.has_cross:
+            if context_mask is not None:
+                kv_cache.encoder_mask = context_mask
+            return kv_cache.cross
+        if context is None:
+            raise ValueError("encoder_outputs: the decoder needs the encoder output (or a cache that holds it)")
+        cross = [block.cross_kv(context) for block in self.blocks]
+        if kv_cache is not None:
+            kv_cache.cross, kv_cache.encoder_mask = cross, context_mask
+        return cross
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+
+class Seq2Seq(nn.Module):
+    """Shared token embedding → encoder stack; shared embedding → decoder stack (cross-attending to
+    the encoder) → optional LM head.
+
+    ``head='lm'`` gives next-token logits (B, T, V); ``'none'`` gives hidden states only.
+    """
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)  # shared by encoder, decoder (and tied head)
+        self.encoder = Stack(c, c.n_layer, decoder=False)
+        self.decoder = Stack(c, c.n_decoder_layer, decoder=True)
+        self.lm_head: nn.Linear | None = None
+        if c.head == "lm":
+            self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self._init_weights()
+        self.tie_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """T5's init (Mesh TensorFlow): each weight's std makes its output roughly unit-variance,
+        times ``config.init_std`` (T5's ``initializer_factor``)."""
+        c, f = self.config, self.config.init_std
+        nn.init.normal_(self.embed.weight, mean=0.0, std=f)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=f)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                q_size = module.n_head * module.head_dim
+                q = module.q.weight if module.cross else module.qkv.weight[:q_size]
+                kv = module.kv.weight if module.cross else module.qkv.weight[q_size:]
+                nn.init.normal_(q, mean=0.0, std=f * (c.d_model * c.head_dim) ** -0.5)
+                nn.init.normal_(kv, mean=0.0, std=f * c.d_model ** -0.5)
+                nn.init.normal_(module.proj.weight, mean=0.0, std=f * q_size ** -0.5)
+            elif isinstance(module, MLP):
+                for linear in (module.up, module.gate):
+                    if linear is not None:
+                        nn.init.normal_(linear.weight, mean=0.0, std=f * c.d_model ** -0.5)
+                nn.init.normal_(module.down.weight, mean=0.0, std=f * c.d_ff ** -0.5)
+            elif isinstance(module, RelativePositionBias):
+                nn.init.normal_(module.embedding.weight, mean=0.0, std=f * c.d_model ** -0.5)
+            elif isinstance(module, RMSNorm):
+                nn.init.constant_(module.weight, f)
+
+    def tie_weights(self) -> None:
+        """Share the token embedding with the LM head when the config says so (T5 v1.0)."""
+        if self.lm_head is not None and self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def shift_right(self, labels: Tensor) -> Tensor:
+        """Decoder inputs from ``labels`` (B, T) with this config's start and pad tokens."""
+        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> Seq2SeqCache:
+        """An empty cache for decoding up to ``max_len`` target positions of ``batch_size`` sources."""
+        c = self.config
+        return Seq2SeqCache(c.n_decoder_layer, batch_size, c.n_head, max_len, c.head_dim,
+                            dtype=dtype or self.embed.weight.dtype, device=self.embed.weight.device)
+
+    def _check_ids(self, ids: Tensor, name: str) -> None:
+        if ids.dim() != 2:
+            raise ValueError(f"{name}: expected shape (batch, seq_len), found {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"{name}: token ids must lie in [0, {self.config.vocab_size}), "
+                f"found min {int(ids.min())}, max {int(ids.max())}"
+            )
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False,
+               output_attentions: bool = False) -> ModelOutput:
+        """input_ids (B, S); attention_mask (B, S) of 1 = real token, 0 = padding → the encoder's
+        ModelOutput, last_hidden_state (B, S, C)."""
+        self._check_ids(input_ids, "input_ids")
+        return self.encoder(self.embed(input_ids), attention_mask, output_hidden_states=output_hidden_states,
+                            output_attentions=output_attentions)
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                decoder_input_ids: Tensor | None = None, decoder_attention_mask: Tensor | None = None,
+                encoder_outputs: Tensor | ModelOutput | None = None, kv_cache: Seq2SeqCache | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        """Encode ``input_ids`` (B, S) unless ``encoder_outputs`` (B, S, C) is given, then decode
+        ``decoder_input_ids`` (B, T).
+
+        ``attention_mask`` (B, S) masks the source's padding in the encoder and in cross-attention;
+        ``decoder_attention_mask`` (B, past + T) the target's. With ``kv_cache`` (from
+        :meth:`new_cache`), the call's decoder tokens follow the ``kv_cache.pos`` cached ones; the
+        first call stores the cross-attention keys and values, so later calls need neither
+        ``input_ids`` nor ``encoder_outputs`` (a source given then is not encoded again).
+
+        Returns the decoder's final state as ``last_hidden_state`` (B, T, C), the encoder's as
+        ``encoder_last_hidden_state`` (when computed or given), ``logits`` (B, T, V) with an LM head,
+        and the decoder's hidden states and self-attention weights on request.
+        """
+        if decoder_input_ids is None:
+            raise ValueError(
+                "decoder_input_ids: required by Seq2Seq.forward; build them from the labels with "
+                "shift_right(labels), or call encode() to run the encoder alone"
+            )
+        self._check_ids(decoder_input_ids, "decoder_input_ids")
+        if kv_cache is not None and kv_cache.batch_size != decoder_input_ids.shape[0]:
+            raise ValueError(
+                f"kv_cache: built for batch size {kv_cache.batch_size}, "
+                f"but decoder_input_ids has {decoder_input_ids.shape[0]} rows"
+            )
+        if isinstance(encoder_outputs, ModelOutput):
+            encoder_outputs = encoder_outputs.last_hidden_state
+        cached = kv_cache is not None and kv_cache.has_cross
+        if encoder_outputs is None and not cached:
+            if input_ids is None:
+                raise ValueError("input_ids: required (or encoder_outputs, or a cache filled by an earlier call)")
+            encoder_outputs = self.encode(input_ids, attention_mask).last_hidden_state  # (B, S, C)
+
+        out = self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, kv_cache=kv_cache,
+                           context=encoder_outputs, context_mask=attention_mask,
+                           output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        x = out.last_hidden_state  # (B, T, C)
+        if self.lm_head is not None:
+            # T5 v1.0 rescales before the tied head, since the embedding was initialised with std 1.
+            h = x * self.config.d_model ** -0.5 if self.config.tie_word_embeddings else x
+            out.logits = self.lm_head(h)  # (B, T, V)
+        out.encoder_last_hidden_state = encoder_outputs
+        return out
+
+
+__all__ = ["Block", "Seq2Seq", "Seq2SeqCache", "Stack", "shift_right"]
