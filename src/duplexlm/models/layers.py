@@ -307,18 +307,20 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
                 is_causal: bool = False, rope: tuple[Tensor, Tensor] | None = None,
                 kv_cache: KVCache | None = None, layer: int = 0, context: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None,
                 impl: str = "sdpa") -> tuple[Tensor, Tensor | None]:
         """x (B, T, C) → (B, T, C) and the attention weights when ``impl='eager'``.
 
-        ``context`` (B, S, C) is the encoder output for cross-attention.
+        Cross-attention attends to ``context`` (B, S, C), the encoder output, or to its keys and
+        values already projected by :meth:`project_kv` (``context_kv``), as incremental decoding does.
         """
         B, T, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
-            if context is None:
-                raise ValueError("cross-attention needs the encoder output as context")
+            if context_kv is None and context is None:
+                raise ValueError("cross-attention needs the encoder output as context (or its context_kv)")
             q = self._heads(self.q(x), self.n_head)
-            k, v = self._split_kv(self.kv(context))
+            k, v = context_kv if context_kv is not None else self.project_kv(context)
         else:
             q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
             q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
@@ -333,6 +335,10 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, q_size)  # re-assemble heads side by side
         return self.proj(y), weights
 
-    def _split_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
-        k, v = kv.chunk(2, dim=-1)
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the encoder output (B, S, C) → each (B, nkv, S, hs);
+        computed once per source, since the encoder output does not change while decoding."""
+        if not self.cross:
+            raise ValueError("project_kv: only a cross-attention module projects an encoder output")
+        k, v = self.kv(context).chunk(2, dim=-1)
         return self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)

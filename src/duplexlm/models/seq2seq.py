@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from ..config import Seq2SeqConfig
 from .layers import (
-    ATTENTION_FUNCTIONS,
     MLP,
     Attention,
     KVCache,
@@ -48,13 +47,6 @@ def shift_right(labels: Tensor, decoder_start_token_id: int = 0, pad_token_id: i
     shifted[..., 0] = decoder_start_token_id
     shifted[..., 1:] = labels[..., :-1]
     return shifted.masked_fill(shifted == -100, pad_token_id)
-
-
-def _causal_mask(q_len: int, k_len: int, q_offset: int, device: torch.device) -> Tensor:
-    """Boolean (1, 1, T, S): query at position q_offset + t may see keys 0..q_offset + t."""
-    q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    return (k_pos <= q_pos)[None, None]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,37 +115,21 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def cross_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder output (B, S, C) → this layer's cross-attention k, v, each (B, nh, S, hs).
-
-        Computed once per source: the encoder output does not change while the decoder runs.
-        """
+        """Encoder output (B, S, C) → this layer's cross-attention k, v, each (B, nh, S, hs)."""
         if self.cross_attn is None:
             raise ValueError("cross_kv: this block has no cross-attention (it belongs to the encoder)")
-        a = self.cross_attn
-        B, S, _ = context.shape
-        kv = a.kv(context).view(B, S, 2, a.n_kv_head, a.head_dim)  # fused [k | v] along the features
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, S, hs)
-        return k, v
-
-    def _cross_attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                      impl: str) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, C) attends to precomputed encoder keys/values (B, nh, S, hs) → (B, T, C)."""
-        a = self.cross_attn
-        B, T, _ = x.shape
-        q = a.q(x).view(B, T, a.n_head, a.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        dropout_p = a.attn_dropout if self.training else 0.0
-        y, weights = ATTENTION_FUNCTIONS[impl](q, k, v, mask=mask, dropout_p=dropout_p, scale=a.scale)
-        y = y.transpose(1, 2).reshape(B, T, a.n_head * a.head_dim)  # (B, T, nh * hs)
-        return a.proj(y), weights
+        return self.cross_attn.project_kv(context)
 
     def forward(self, x: Tensor, mask: Tensor | None, bias: Tensor, kv_cache: KVCache | None, layer: int,
                 impl: str, cross_kv: tuple[Tensor, Tensor] | None = None,
                 cross_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x (B, T, C) → (B, T, C) and the self-attention weights (B, nh, T, S) when ``impl='eager'``."""
-        h, weights = self.attn(self.norm_1(x), mask=mask, bias=bias, kv_cache=kv_cache, layer=layer, impl=impl)
+        causal = self.cross_attn is not None  # decoder blocks look only back
+        h, weights = self.attn(self.norm_1(x), mask=mask, bias=bias, is_causal=causal, kv_cache=kv_cache,
+                               layer=layer, impl=impl)
         x = x + self.dropout(h)
         if self.norm_cross is not None and cross_kv is not None:
-            h, _ = self._cross_attend(self.norm_cross(x), *cross_kv, mask=cross_mask, impl=impl)
+            h, _ = self.cross_attn(self.norm_cross(x), mask=cross_mask, context_kv=cross_kv, impl=impl)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.norm_2(x)))
         return x, weights
@@ -191,10 +167,6 @@ class Stack(nn.Module):
         S = past + T
         if self.decoder:
             mask = make_mask(attention_mask, T, S, causal=True, q_offset=past)
-            if mask is None and T > 1:
-                # make_mask leaves plain causality to the attention function's is_causal flag, which
-                # SDPA ignores once an additive bias is given: spell the causal mask out.
-                mask = _causal_mask(T, S, past, x.device)
             cross_kv = self._cross_kv(context, context_mask, kv_cache)
             cross_mask = make_mask(kv_cache.encoder_mask if kv_cache is not None else context_mask,
                                    T, cross_kv[0][0].shape[2], causal=False)
