@@ -128,7 +128,7 @@ class Decoder(nn.Module):
             x = x + self.pos_embed(position_ids)
         x = self.dropout(x)
         rope = self.rope(position_ids) if self.rope is not None else None
-        mask = make_mask(attention_mask, T, past + T, causal=True, q_offset=past)
+        mask = make_mask(attention_mask, T, past + T, causal=True, q_offset=past, device=input_ids.device)
         impl = "eager" if output_attentions else "sdpa"
 
         hidden_states: list[Tensor] = [x] if output_hidden_states else []

@@ -151,7 +151,7 @@ class RelativePositionBias(nn.Module):
 
 
 def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: bool,
-              q_offset: int = 0) -> Tensor | None:
+              q_offset: int = 0, device: torch.device | None = None) -> Tensor | None:
     """Combine a padding mask (B, S) of 1/0 with causality into a boolean (B, 1, T, S), or None
     when nothing is masked."""
     mask = None
@@ -167,7 +167,7 @@ def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: boo
     # block from position 0 (is_causal, the flash path), or one new token that sees everything.
     implicit = q_offset == k_len - q_len and (q_len == k_len or q_len == 1)
     if causal and not (mask is None and implicit):
-        device = attention_mask.device if attention_mask is not None else None
+        device = attention_mask.device if attention_mask is not None else device
         q_pos = torch.arange(q_offset, q_offset + q_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         causal_mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)

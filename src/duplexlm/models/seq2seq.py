@@ -166,7 +166,7 @@ class Stack(nn.Module):
         past = kv_cache.pos if kv_cache is not None else 0
         S = past + T
         if self.decoder:
-            mask = make_mask(attention_mask, T, S, causal=True, q_offset=past)
+            mask = make_mask(attention_mask, T, S, causal=True, q_offset=past, device=x.device)
             cross_kv = self._cross_kv(context, context_mask, kv_cache)
             cross_mask = make_mask(kv_cache.encoder_mask if kv_cache is not None else context_mask,
                                    T, cross_kv[0][0].shape[2], causal=False)
