@@ -4,7 +4,10 @@
     duplex info PATH                   describe a model directory (ours or Hugging Face)
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
-    duplex demo [--quick]              the main job: a tour of the model zoo on real weights
+    duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
+    duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
+    duplex pretrain [CONFIG.yaml] [key=value ...] [--resume]  causal LM, masked LM or span corruption
+    duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
 """
 
 from __future__ import annotations
@@ -73,6 +76,73 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    """Train a byte-level BPE (GPT-style) or WordPiece (BERT-style) tokenizer on a corpus, with the
+    special tokens of every family; reports characters per token on held-out documents."""
+    from .data import iter_documents
+    from .data.clean import clean_text
+    from .tokenizer import save_tokenizer, train_tokenizer
+
+    held_out: list[str] = []
+
+    def texts():
+        for i, doc in enumerate(iter_documents(args.sources, text_field=args.text_field,
+                                               doc_format=args.doc_format, on_error=args.on_error)):
+            if args.max_docs and i >= args.max_docs:
+                break
+            text = clean_text(doc.text)
+            if not text:
+                continue
+            if i % 50 == 49 and len(held_out) < 2000:  # every 50th document is held out for the report
+                held_out.append(text)
+            else:
+                yield text
+
+    tok = train_tokenizer(texts(), kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                          lowercase=args.lowercase, show_progress=not args.quiet)
+    save_tokenizer(tok, args.out)
+    cpt = tok.chars_per_token(held_out) if held_out else float("nan")
+    print(f"wrote {args.out}: {args.kind}, vocabulary {tok.vocab_size}; {cpt:.2f} characters per token on "
+          f"{len(held_out)} held-out documents")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Clean, de-duplicate, split and tokenize a corpus into memory-mapped token shards + meta.json."""
+    from .data import prepare
+
+    meta = prepare(args.sources, args.out, args.tokenizer, text_field=args.text_field, doc_format=args.doc_format,
+                   val_fraction=args.val_fraction, seed=args.seed, near_dedup=args.near_dedup,
+                   near_dedup_threshold=args.near_dedup_threshold, on_error=args.on_error, workers=args.workers,
+                   word_boundaries=args.word_boundaries, progress=not args.quiet)
+    sp, cl = meta["splits"], meta["cleaning"]
+    skipped = sum(sum(s.get("skipped", {}).values()) for s in meta.get("sources", []))
+    print(f"wrote {args.out}: train {sp['train']['tokens']:,} tokens / {sp['train']['documents']:,} documents, "
+          f"val {sp['val']['tokens']:,} tokens / {sp['val']['documents']:,} documents; removed "
+          f"{cl['exact_duplicates_removed']:,} exact and {cl['near_duplicates_removed']:,} near duplicates, "
+          f"{cl['empty_removed']:,} empty; skipped {skipped:,} bad records")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain a model (clm: decoder, mlm: encoder, span: encoder-decoder) from a YAML config plus
+    key=value overrides; --resume continues from the newest complete checkpoint."""
+    from .train.config import load_train_config
+    from .train.loop import pretrain
+
+    config = args.config
+    overrides = list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)  # no file given, only overrides
+        config = None
+    cfg = load_train_config(config, overrides)
+    result = pretrain(cfg, resume=args.resume)
+    if "val_loss" in result:
+        print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
+              f"bits/byte {result['val_bpb']:.4f}; model in {cfg.out_dir}/model")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: build every family from scratch, check what makes each one what it is, and run
     real pretrained weights (all-MiniLM-L6-v2) through our own encoder."""
@@ -89,13 +159,65 @@ def _build_parser() -> argparse.ArgumentParser:
         "presets": (cmd_presets, lambda p: None),
         "info": (cmd_info, lambda p: p.add_argument("path", help="model directory")),
         "convert": (cmd_convert, _convert_args),
+        "pretrain": (cmd_pretrain, _pretrain_args),
         "demo": (cmd_demo, _demo_args),
+    }
+    groups = {
+        "tokenizer": {"train": (cmd_tokenizer_train, _tokenizer_train_args)},
+        "data": {"prepare": (cmd_data_prepare, _data_prepare_args)},
     }
     for name, (fn, add_args) in commands.items():
         p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0], description=fn.__doc__)
         add_args(p)
         p.set_defaults(func=fn)
+    for group, actions in groups.items():
+        g = sub.add_parser(group, help=f"{group} commands: {', '.join(actions)}")
+        gsub = g.add_subparsers(dest="action", required=True)
+        for name, (fn, add_args) in actions.items():
+            p = gsub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0], description=fn.__doc__)
+            add_args(p)
+            p.set_defaults(func=fn)
     return parser
+
+
+def _corpus_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", help="text/JSONL files, directories, globs, or built-in corpora "
+                                               "(peoples-daily, reviews-zh)")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text (dotted paths allowed)")
+    p.add_argument("--doc-format", default="line", choices=["line", "blank", "file"],
+                   help=".txt documents: one per line, separated by blank lines, or one per file")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="bad input (non-UTF-8, bad JSON, missing field): stop with an error, or skip and count")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tokenizer_train_args(p: argparse.ArgumentParser) -> None:
+    _corpus_args(p)
+    p.add_argument("--kind", default="bpe", choices=["bpe", "wordpiece"])
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--max-docs", type=int, default=0, help="train on at most this many documents (0: all)")
+    p.add_argument("--out", required=True, help="output directory (tokenizer.json + tokenizer_config.json)")
+
+
+def _data_prepare_args(p: argparse.ArgumentParser) -> None:
+    _corpus_args(p)
+    p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--val-fraction", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--near-dedup", action="store_true", help="also drop near duplicates (MinHash, Jaccard)")
+    p.add_argument("--near-dedup-threshold", type=float, default=0.8)
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: up to 4)")
+    p.add_argument("--word-boundaries", action="store_true",
+                   help="also store word starts, for whole-word masking (Chinese: corpus segmentation or jieba)")
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None, help="YAML config (see examples/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3 model.n_layer=2")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -116,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         # User errors get one clear line, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"duplex {args.command}: error: {msg}", file=sys.stderr)
+        name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
+        print(f"duplex {name}: error: {msg}", file=sys.stderr)
         return 2
     if args.command == "demo":
         print(f"done in {time.perf_counter() - start:.1f}s")

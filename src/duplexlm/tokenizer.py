@@ -1,24 +1,85 @@
-"""Tokenizers: a thin wrapper over Hugging Face ``tokenizers`` that knows its special tokens.
+"""Tokenizers: train and load them with Hugging Face ``tokenizers``; know their special tokens.
 
 A model directory holds ``tokenizer.json`` (the ``tokenizers`` pipeline) and ``tokenizer_config.json``
-(the special tokens, in the layout ``transformers.PreTrainedTokenizerFast`` reads unchanged).
+(the special tokens and the chat template, in the layout ``transformers.PreTrainedTokenizerFast``
+reads unchanged).
 
->>> from tokenizers import Tokenizer as _T, models
->>> tok = Tokenizer(_T(models.WordLevel({"[PAD]": 0, "a": 1}, unk_token="[PAD]")), {"pad_token": "[PAD]"})
->>> tok.pad_token_id
-0
+Two kinds are trained here, both with the same special tokens at the same low ids
+(:data:`BASE_SPECIAL_TOKENS`, then ``num_sentinels`` T5 sentinels ``<extra_id_0>``, ``<extra_id_1>``, …),
+so every model family (BERT, GPT, T5, chat) finds what it needs in any tokenizer:
+
+- ``bpe``: byte-level BPE as GPT-2. Lossless (``decode(encode(text)) == text``), never unknown, and it
+  adds no special tokens when encoding: when packing a corpus into one stream, separate documents
+  with ``<|endoftext|>`` (:attr:`Tokenizer.eos_token_id`) yourself.
+- ``wordpiece``: BERT-style. NFKC (and optionally lowercase), Chinese characters one per word, ``##``
+  continuations; encoding adds ``[CLS] A [SEP]`` or ``[CLS] A [SEP] B [SEP]`` with token type ids.
+
+>>> tok = train_tokenizer(["hello world", "hello there"] * 10, "bpe", vocab_size=400, num_sentinels=2)
+>>> tok.pad_token_id, tok.eos_token_id, tok.sentinel_ids
+(0, 5, [8, 9])
+>>> tok.decode(tok.encode("hello 世界"))
+'hello 世界'
+>>> tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+'<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\n'
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 SPECIAL_KEYS = ("pad_token", "unk_token", "bos_token", "eos_token", "cls_token", "sep_token", "mask_token")
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+ENDOFTEXT = "<|endoftext|>"  # begins and ends a text; separates documents when packing
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML turn markers
+BASE_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK, ENDOFTEXT, IM_START, IM_END)
+"""The special tokens of every trained tokenizer, at ids 0..7 in this order; sentinels follow."""
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""ChatML as a Jinja template (what ``transformers`` renders); :meth:`Tokenizer.apply_chat_template`
+renders the same text in plain Python."""
+
+# BERT's "Chinese character" ranges (CJK Unified Ideographs and their extensions, compatibility
+# ideographs), the ones its BasicTokenizer puts spaces around. BertPreTokenizer itself splits only on
+# whitespace and punctuation, so a run of Chinese would otherwise be one word.
+_CJK_CHAR = Regex(
+    "[\\x{4E00}-\\x{9FFF}\\x{3400}-\\x{4DBF}\\x{20000}-\\x{2A6DF}\\x{2A700}-\\x{2B73F}"
+    "\\x{2B740}-\\x{2B81F}\\x{2B820}-\\x{2CEAF}\\x{F900}-\\x{FAFF}\\x{2F800}-\\x{2FA1F}]"
+)
+_BYTE_ALPHABET_SIZE = 256
+
+
+def sentinel_token(n: int) -> str:
+    """The T5 span-corruption sentinel number ``n``.
+
+    >>> sentinel_token(3)
+    '<extra_id_3>'
+    """
+    return f"<extra_id_{n}>"
+
+
+def special_tokens_for(num_sentinels: int) -> list[str]:
+    """All special tokens of a trained tokenizer, in id order.
+
+    >>> special_tokens_for(1)[-3:]
+    ['<|im_start|>', '<|im_end|>', '<extra_id_0>']
+    """
+    return [*BASE_SPECIAL_TOKENS, *(sentinel_token(n) for n in range(num_sentinels))]
 
 
 def _token_text(value: Any) -> str | None:
@@ -28,7 +89,16 @@ def _token_text(value: Any) -> str | None:
 
 
 class Tokenizer:
-    """Text ↔ token ids, with batch padding to tensors."""
+    """Text ↔ token ids, with batch padding to tensors.
+
+    ``backend`` is a ``tokenizers.Tokenizer``; ``config`` is the content of ``tokenizer_config.json``
+    (special tokens such as ``pad_token``, ``chat_template``, ``model_max_length``).
+
+    >>> from tokenizers import Tokenizer as _T, models
+    >>> tok = Tokenizer(_T(models.WordLevel({"[PAD]": 0, "a": 1}, unk_token="[PAD]")), {"pad_token": "[PAD]"})
+    >>> tok.pad_token_id, tok.kind
+    (0, 'wordlevel')
+    """
 
     def __init__(self, backend: HFTokenizer, config: dict[str, Any] | None = None) -> None:
         self.backend = backend
@@ -64,6 +134,34 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def kind(self) -> str:
+        """The backend model: ``'bpe'``, ``'wordpiece'``, or another lower-cased name (``'unigram'``)."""
+        return type(self.backend.model).__name__.lower()
+
+    @property
+    def sentinel_ids(self) -> list[int]:
+        """Ids of ``<extra_id_0>``, ``<extra_id_1>``, … in that order (consecutive from 0); ``[]`` if none."""
+        ids: list[int] = []
+        while (i := self.backend.token_to_id(sentinel_token(len(ids)))) is not None:
+            ids.append(i)
+        return ids
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of every special token: the named ones (pad, eos, …) and all added special tokens."""
+        ids = {i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special}
+        ids |= {i for key in self.special_tokens if (i := self._id(key)) is not None}
+        return ids
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or ``None`` if it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, id: int) -> str | None:
+        """The token of ``id``, or ``None`` if the id is out of range."""
+        return self.backend.id_to_token(id)
+
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
@@ -95,9 +193,69 @@ class Tokenizer:
             tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
+    def chars_per_token(self, texts: Iterable[str]) -> float:
+        """Characters per token over ``texts`` (no special tokens counted): higher is more compact.
+
+        >>> tok = train_tokenizer(["aaaa bbbb"] * 20, "bpe", vocab_size=300, num_sentinels=0)
+        >>> tok.chars_per_token(["aaaa"])
+        4.0
+        """
+        texts = list(texts)
+        n_tokens = sum(len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=False))
+        if n_tokens == 0:
+            raise ValueError("chars_per_token: texts encode to no tokens; expected at least one non-empty text")
+        return sum(len(t) for t in texts) / n_tokens
+
+    # -- chat -----------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        """Render a conversation as text, as ``transformers``' ``apply_chat_template(..., tokenize=False)``.
+
+        ChatML (our template, and the default when the vocabulary has ``<|im_start|>``/``<|im_end|>``)
+        is rendered in plain Python; another template found in ``tokenizer_config.json`` (a Hugging Face
+        directory) is handed to ``transformers``' sandboxed Jinja renderer.
+
+        >>> tok = Tokenizer(HFTokenizer(models.BPE()), {"chat_template": CHATML_TEMPLATE})
+        >>> tok.apply_chat_template([{"role": "system", "content": "Be brief."}])
+        '<|im_start|>system\\nBe brief.<|im_end|>\\n'
+        """
+        template = self.config.get("chat_template")
+        if template is None and not (self.token_to_id(IM_START) is not None and self.token_to_id(IM_END) is not None):
+            raise ValueError("tokenizer_config.json: no chat_template, and no <|im_start|>/<|im_end|> tokens to "
+                             "fall back on ChatML; expected a chat template")
+        if template is not None and template != CHATML_TEMPLATE:
+            return self._render_foreign_template(template, messages, add_generation_prompt)
+        parts = []
+        for i, message in enumerate(messages):
+            role, content = _message_fields(message, i)
+            parts.append(f"{IM_START}{role}\n{content}{IM_END}\n")
+        if add_generation_prompt:
+            parts.append(f"{IM_START}assistant\n")
+        return "".join(parts)
+
+    def _render_foreign_template(self, template: Any, messages: list[dict[str, str]],
+                                 add_generation_prompt: bool) -> str:
+        if isinstance(template, list):  # transformers' named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if not isinstance(template, str):
+            raise ValueError("tokenizer_config.json: chat_template: expected a Jinja string (or a list with a "
+                             f"'default' entry), found {type(template).__name__}")
+        try:
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError as e:
+            raise ValueError("tokenizer_config.json: chat_template is not ChatML; rendering it needs the "
+                             "`transformers` package (its sandboxed Jinja renderer)") from e
+        for i, message in enumerate(messages):
+            _message_fields(message, i)
+        rendered, _ = render_jinja_template(conversations=[list(messages)], chat_template=template,
+                                            add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        return rendered[0]
+
     # -- files ----------------------------------------------------------------------------------
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Read ``tokenizer.json`` and, when present, ``tokenizer_config.json``, ``special_tokens_map.json``
+        and ``chat_template.jinja`` from a directory (ours or Hugging Face's)."""
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.is_file():
@@ -109,20 +267,228 @@ class Tokenizer:
         config: dict[str, Any] = {}
         cfg_file = path / "tokenizer_config.json"
         if cfg_file.is_file():
-            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+            try:
+                config = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{cfg_file}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+            if not isinstance(config, dict):
+                raise ValueError(f"{cfg_file}: expected a JSON object, found {type(config).__name__}")
         stm = path / "special_tokens_map.json"
         if stm.is_file():
             for k, v in json.loads(stm.read_text(encoding="utf-8")).items():
                 config.setdefault(k, v)
+        jinja = path / "chat_template.jinja"  # where transformers v5 saves a single chat template
+        if jinja.is_file():
+            config.setdefault("chat_template", jinja.read_text(encoding="utf-8"))
         return cls(backend, config)
 
     def save(self, path: str | Path) -> None:
-        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into an existing directory."""
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into an existing directory.
+
+        Each file is written to a temporary name and renamed into place, so a crash leaves the old
+        file or the new one, never half of one; other files in the directory are left alone.
+        """
         path = Path(path)
-        self.backend.save(str(path / "tokenizer.json"))
+        _write_atomic(path / "tokenizer.json", lambda tmp: self.backend.save(str(tmp)))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.config}
         for key, text in self.special_tokens.items():
             config[key] = text
         config.pop("added_tokens_decoder", None)  # refers to ids of the old file; tokenizer.json has them
-        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8")
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        _write_atomic(path / "tokenizer_config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _message_fields(message: Any, index: int) -> tuple[str, str]:
+    if not isinstance(message, Mapping):
+        raise ValueError(f"messages[{index}]: expected a dict with 'role' and 'content', "
+                         f"found {type(message).__name__}")
+    for field in ("role", "content"):
+        if not isinstance(message.get(field), str):
+            raise ValueError(f"messages[{index}].{field}: expected a string, found {message.get(field)!r}")
+    return message["role"], message["content"]
+
+
+def _write_atomic(file: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``file``, flush it to disk, rename it to ``file``."""
+    fd, name = tempfile.mkstemp(prefix=f".{file.name}.tmp-", dir=file.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+    return value
+
+
+def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
+    """``texts`` as an iterator, after making sure one of them is not blank (raises before training)."""
+    if isinstance(texts, str):
+        raise TypeError("texts: expected an iterable of strings, found a single str (wrap it in a list)")
+    it = iter(texts)
+    seen: list[str] = []
+    for i, text in enumerate(it):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}]: expected a str, found {type(text).__name__}")
+        seen.append(text)
+        if text.strip():
+            break
+    else:
+        raise ValueError(f"texts: no non-empty text to train on ({len(seen)} texts, all blank)")
+
+    def rest() -> Iterator[str]:
+        for i, text in enumerate(it, start=len(seen)):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}]: expected a str, found {type(text).__name__}")
+            yield text
+
+    return itertools.chain(seen, rest())
+
+
+def _bpe_pipeline(lowercase: bool) -> HFTokenizer:
+    backend = HFTokenizer(models.BPE())  # no unk_token: every byte is in the alphabet
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    # GPT-2's regex keeps a run of Chinese characters together (they are letters), so merges can learn
+    # multi-character words; the bytes of one character are merged before anything crosses it.
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only; adds no tokens
+    return backend
+
+
+def _wordpiece_pipeline(lowercase: bool) -> HFTokenizer:
+    backend = HFTokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    backend.normalizer = (normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]) if lowercase
+                          else normalizers.NFKC())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(_CJK_CHAR, behavior="isolated"),  # one Chinese character per word, as BERT
+        pre_tokenizers.BertPreTokenizer(),  # whitespace and punctuation
+    ])
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return backend
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: Literal["bpe", "wordpiece"],
+    vocab_size: int,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    num_sentinels: int = 32,
+    show_progress: bool = False,
+    *,
+    limit_alphabet: int | None = None,
+    model_max_length: int = 1024,
+) -> Tokenizer:
+    """Train a tokenizer on ``texts`` (an iterable of documents or lines, read once).
+
+    ``kind='bpe'``: byte-level BPE as GPT-2; ``vocab_size`` counts the special tokens and the 256 bytes.
+    It adds no special tokens when encoding: separate packed documents with ``<|endoftext|>``.
+    ``kind='wordpiece'``: BERT-style WordPiece; every character seen in training (or only the
+    ``limit_alphabet`` most frequent ones, the rest becoming ``[UNK]``) and its ``##`` form must fit
+    in ``vocab_size``. ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` are added when encoding.
+
+    Both start with ``[PAD]``=0, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, ``<|endoftext|>`` (bos and
+    eos), ``<|im_start|>``, ``<|im_end|>``, then ``<extra_id_0>`` … ``<extra_id_{num_sentinels-1}>``.
+    Pairs of symbols seen fewer than ``min_frequency`` times are not merged.
+
+    >>> tok = train_tokenizer(["我爱北京", "北京欢迎你"] * 5, "wordpiece", vocab_size=100, num_sentinels=0)
+    >>> tok.backend.encode("北京").tokens
+    ['[CLS]', '北', '京', '[SEP]']
+    """
+    _check_int("vocab_size", vocab_size, 1)
+    _check_int("min_frequency", min_frequency, 1)
+    _check_int("num_sentinels", num_sentinels, 0)
+    _check_int("model_max_length", model_max_length, 1)
+    if limit_alphabet is not None:
+        _check_int("limit_alphabet", limit_alphabet, 1)
+    specials = special_tokens_for(num_sentinels)
+    if kind == "bpe":
+        if limit_alphabet is not None:
+            raise ValueError("limit_alphabet: applies to kind='wordpiece' only; byte-level BPE always "
+                             f"has the {_BYTE_ALPHABET_SIZE} bytes as its alphabet")
+        needed = len(specials) + _BYTE_ALPHABET_SIZE
+        if vocab_size < needed:
+            raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: the {len(specials)} "
+                             f"special tokens and the {_BYTE_ALPHABET_SIZE} bytes need {needed}; "
+                             f"expected vocab_size >= {needed}")
+        backend = _bpe_pipeline(lowercase)
+        trainer: trainers.Trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    elif kind == "wordpiece":
+        if vocab_size <= len(specials):
+            raise ValueError(f"vocab_size={vocab_size} is too small for WordPiece: the {len(specials)} special "
+                             f"tokens alone need {len(specials)}; expected vocab_size > {len(specials)} plus "
+                             "the characters of the training texts")
+        backend = _wordpiece_pipeline(lowercase)
+        options: dict[str, Any] = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            continuing_subword_prefix="##", show_progress=show_progress, **options)
+    else:
+        raise ValueError(f"kind: expected 'bpe' or 'wordpiece', found {kind!r}")
+
+    backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+
+    got = backend.get_vocab_size(with_added_tokens=True)
+    if got > vocab_size:  # the trainer never drops alphabet symbols, it just stops merging
+        raise ValueError(f"vocab_size={vocab_size} is too small for WordPiece on these texts: the "
+                         f"{len(specials)} special tokens and the characters seen (with their ## forms) "
+                         f"already need {got}; expected vocab_size >= {got}, or pass limit_alphabet to keep "
+                         "only the most frequent characters")
+    for i, token in enumerate(specials):  # the trainer puts them first, in order; other code relies on it
+        if backend.token_to_id(token) != i:
+            raise RuntimeError(f"special token {token!r} got id {backend.token_to_id(token)}, expected {i}")
+    if kind == "wordpiece":
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+            special_tokens=[(CLS, specials.index(CLS)), (SEP, specials.index(SEP))])
+    return Tokenizer(backend, _trained_config(kind, num_sentinels, model_max_length))
+
+
+def _trained_config(kind: str, num_sentinels: int, model_max_length: int) -> dict[str, Any]:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP, "mask_token": MASK,
+        "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT,
+        "additional_special_tokens": [IM_START, IM_END, *(sentinel_token(n) for n in range(num_sentinels))],
+        "chat_template": CHATML_TEMPLATE,
+        # Our decoders already clean up (WordPiece) or must not (byte-level): transformers should not redo it.
+        "clean_up_tokenization_spaces": False,
+        "model_input_names": (["input_ids", "token_type_ids", "attention_mask"] if kind == "wordpiece"
+                              else ["input_ids", "attention_mask"]),
+    }
+
+
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir`` (created if needed), each
+    file atomically; returns the directory. ``transformers.PreTrainedTokenizerFast.from_pretrained``
+    and :meth:`Tokenizer.from_dir` read it.
+
+    >>> import tempfile
+    >>> tok = train_tokenizer(["hello world"] * 4, "bpe", vocab_size=300, num_sentinels=0)
+    >>> out = save_tokenizer(tok, tempfile.mkdtemp() + "/tok")
+    >>> sorted(p.name for p in out.iterdir())
+    ['tokenizer.json', 'tokenizer_config.json']
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory; expected a directory for the tokenizer")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out)
+    return out

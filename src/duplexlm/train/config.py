@@ -1,0 +1,210 @@
+"""The training run's configuration: YAML files plus dotted ``key=value`` overrides.
+
+Nested dataclasses give the sections; an unknown key anywhere is an error that names its dotted path
+and suggests the nearest valid ones. The ``model`` section is free-form (a preset name plus any
+fields of that family's config), checked when the model config is built.
+
+>>> cfg = load_train_config(None, ["optim.lr=1e-3", "model.n_layer=2", "max_steps=10"])
+>>> cfg.optim.lr, cfg.model["n_layer"], cfg.max_steps
+(0.001, 2, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..config import ConfigError
+
+Objective = Literal["clm", "mlm", "span"]
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
+
+
+@dataclass
+class DataSection:
+    path: str = ""  # a directory written by `duplex data prepare`
+    seq_len: int = 256  # tokens per training sequence (the model's context)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 3e-4
+    min_lr: float = 3e-5  # floor of the decay
+    schedule: Schedule = "cosine"  # wsd = constant with a final linear decay
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying
+    weight_decay: float = 0.1  # never applied to norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class ObjectiveSection:
+    mask_prob: float = 0.15  # mlm
+    whole_word: bool = False  # mlm: mask every token of a chosen word (needs word boundaries in the data)
+    noise_density: float = 0.15  # span
+    mean_span_length: float = 3.0  # span
+
+
+@dataclass
+class TrainConfig:
+    objective: Objective = "clm"
+    out_dir: str = "runs/pretrain"
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt2-tiny"})
+    init_from: str | None = None  # a model directory to continue from, instead of a fresh init
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    objective_args: ObjectiveSection = field(default_factory=ObjectiveSection)
+    batch_size: int = 8  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    eval_every: int = 100
+    eval_batches: int = 10
+    save_every: int = 200
+    keep_last: int = 3  # complete checkpoints kept
+    log_every: int = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"  # auto: cuda when present, else cpu
+    seed: int = 1337
+    max_nonfinite: int = 5  # consecutive non-finite steps before training stops
+    tensorboard: bool = False
+    fsdp: bool = False  # fully_shard the blocks (models that do not fit one device)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
+                     "keep_last", "log_every", "max_nonfinite"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive integer, found {value!r}")
+        if self.data.seq_len <= 0:
+            raise ConfigError(f"data.seq_len: expected a positive integer, found {self.data.seq_len!r}")
+        if self.optim.lr <= 0 or self.optim.min_lr < 0 or self.optim.min_lr > self.optim.lr:
+            raise ConfigError(f"optim.lr/min_lr: expected 0 <= min_lr <= lr and lr > 0, found "
+                              f"lr={self.optim.lr}, min_lr={self.optim.min_lr}")
+        if self.optim.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps: expected >= 0, found {self.optim.warmup_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building dataclasses from nested dicts, with dotted-path errors
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(get_args(tp))}, found {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _check_type(value, opt, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {tp}, found {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, found {value!r}")
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+    return value
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, recursing into dataclass fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, found {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key {where!r}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build(tp, value, prefix=f"{where}.")
+        else:
+            kwargs[key] = _check_type(value, tp, where)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "model.n_layer=2"]`` → nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """A YAML file (or nothing) plus dotted overrides → a checked :class:`TrainConfig`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, found {type(loaded).__name__}")
+        data = loaded or {}
+    data = merge(data, parse_overrides(overrides or []))
+    if "model" in data and isinstance(data["model"], dict):
+        # the model section replaces the default preset only where it names one
+        data["model"] = merge({"preset": "gpt2-tiny"} if "preset" not in data["model"] and not data.get(
+            "init_from") else {}, data["model"])
+    return build(TrainConfig, data)
+
+
+def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)

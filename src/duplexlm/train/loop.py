@@ -1,0 +1,561 @@
+"""The training loop: plain functions, ``setup → fit → evaluate``, one loop for every objective.
+
+Evaluation, early stop on non-finite steps, and checkpoints are explicit calls in the loop. Which
+sequences a step trains on is a pure function of (seed, step, rank), and every random choice inside
+a step comes from a generator seeded the same way, so a resumed run repeats the uninterrupted one
+exactly (bit-identical on CPU).
+
+>>> from duplexlm.train.config import load_train_config
+>>> cfg = load_train_config("examples/pretrain-gpt2-tiny.yaml", ["max_steps=10"])  # doctest: +SKIP
+>>> pretrain(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, config_from_dict
+from ..io import load, save_model
+from ..models import build_model, count_parameters
+from ..precision import autocast, resolve_autocast_dtype
+from ..presets import get_preset
+from ..tokenizer import Tokenizer
+from . import objectives as obj
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, save_train_config
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
+from .schedule import get_lr
+
+FAMILY_FOR_OBJECTIVE = {"clm": "decoder", "mlm": "encoder", "span": "seq2seq"}
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: which chunks a step reads
+
+
+class ChunkSampler:
+    """Non-overlapping chunks of ``chunk_len`` tokens, shuffled per epoch with a seeded permutation.
+
+    Global sample g lives in epoch g // n at position perm_epoch[g % n]: a pure function of g.
+    """
+
+    def __init__(self, shards: Any, chunk_len: int, seed: int, shuffle: bool = True) -> None:
+        self.shards, self.chunk_len, self.seed, self.shuffle = shards, chunk_len, seed, shuffle
+        self.n = len(shards) // chunk_len
+        if self.n == 0:
+            raise ValueError(
+                f"{getattr(shards, 'split', 'data')} split has {len(shards)} tokens, fewer than one sequence of "
+                f"{chunk_len}; lower data.seq_len or prepare more text"
+            )
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _index(self, g: int) -> int:
+        epoch, i = divmod(g, self.n)
+        if not self.shuffle:
+            return i
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + epoch))}
+        return int(self._perms[epoch][i])
+
+    def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Samples start..start+count-1 → tokens (count, chunk_len) int64 and word starts or None."""
+        rows, starts = [], []
+        for g in range(start, start + count):
+            offset = self._index(g) * self.chunk_len
+            rows.append(torch.from_numpy(self.shards.get(offset, self.chunk_len).astype("int64")))
+            ws = self.shards.word_starts(offset, self.chunk_len)
+            if ws is not None:
+                starts.append(torch.from_numpy(ws.astype("bool")))
+        return torch.stack(rows), (torch.stack(starts) if starts else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Setup
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by ``setup``."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    model: nn.Module  # possibly wrapped (DDP / compile)
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: Tokenizer
+    tokens: Any  # objectives.ObjectiveTokens
+    train: ChunkSampler
+    val: ChunkSampler
+    bytes_per_token: float
+    amp_dtype: torch.dtype | None
+    out_dir: Path
+    flops_per_token: float
+    peak_flops: float
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) -> Any:
+    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length."""
+    spec = dict(cfg.model)
+    preset = spec.pop("preset", None)
+    base = get_preset(preset).to_dict() if preset else {}
+    base.update(spec)
+    if "family" not in base:
+        raise ConfigError("model: name a preset (model.preset=gpt2-tiny) or a family (model.family=decoder)")
+    want = FAMILY_FOR_OBJECTIVE[cfg.objective]
+    if base["family"] != want:
+        raise ConfigError(f"model: objective {cfg.objective!r} trains a model of family {want!r}, but "
+                          f"the model section gives {base['family']!r} (pick a matching model.preset)")
+    if "vocab_size" not in spec:
+        base["vocab_size"] = vocab_size
+    elif spec["vocab_size"] < vocab_size:
+        raise ConfigError(f"model.vocab_size={spec['vocab_size']} is smaller than the data's vocabulary ({vocab_size})")
+    if base["family"] in ("decoder", "encoder") and base.get("max_seq_len", 0) < cfg.data.seq_len + 2:
+        base["max_seq_len"] = cfg.data.seq_len + 2
+    if base["family"] == "encoder":
+        base["head"] = "mlm"
+    if base["family"] == "decoder":
+        base.setdefault("head", "lm")
+        for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
+                            ("bos_token_id", tokenizer.bos_token_id)):
+            if key not in spec:
+                base[key] = tok_id
+    if base["family"] == "seq2seq":
+        for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
+                            ("decoder_start_token_id", tokenizer.pad_token_id)):
+            if key not in spec and tok_id is not None:
+                base[key] = tok_id
+    return config_from_dict(base, source="model")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: never on norms, biases or embeddings (a tied head counts as
+    the embedding it shares)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # each tensor once, tied ones included
+        if not p.requires_grad:
+            continue
+        (no_decay if id(p) in embeddings or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_PEAKS: dict[tuple[str, str], float] = {}
+
+
+def measured_peak(device: torch.device, dtype: torch.dtype | None) -> float:
+    """Dense matmul FLOP/s of this device for the training dtype, measured once (the MFU denominator)."""
+    key = (str(device), str(dtype))
+    if key not in _PEAKS:
+        n = 1024 if device.type == "cpu" else 4096
+        a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+        b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+        a @ b
+        best = float("inf")
+        for _ in range(3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        _PEAKS[key] = 2 * n**3 / best
+    return _PEAKS[key]
+
+
+def setup(cfg: TrainConfig, resume: bool = False) -> Run:
+    from ..data import TokenShards
+
+    info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + info.rank)
+    if not cfg.data.path:
+        raise ConfigError("data.path: name a directory written by `duplex data prepare`")
+    train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
+    tokenizer = Tokenizer.from_dir(cfg.data.path)
+    out_dir = Path(cfg.out_dir)
+
+    if cfg.init_from:
+        model, _ = load(cfg.init_from)
+        if model.config.family != FAMILY_FOR_OBJECTIVE[cfg.objective]:
+            raise ConfigError(f"init_from: {cfg.init_from} holds a {model.config.family}, "
+                              f"objective {cfg.objective!r} needs a {FAMILY_FOR_OBJECTIVE[cfg.objective]}")
+    else:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = build_model(model_config_for(cfg, train_shards.vocab_size, tokenizer))
+    model.to(info.device).train()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps, fused=info.device.type == "cuda" or None,
+    )
+    state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
+                             "best_val": None, "elapsed": 0.0}
+    if resume:
+        ckpt = latest_checkpoint(out_dir / "checkpoints")
+        if ckpt is None:
+            if info.is_main:
+                print(f"--resume: no complete checkpoint under {out_dir / 'checkpoints'}; starting fresh")
+        else:
+            model_state, opt_state, state = load_checkpoint(ckpt)
+            model.load_state_dict(model_state, strict=False)
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+            optimizer.load_state_dict(opt_state)
+            if info.is_main:
+                print(f"resumed from {ckpt} (step {state['step']})")
+    wrapped = wrap_model(model, info, fsdp=cfg.fsdp)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    amp = resolve_autocast_dtype(cfg.precision, info.device)
+    tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
+    span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
+    chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
+    flops = (model.num_flops_per_token(cfg.data.seq_len) if hasattr(model, "num_flops_per_token")
+             else 6 * count_parameters(model))
+    return Run(
+        cfg=cfg, info=info, model=wrapped, raw_model=model, optimizer=optimizer, tokenizer=tokenizer,
+        tokens=tokens,
+        train=ChunkSampler(train_shards, chunk, cfg.seed),
+        val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
+        bytes_per_token=val_shards.bytes_per_token, amp_dtype=amp, out_dir=out_dir,
+        flops_per_token=flops, peak_flops=measured_peak(info.device, amp), state=state,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# One batch, one step
+
+
+def _generator(*keys: int) -> torch.Generator:
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + k) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    a = cfg.objective_args
+    if cfg.objective == "mlm":
+        return {"mask_prob": a.mask_prob}
+    if cfg.objective == "span":
+        return {"noise_density": a.noise_density, "mean_span_length": a.mean_span_length}
+    return {}
+
+
+def make_batch(run: Run, sampler: ChunkSampler, start: int, count: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    chunk, word_starts = sampler.batch(start, count)
+    if not run.cfg.objective_args.whole_word:
+        word_starts = None
+    batch = obj.make_batch(run.cfg.objective, chunk, tokens=run.tokens, generator=gen, word_starts=word_starts,
+                           **_objective_kwargs(run.cfg))
+    return {k: v.to(run.info.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _target_count(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"] != -100).sum())
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """Forward/backward over ``grad_accum`` micro-batches and (unless non-finite) one optimizer step.
+
+    Losses are weighted by target tokens across micro-batches and ranks, so a step's gradient is the
+    mean over every target token of the global batch, however it is split.
+    """
+    cfg, info = run.cfg, run.info
+    B, world = cfg.batch_size, info.world_size
+    lr = get_lr(run.state["opt_steps"], lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup=cfg.optim.warmup_steps,
+                total=cfg.max_steps, schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batches = []
+    for m in range(cfg.grad_accum):
+        start = (step * cfg.grad_accum + m) * B * world + info.rank * B
+        # masks and spans depend on the sample position, not on how the batch is split across ranks
+        batches.append(make_batch(run, run.train, start, B, _generator(cfg.seed, step, m, info.rank)))
+    local_targets = sum(_target_count(b) for b in batches)
+    (global_targets,) = all_reduce_sum([float(local_targets)], info)
+    loss_sum = 0.0
+    for m, batch in enumerate(batches):
+        last = m == len(batches) - 1
+        # DDP: all-reduce gradients only after the last micro-batch
+        sync = run.model.no_sync() if info.enabled and not last and hasattr(run.model, "no_sync") else _null()
+        with sync:
+            with autocast(info.device, run.amp_dtype):
+                loss, n = obj.compute_loss(run.model, batch, cfg.objective)
+            # DDP averages gradients over ranks: multiply by world so the result is the global token mean
+            weight = n / max(global_targets, 1.0) * world
+            (loss * weight).backward()
+        loss_sum += loss.item() * n
+    total_loss_sum, = all_reduce_sum([loss_sum], info)
+    loss_value = total_loss_sum / max(global_targets, 1.0)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip))
+    finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if finite:
+        run.optimizer.step()
+        run.state["opt_steps"] += 1
+        run.state["nonfinite_run"] = 0
+    else:
+        # skip: no optimizer step, no schedule step; count it
+        run.state["nonfinite"] += 1
+        run.state["nonfinite_run"] += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    n_tokens = sum(b["input_ids"].numel() for b in batches) * world
+    run.state["tokens"] += n_tokens
+    return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "finite": finite, "tokens_step": n_tokens}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Validation loss (per target token), perplexity and bits per byte on a fixed set of batches."""
+    cfg, info = run.cfg, run.info
+    run.model.eval()
+    loss_sum, targets = 0.0, 0.0
+    B = cfg.batch_size
+    n_batches = min(cfg.eval_batches, max(1, run.val.n // (B * info.world_size)))
+    for i in range(n_batches):
+        start = (i * info.world_size + info.rank) * B
+        batch = make_batch(run, run.val, start, B, _generator(cfg.seed, 999_983, i, info.rank))
+        with autocast(info.device, run.amp_dtype):
+            loss, n = obj.compute_loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, cfg.objective)
+        loss_sum += loss.item() * n
+        targets += n
+    loss_sum, targets = all_reduce_sum([loss_sum, targets], info)
+    run.model.train()
+    val_loss = loss_sum / max(targets, 1.0)
+    return {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(min(val_loss, 50.0)),
+        "val_bpb": val_loss / math.log(2) / run.bytes_per_token,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line), optional TensorBoard, and the loss-curve PNG."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int, tensorboard: bool) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            # a killed run may have logged steps past its last checkpoint: drop them, they will be redone
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(self.path)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from e
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def plot(self, png: Path) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        train = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
+        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if train:
+            ax.plot(*zip(*train), label="train loss", lw=1)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats / token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = png.with_name(png.stem + ".tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(png)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+def save(run: Run) -> Path | None:
+    """A checkpoint of the current step (rank 0 writes; all ranks take part in gathering FSDP state)."""
+    model_state, opt_state = _full_states(run)
+    path = None
+    if run.info.is_main:
+        path = save_checkpoint(run.out_dir / "checkpoints", run.state["step"], model_state, opt_state,
+                               run.state, run.cfg.keep_last)
+    barrier(run.info)
+    return path
+
+
+def _full_states(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if run.cfg.fsdp and run.info.enabled:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(run.raw_model, options=opts),
+                get_optimizer_state_dict(run.raw_model, run.optimizer, options=opts))
+    own = {k: v.detach().cpu() for k, v in run.raw_model.state_dict().items()}
+    from ..io import _tied_names
+
+    tied = _tied_names(run.raw_model)
+    return {k: v for k, v in own.items() if k not in tied}, run.optimizer.state_dict()
+
+
+def fit(run: Run) -> dict[str, Any]:
+    cfg, info, state = run.cfg, run.info, run.state
+    log = MetricsLog(run.out_dir, info.is_main, state["step"], cfg.tensorboard)
+    if info.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        save_train_config(cfg, run.out_dir / "config.yaml")
+    stop = {"requested": False}
+
+    def _on_signal(signum: int, frame: object) -> None:
+        if stop["requested"]:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        if info.is_main:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+                  "(again to abort)")
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if \
+        _main_thread() else {}
+    bar = None
+    if info.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=f"pretrain {cfg.objective}", dynamic_ncols=True)
+    last_eval: dict[str, float] = {}
+    t_window, tok_window = time.perf_counter(), 0
+    try:
+        while state["step"] < cfg.max_steps:
+            t0 = time.perf_counter()
+            out = train_step(run, state["step"])
+            state["step"] += 1
+            state["elapsed"] += time.perf_counter() - t0
+            tok_window += out["tokens_step"]
+            if not out["finite"] and info.is_main:
+                print(f"step {state['step']}: non-finite loss or gradient (loss {out['loss']}, grad norm "
+                      f"{out['grad_norm']}); skipped ({state['nonfinite_run']} in a row, {state['nonfinite']} in all)")
+            if state["nonfinite_run"] >= cfg.max_nonfinite:
+                raise TrainingDiverged(
+                    f"stopped at step {state['step']}: {state['nonfinite_run']} non-finite steps in a row "
+                    f"(max_nonfinite={cfg.max_nonfinite}); lower optim.lr, raise optim.warmup_steps or use "
+                    "precision=fp32, then --resume from the last checkpoint"
+                )
+            step = state["step"]
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                dt = time.perf_counter() - t_window
+                tps = tok_window / dt if dt > 0 else 0.0
+                record = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                          "tokens": state["tokens"], "tok_per_s": tps,
+                          "mfu": tps * run.flops_per_token / (run.peak_flops * info.world_size),
+                          "nonfinite": state["nonfinite"]}
+                log.write(record)
+                t_window, tok_window = time.perf_counter(), 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}", tok_s=f"{tps:,.0f}",
+                                    mfu=f"{record['mfu']:.1%}", refresh=False)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                last_eval = evaluate(run)
+                state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
+                log.write({"step": step, **last_eval})
+                log.plot(run.out_dir / "loss.png")
+                if bar is not None:
+                    bar.write(f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}, "
+                              f"bits/byte {last_eval['val_bpb']:.4f}")
+            if step % cfg.save_every == 0 or step == cfg.max_steps or stop["requested"]:
+                path = save(run)
+                if stop["requested"]:
+                    if info.is_main:
+                        print(f"stopped at step {step}; checkpoint {path}; continue with --resume")
+                    break
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        log.close()
+    if info.is_main and state["step"] >= cfg.max_steps:
+        save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer)
+        log.plot(run.out_dir / "loss.png")
+    barrier(info)
+    return {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def pretrain(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Set up and run a training run to ``cfg.max_steps``; returns the final metrics."""
+    run = setup(cfg, resume=resume)
+    try:
+        if run.info.is_main:
+            n = count_parameters(run.raw_model)
+            print(f"{run.raw_model.config.family} {n / 1e6:.2f}M parameters on {run.info.device} × "
+                  f"{run.info.world_size}, precision {str(run.amp_dtype or 'fp32').replace('torch.', '')}, "
+                  f"{run.train.n} training sequences of {run.train.chunk_len} tokens; run dir {run.out_dir}")
+        return fit(run)
+    finally:
+        cleanup(run.info)
+
+
+__all__ = ["ChunkSampler", "TrainingDiverged", "evaluate", "fit", "pretrain", "setup", "train_step"]

@@ -1,0 +1,191 @@
+"""The training loop as a user runs it: loss goes down, exact resume after SIGKILL, Ctrl-C saves,
+non-finite steps are skipped, checkpoints are complete or absent, DDP matches one process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import duplexlm
+from duplexlm.config import ConfigError
+from duplexlm.train import objectives
+from duplexlm.train.checkpoint import latest_checkpoint, list_checkpoints
+from duplexlm.train.config import load_train_config
+from duplexlm.train.loop import TrainingDiverged, pretrain
+
+TINY = ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "data.seq_len=32", "batch_size=4",
+        "eval_batches=2", "log_every=1", "progress=false", "optim.warmup_steps=5", "optim.lr=3e-3",
+        "precision=fp32"]
+
+
+def _cfg(data: Path, out: Path, *extra: str):
+    return load_train_config(None, [f"data.path={data}", f"out_dir={out}", *TINY, *extra])
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _cli(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "duplexlm.cli", "pretrain", f"data.path={data}", f"out_dir={out}", *TINY, *extra]
+
+
+def test_clm_loss_goes_down_and_run_dir_is_complete(pd_data, tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(_cfg(pd_data, out, "max_steps=40", "eval_every=20", "save_every=20"))
+    losses = _losses(out)
+    first = sum(losses[s] for s in range(1, 6)) / 5
+    last = sum(losses[s] for s in range(36, 41)) / 5
+    assert last < first - 0.4, (first, last)
+    assert result["val_loss"] < first - 0.3
+    assert result["val_bpb"] == pytest.approx(result["val_loss"] / 0.6931471805599453 / _bytes_per_token(pd_data))
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "model/config.json", "model/tokenizer.json"):
+        assert (out / name).is_file(), name
+    model, tok = duplexlm.load(out / "model")  # the final model is a normal model directory
+    ids = torch.tensor([tok.encode("中国")])
+    assert model(ids).logits.shape == (1, ids.shape[1], tok.vocab_size)
+
+
+def _bytes_per_token(data: Path) -> float:
+    val = json.loads((data / "meta.json").read_text())["splits"]["val"]
+    return val["bytes"] / val["tokens"]
+
+
+@pytest.mark.parametrize("objective,preset", [("mlm", "bert-tiny"), ("span", "t5-tiny")])
+def test_other_objectives_train(pd_data, tmp_path, objective, preset):
+    out = tmp_path / objective
+    cfg = load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", f"objective={objective}",
+                                   f"model.preset={preset}", "model.n_layer=1", "model.d_model=64",
+                                   "model.dropout=0.0", "data.seq_len=64", "batch_size=8", "eval_batches=2",
+                                   "log_every=1", "progress=false", "optim.lr=3e-3", "optim.warmup_steps=5",
+                                   "precision=fp32", "max_steps=50", "eval_every=50", "save_every=50"])
+    result = pretrain(cfg)
+    losses = _losses(out)
+    assert sum(losses[s] for s in range(41, 51)) / 10 < sum(losses[s] for s in range(1, 11)) / 10 - 0.3
+    assert result["val_loss"] < losses[1]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(pd_data, tmp_path):
+    steps = ["max_steps=16", "save_every=4", "eval_every=8"]
+    full = tmp_path / "full"
+    subprocess.run(_cli(pd_data, full, *steps), check=True, capture_output=True)
+    expected = _losses(full)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(pd_data, killed, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = latest_checkpoint(killed / "checkpoints")
+        if ckpt is not None and ckpt.name >= "step_00000008":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert latest_checkpoint(killed / "checkpoints") is not None
+    subprocess.run(_cli(pd_data, killed, *steps, "--resume"), check=True, capture_output=True)
+    got = _losses(killed)
+    assert sorted(got) == list(range(1, 17))
+    assert got == expected  # bit-identical per-step losses
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_data, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(pd_data, out, "max_steps=100000", "save_every=100000", "eval_every=100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and
+                                          len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "continue with --resume" in output
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt is not None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] >= 3 and state["step"] == max(_losses(out))
+
+
+def test_nonfinite_steps_are_skipped_then_stop(pd_data, tmp_path, monkeypatch):
+    real = objectives.compute_loss
+    calls = {"n": 0}
+
+    def flaky(model, batch, objective):
+        loss, n = real(model, batch, objective)
+        calls["n"] += 1
+        if model.training and calls["n"] in (3, 4):  # two bad steps
+            loss = loss * float("nan")
+        return loss, n
+
+    monkeypatch.setattr(objectives, "compute_loss", flaky)
+    out = tmp_path / "run"
+    result = pretrain(_cfg(pd_data, out, "max_steps=8", "eval_every=8", "save_every=8"))
+    assert result["nonfinite"] == 2
+    state = json.loads((latest_checkpoint(out / "checkpoints") / "trainer_state.json").read_text())
+    assert state["opt_steps"] == 6  # the schedule did not advance on skipped steps
+
+    def always_nan(model, batch, objective):
+        loss, n = real(model, batch, objective)
+        return loss * float("nan"), n
+
+    monkeypatch.setattr(objectives, "compute_loss", always_nan)
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
+        pretrain(_cfg(pd_data, tmp_path / "run2", "max_steps=20", "max_nonfinite=3"))
+
+
+def test_checkpoints_keep_last_and_ignore_incomplete(pd_data, tmp_path):
+    out = tmp_path / "run"
+    pretrain(_cfg(pd_data, out, "max_steps=10", "save_every=2", "keep_last=2", "eval_every=10"))
+    names = [p.name for p in list_checkpoints(out / "checkpoints")]
+    assert names == ["step_00000008", "step_00000010"]
+    # a half-written checkpoint (no manifest) is ignored by --resume
+    half = out / "checkpoints" / "step_00000012"
+    shutil.copytree(out / "checkpoints" / "step_00000010", half)
+    (half / "manifest.json").unlink()
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000010"
+    # a corrupted file is detected
+    with open(out / "checkpoints" / "step_00000010" / "model.safetensors", "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff\xff\xff")
+    from duplexlm.train.checkpoint import load_checkpoint
+
+    with pytest.raises(ValueError, match="incomplete or corrupt"):
+        load_checkpoint(out / "checkpoints" / "step_00000010")
+
+
+def test_config_errors_name_the_key(pd_data, tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        load_train_config(None, ["bach_size=3"])
+    with pytest.raises(ConfigError, match="did you mean 'optim.warmup_steps'"):
+        load_train_config(None, ["optim.warmup=3"])
+    with pytest.raises(ConfigError, match=r"objective 'mlm' trains a model of family 'encoder'"):
+        pretrain(_cfg(pd_data, tmp_path / "r", "objective=mlm", "max_steps=1"))
+    with pytest.raises(ConfigError, match="did you mean 'n_layer'"):
+        pretrain(_cfg(pd_data, tmp_path / "r", "model.n_layers=1", "max_steps=1"))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(pd_data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["max_steps=6", "eval_every=6", "save_every=6", "grad_accum=2"]
+    one = tmp_path / "one"
+    subprocess.run(_cli(pd_data, one, *common, "batch_size=4"), check=True, capture_output=True)
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "pretrain",
+           f"data.path={pd_data}", f"out_dir={two}", *TINY, *common, "batch_size=2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    assert not (two / "checkpoints").exists() or len(list_checkpoints(two / "checkpoints")) == 1
