@@ -164,7 +164,7 @@ def test_checkpoints_keep_last_and_ignore_incomplete(pd_data, tmp_path):
 def test_config_errors_name_the_key(pd_data, tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         load_train_config(None, ["bach_size=3"])
-    with pytest.raises(ConfigError, match="did you mean 'optim.warmup_steps'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'optim\.warmup_steps'"):
         load_train_config(None, ["optim.warmup=3"])
     with pytest.raises(ConfigError, match=r"objective 'mlm' trains a model of family 'encoder'"):
         pretrain(_cfg(pd_data, tmp_path / "r", "objective=mlm", "max_steps=1"))
