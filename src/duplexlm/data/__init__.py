@@ -12,7 +12,7 @@ from __future__ import annotations
 from .clean import clean_text
 from .corpus import BUILTIN_CORPORA, DataError, Document, SourceStats, iter_documents, resolve_sources
 from .dedup import MinHasher, NearDuplicateIndex
-from .prepare import prepare
+from .pipeline import prepare
 from .shards import FORMAT, TokenShards, read_meta
 
 __all__ = [

@@ -126,6 +126,11 @@ def _starts_from_jieba(text: str) -> np.ndarray | None:
     return np.asarray(starts, dtype=np.int64)
 
 
+def _is_cjk(cps: np.ndarray) -> np.ndarray:
+    return (((cps >= 0x3400) & (cps <= 0x4DBF)) | ((cps >= 0x4E00) & (cps <= 0x9FFF))
+            | ((cps >= 0xF900) & (cps <= 0xFAFF)) | ((cps >= 0x20000) & (cps <= 0x3134F)))
+
+
 def _starts_from_spaces(space: np.ndarray) -> np.ndarray:
     before = np.concatenate([[True], space[:-1]])
     return np.flatnonzero(~space & before)
@@ -136,11 +141,12 @@ def word_start_flags(text: str, enc: Encoding, words: list[str] | None = None,
     """``(len(enc.ids),)`` uint8: 1 where a token begins a word, 0 where it continues one.
 
     Words come from ``words`` when given, else from jieba for text with CJK characters, else from
-    the tokenizer's continuation prefix (WordPiece ``##``), else from whitespace. A token begins a
-    word when its first non-space character is a word's first character and no earlier token covers
-    that character (byte-level BPE may split one character over several tokens). Tokens that are
-    only whitespace continue the word before them. ``text`` is cleaned: its only spaces are
-    ``' '`` and ``'\\n'``.
+    the tokenizer's continuation prefix (WordPiece ``##``), else from whitespace (each CJK character
+    a word of its own when jieba is not installed). A token begins a
+    word when the first non-space character at or after its start is a word's first character that
+    no earlier token reached (byte-level BPE may split one character over several tokens). So a
+    leading space belongs to the word after it, as in ``Ġword``, also when it is a token of its own.
+    ``text`` is cleaned: its only spaces are ``' '`` and ``'\\n'``.
     """
     n_tok = len(enc.ids)
     if n_tok == 0:
@@ -154,16 +160,18 @@ def word_start_flags(text: str, enc: Encoding, words: list[str] | None = None,
         return np.fromiter((not t.startswith(subword_prefix) for t in enc.tokens), dtype=np.uint8, count=n_tok)
     cps = _codepoints(text)
     space = (cps == 32) | (cps == 10)
-    if starts is None:
-        starts = _starts_from_spaces(space)
     is_start = np.zeros(len(text) + 1, dtype=bool)
+    if starts is None:  # whitespace words; without jieba each CJK character is a word (as BERT-Chinese)
+        starts = _starts_from_spaces(space)
+        is_start[:-1] |= _is_cjk(cps)
     is_start[starts] = True
     offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(n_tok, 2)
     s, e = offsets[:, 0], offsets[:, 1]
     solid = np.append(np.flatnonzero(~space), len(text))  # positions of non-space characters
     first = solid[np.searchsorted(solid, s)]  # first non-space character at or after each token start
     covered = np.maximum.accumulate(np.concatenate([[0], e[:-1]]))  # how far earlier tokens reach
-    flags = (first < e) & is_start[np.minimum(first, len(text))] & (s >= covered)
+    claimed = np.concatenate([[-1], first[:-1]])  # the word start the previous token went for
+    flags = is_start[first] & (first != claimed) & (s >= covered)
     flags[0] = True  # a document's first token always begins a word
     return flags.astype(np.uint8)
 
@@ -183,6 +191,9 @@ class ChunkEncoder:
     def __init__(self, config: EncodeConfig) -> None:
         self.config = config
         self.backend = HFTokenizer.from_file(config.tokenizer_file)
+        # a tokenizer.json may pad or truncate every encoding (all-MiniLM: 128): documents are whole
+        self.backend.no_padding()
+        self.backend.no_truncation()
         # special tokens written inside a document are text, not document boundaries
         self.backend.encode_special_tokens = True
         self.subword_prefix = _subword_prefix(self.backend)

@@ -514,9 +514,12 @@ def fit(run: Run) -> dict[str, Any]:
                 state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
                 log.write({"step": step, **last_eval})
                 log.plot(run.out_dir / "loss.png")
+                line = (f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}, "
+                        f"bits/byte {last_eval['val_bpb']:.4f}")
                 if bar is not None:
-                    bar.write(f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}, "
-                              f"bits/byte {last_eval['val_bpb']:.4f}")
+                    bar.write(line)
+                elif info.is_main:
+                    print(line, flush=True)
             if step % cfg.save_every == 0 or step == cfg.max_steps or stop["requested"]:
                 path = save(run)
                 if stop["requested"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ from ..io import atomic_directory
 from ..tokenizer import Tokenizer
 from .corpus import DataError, DocFormat, Document, OnError, SourceStats, check_options, iter_documents
 from .dedup import NearDuplicateIndex
-from .encode import Chunk, EncodeConfig, encode_chunks
+from .encode import Chunk, EncodeConfig, EncodedChunk, encode_chunks
 from .shards import FORMAT, ShardWriter, read_meta
 
 CHUNK_DOCS = 512  # documents per unit of work sent to a worker...
@@ -89,7 +90,7 @@ def _check_args(val_fraction: float, seed: int, near_dedup_threshold: float, wor
                 shard_tokens: int) -> None:
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a fraction in [0, 1), found {val_fraction}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed: expected an integer, found {seed!r}")
     if not 0.0 < near_dedup_threshold <= 1.0:
         raise ValueError(f"near_dedup_threshold: expected a Jaccard similarity in (0, 1], found {near_dedup_threshold}")
@@ -132,6 +133,39 @@ class _Splitter:
             self._release(split)
 
 
+class _Deduplicator:
+    """Drops documents that cleaning left empty, exact repeats (by digest) and, with ``near``, near
+    duplicates of a kept document; counts each."""
+
+    def __init__(self, near: bool, threshold: float) -> None:
+        self.seen: set[bytes] = set()
+        self.index = NearDuplicateIndex(threshold=threshold) if near else None
+        self.counts: dict[str, Any] = {"empty_removed": 0, "exact_duplicates_removed": 0,
+                                       "near_duplicates_removed": 0, "near_dedup": near}
+
+    def kept(self, chunk: EncodedChunk) -> Iterator[int]:
+        """The indices of the chunk's documents to keep, in order."""
+        for i in range(len(chunk)):
+            if chunk.chars[i] == 0:
+                self.counts["empty_removed"] += 1
+                continue
+            digest = chunk.digest(i)
+            if digest in self.seen:
+                self.counts["exact_duplicates_removed"] += 1
+                continue
+            self.seen.add(digest)
+            if self.index is not None and chunk.signatures is not None \
+                    and not self.index.add_if_new(chunk.signatures[i]):
+                self.counts["near_duplicates_removed"] += 1
+                continue
+            yield i
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"{c['empty_removed']} empty after cleaning, {c['exact_duplicates_removed']} exact and "
+                f"{c['near_duplicates_removed']} near duplicates")
+
+
 def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Path, *,
             text_field: str = "text", doc_format: DocFormat = "line", val_fraction: float = 0.005,
             seed: int = 1234, near_dedup: bool = False, near_dedup_threshold: float = 0.8,
@@ -147,7 +181,14 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
     one does when ``val_fraction > 0`` and two documents are kept). Ids, each document followed by the
     tokenizer's eos (else sep) token, go to ``train_000.bin``... and ``val_000.bin``
     (``shard_tokens`` per file); with ``word_boundaries`` a ``.ws`` file beside each marks the tokens
-    that begin a word. ``tokenizer_dir`` holds ``tokenizer.json`` (+ ``tokenizer_config.json``).
+    that begin a word. ``tokenizer_dir`` holds ``tokenizer.json`` (+ ``tokenizer_config.json``), copied
+    into ``out_dir``. Text files keep line breaks inside documents unless ``doc_format='line'``.
+
+    ``meta.json`` counts per split the tokens, documents, and the UTF-8 bytes and characters of the
+    cleaned text, one of each per separator (so bits per byte charges for predicting document ends);
+    per source the documents read and the records skipped (``on_error='skip'``) by reason; and what
+    cleaning removed. ``workers`` processes (default ``min(4, cpus)``) share the per-document work;
+    the output is the same for any number of them.
 
     >>> meta = prepare(["reviews-zh"], "data/reviews", "tokenizers/zh", val_fraction=0.01)  # doctest: +SKIP
     >>> meta["splits"]["train"]["tokens"]  # doctest: +SKIP
@@ -168,43 +209,31 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
     _check_out_dir(out)
 
     with atomic_directory(out) as tmp:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
         config = EncodeConfig(tokenizer_file=str(tmp / "tokenizer.json"), sep_id=sep_id, dtype=dtype.name,
-                              seed=seed, keep_newlines=doc_format != "line", near_dedup=near_dedup,
+                              seed=int(seed), keep_newlines=doc_format != "line", near_dedup=near_dedup,
                               word_boundaries=word_boundaries)
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, word_boundaries) for s in SPLITS}
         splitter = _Splitter(writers, val_fraction)
-        seen: set[bytes] = set()
-        index = NearDuplicateIndex(threshold=near_dedup_threshold) if near_dedup else None
-        cleaning = {"empty_removed": 0, "exact_duplicates_removed": 0, "near_duplicates_removed": 0,
-                    "near_dedup": near_dedup}
+        dedup = _Deduplicator(near_dedup, near_dedup_threshold)
         val_below = int(val_fraction * 2**64)
         bar = tqdm(unit=" docs", desc="prepare", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         stream = encode_chunks(_chunks(documents, word_boundaries), config, workers)
         try:
             for chunk in stream:
                 ends = np.cumsum(chunk.lengths)
-                for i in range(len(chunk)):
-                    if chunk.chars[i] == 0:
-                        cleaning["empty_removed"] += 1
-                        continue
-                    digest = chunk.digest(i)
-                    if digest in seen:
-                        cleaning["exact_duplicates_removed"] += 1
-                        continue
-                    seen.add(digest)
-                    if index is not None and chunk.signatures is not None \
-                            and not index.add_if_new(chunk.signatures[i]):
-                        cleaning["near_duplicates_removed"] += 1
-                        continue
+                for i in dedup.kept(chunk):
                     a, b = int(ends[i] - chunk.lengths[i]), int(ends[i])
                     ws = None if chunk.word_starts is None else chunk.word_starts[a:b]
                     split = "val" if int(chunk.split_keys[i]) < val_below else "train"
                     splitter.add(split, (chunk.ids[a:b], ws, int(chunk.nbytes[i]), int(chunk.chars[i])))
                 bar.update(len(chunk))
                 bar.set_postfix(tokens=writers["train"].tokens + writers["val"].tokens, refresh=False)
+            if splitter.count("train") + splitter.count("val") == 0:
+                raise DataError(f"{', '.join(map(str, sources))}: no documents left to write "
+                                f"({sum(s.documents for s in stats)} read; {dedup.summary()})")
         except BaseException:
             for w in writers.values():
                 w.discard()  # close the files so the temporary directory can go, also on Windows
@@ -212,12 +241,6 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
         finally:
             stream.close()  # stops the worker processes, also on errors and Ctrl-C
             bar.close()
-        if splitter.count("train") + splitter.count("val") == 0:
-            read = sum(s.documents for s in stats)
-            raise DataError(f"{', '.join(map(str, sources))}: no documents left to write ({read} read, "
-                            f"{cleaning['empty_removed']} empty after cleaning, "
-                            f"{cleaning['exact_duplicates_removed']} exact and "
-                            f"{cleaning['near_duplicates_removed']} near duplicates)")
         splitter.finish()
         meta: dict[str, Any] = {
             "format": FORMAT,
@@ -226,8 +249,8 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
             "doc_sep_token_id": sep_id,
             "splits": {s: w.close() for s, w in writers.items()},
             "sources": [s.to_dict() for s in stats],
-            "cleaning": cleaning,
-            "seed": seed,
+            "cleaning": dedup.counts,
+            "seed": int(seed),
             "val_fraction": val_fraction,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
