@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -137,7 +138,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config = None
     cfg = load_train_config(config, overrides)
     result = pretrain(cfg, resume=args.resume)
-    if "val_loss" in result:
+    if "val_loss" in result and os.environ.get("RANK", "0") == "0":
         print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
               f"bits/byte {result['val_bpb']:.4f}; model in {cfg.out_dir}/model")
     return 0
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        if os.environ.get("DUPLEXLM_TRACEBACK"):  # the full story, for bug reports
+            raise
         # User errors get one clear line, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")

@@ -208,12 +208,16 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> None:
-    """Write a duplexlm model directory atomically."""
+def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None,
+               state_dict: dict[str, Tensor] | None = None) -> None:
+    """Write a duplexlm model directory atomically. ``state_dict`` overrides the model's own
+    (a sharded model passes its gathered full state)."""
     config: AnyConfig = model.config  # type: ignore[assignment]
+    if state_dict is None:
+        state_dict = _own_state_dict(model)
     with atomic_directory(path) as tmp:
         _write_json(tmp / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
-        save_file(independent(_own_state_dict(model)), str(tmp / "model.safetensors"),
+        save_file(independent(state_dict), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "producer": "duplexlm"})
         if tokenizer is not None:
             tokenizer.save(tmp)

@@ -173,7 +173,8 @@ def test_config_errors_name_the_key(pd_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(pd_data, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(pd_data, tmp_path, mode):
     torchrun = Path(sys.executable).with_name("torchrun")
     common = ["max_steps=6", "eval_every=6", "save_every=6", "grad_accum=2"]
     one = tmp_path / "one"
@@ -181,11 +182,15 @@ def test_ddp_two_processes_match_one(pd_data, tmp_path):
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "pretrain",
-           f"data.path={pd_data}", f"out_dir={two}", *TINY, *common, "batch_size=2"]
+           f"data.path={pd_data}", f"out_dir={two}", *TINY, *common, "batch_size=2", f"fsdp={mode == 'fsdp'}"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     a, b = _losses(one), _losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
-    assert not (two / "checkpoints").exists() or len(list_checkpoints(two / "checkpoints")) == 1
+    assert len(list_checkpoints(two / "checkpoints")) == 1  # rank 0 alone wrote
+    one_model, _ = duplexlm.load(one / "model")
+    two_model, _ = duplexlm.load(two / "model")  # FSDP gathers the shards into one full model
+    for (k, a_), (_, b_) in zip(one_model.state_dict().items(), two_model.state_dict().items()):
+        torch.testing.assert_close(a_, b_, atol=1e-5, rtol=0, msg=k)

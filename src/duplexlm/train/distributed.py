@@ -28,7 +28,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return dist.is_available() and dist.is_initialized()
 
 
 def pick_device(preference: str) -> torch.device:
@@ -44,7 +44,7 @@ def init_distributed(preference: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun; a single process otherwise."""
     device = pick_device(preference)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ:  # not launched by torchrun: one plain process
         return DistInfo(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

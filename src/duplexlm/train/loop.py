@@ -198,12 +198,9 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(model_config_for(cfg, train_shards.vocab_size, tokenizer))
     model.to(info.device).train()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-        eps=cfg.optim.eps, fused=info.device.type == "cuda" or None,
-    )
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
                              "best_val": None, "elapsed": 0.0}
+    opt_state = None
     if resume:
         ckpt = latest_checkpoint(out_dir / "checkpoints")
         if ckpt is None:
@@ -211,13 +208,24 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
                 print(f"--resume: no complete checkpoint under {out_dir / 'checkpoints'}; starting fresh")
         else:
             model_state, opt_state, state = load_checkpoint(ckpt)
-            model.load_state_dict(model_state, strict=False)
+            model.load_state_dict(model_state, strict=False)  # tied weights are written once
             if hasattr(model, "tie_weights"):
                 model.tie_weights()
-            optimizer.load_state_dict(opt_state)
             if info.is_main:
                 print(f"resumed from {ckpt} (step {state['step']})")
+    # FSDP replaces the parameters with shards: wrap first, then build the optimizer over what trains
     wrapped = wrap_model(model, info, fsdp=cfg.fsdp)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps, fused=info.device.type == "cuda" or None,
+    )
+    if opt_state is not None:
+        if cfg.fsdp and info.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, opt_state, options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(opt_state)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     amp = resolve_autocast_dtype(cfg.precision, info.device)
@@ -303,7 +311,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     total_loss_sum, = all_reduce_sum([loss_sum], info)
     loss_value = total_loss_sum / max(global_targets, 1.0)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip))
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
     if finite:
         run.optimizer.step()
@@ -534,9 +543,11 @@ def fit(run: Run) -> dict[str, Any]:
         for s, h in previous.items():
             signal.signal(s, h)
         log.close()
-    if info.is_main and state["step"] >= cfg.max_steps:
-        save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer)
-        log.plot(run.out_dir / "loss.png")
+    if state["step"] >= cfg.max_steps:
+        model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
+        if info.is_main:
+            save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer, state_dict=model_state)
+            log.plot(run.out_dir / "loss.png")
     barrier(info)
     return {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
 
