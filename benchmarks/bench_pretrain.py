@@ -87,7 +87,11 @@ def throughput(data: Path, args: argparse.Namespace, tmp: Path) -> list[dict]:
     opt = torch.optim.AdamW(loop.param_groups(theirs, 0.1), lr=1e-3, betas=(0.9, 0.95))
     tok_step = args.batch * args.seq
     times: dict[str, list[float]] = {"duplex pretrain": [], "plain transformers loop": [], "transformers Trainer": []}
-    step = 0
+    # one untimed step each: allocator, kernels and caches warm for both
+    loop.train_step(run, 0)
+    ids, _ = run.train.batch(0, args.batch)
+    hf_step(theirs, opt, ids.to(run.info.device), run.amp_dtype)
+    step = 1
     for rep in range(args.reps):
         t0 = time.perf_counter()
         for _ in range(args.steps):

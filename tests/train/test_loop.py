@@ -194,3 +194,16 @@ def test_two_processes_match_one(pd_data, tmp_path, mode):
     two_model, _ = duplexlm.load(two / "model")  # FSDP gathers the shards into one full model
     for (k, a_), (_, b_) in zip(one_model.state_dict().items(), two_model.state_dict().items()):
         torch.testing.assert_close(a_, b_, atol=1e-5, rtol=0, msg=k)
+
+
+def test_overriding_width_rederives_head_size(pd_data):
+    from duplexlm.tokenizer import Tokenizer
+    from duplexlm.train.loop import model_config_for
+
+    tok = Tokenizer.from_dir(pd_data)
+    cfg = model_config_for(load_train_config(None, ["model.preset=gpt2-tiny", "model.d_model=768",
+                                                    "model.n_head=12"]), tok.vocab_size, tok)
+    assert (cfg.head_dim, cfg.n_kv_head, cfg.d_ff) == (64, 12, 3072)
+    cfg = model_config_for(load_train_config(None, ["model.preset=llama-tiny", "model.d_model=256"]),
+                           tok.vocab_size, tok)
+    assert (cfg.head_dim, cfg.n_kv_head, cfg.d_ff) == (64, 2, 352)  # GQA and MLP width set by the preset stay

@@ -112,7 +112,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
     """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length."""
     spec = dict(cfg.model)
     preset = spec.pop("preset", None)
-    base = get_preset(preset).to_dict() if preset else {}
+    base = _rederivable(get_preset(preset).to_dict()) if preset else {}
     base.update(spec)
     if "family" not in base:
         raise ConfigError("model: name a preset (model.preset=gpt2-tiny) or a family (model.family=decoder)")
@@ -140,6 +140,20 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
             if key not in spec and tok_id is not None:
                 base[key] = tok_id
     return config_from_dict(base, source="model")
+
+
+def _rederivable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Drop a preset's derived sizes (head size, kv heads, MLP width) where they follow the defaults,
+    so overriding ``d_model`` or ``n_head`` derives them anew instead of keeping the preset's."""
+    cfg = dict(cfg)
+    d, h = cfg.get("d_model"), cfg.get("n_head")
+    if d and h and cfg.get("head_dim") == d // h and cfg.get("family") in ("decoder",):
+        cfg.pop("head_dim")
+    if h and cfg.get("n_kv_head") == h:
+        cfg.pop("n_kv_head")
+    if d and cfg.get("d_ff") == 4 * d:
+        cfg.pop("d_ff")
+    return cfg
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
