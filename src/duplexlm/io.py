@@ -31,9 +31,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from . import __version__
-from .config import AnyConfig, ConfigError, config_from_dict
+from .config import AnyConfig, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
 from .convert.common import independent
+from .fileutil import read_json_object
 from .models import build_model
 from .tokenizer import Tokenizer
 
@@ -49,14 +50,7 @@ class ModelDirectoryError(FileNotFoundError):
 # Reading
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+
 
 
 def _load_safetensors(file: Path) -> dict[str, Tensor]:
@@ -73,7 +67,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         return _load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map", {})
+        weight_map = read_json_object(index).get("weight_map", {})
         sd: dict[str, Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():
@@ -97,7 +91,7 @@ def load_config_and_weights(path: str | Path) -> tuple[AnyConfig, dict[str, Tens
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ModelDirectoryError(f"{path}: no config.json")
-    raw = read_json(cfg_file)
+    raw = read_json_object(cfg_file)
     if is_hf_config(raw):
         adapter_for_hf(raw.get("model_type"), source=str(cfg_file))  # fail on the type before reading weights
         return from_hf(raw, read_state_dict(path), source=str(cfg_file))

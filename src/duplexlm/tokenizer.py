@@ -37,6 +37,8 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from .fileutil import read_json_object
+
 SPECIAL_KEYS = ("pad_token", "unk_token", "bos_token", "eos_token", "cls_token", "sep_token", "mask_token")
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -267,12 +269,7 @@ class Tokenizer:
         config: dict[str, Any] = {}
         cfg_file = path / "tokenizer_config.json"
         if cfg_file.is_file():
-            try:
-                config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{cfg_file}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
-            if not isinstance(config, dict):
-                raise ValueError(f"{cfg_file}: expected a JSON object, found {type(config).__name__}")
+            config = read_json_object(cfg_file)
         stm = path / "special_tokens_map.json"
         if stm.is_file():
             for k, v in json.loads(stm.read_text(encoding="utf-8")).items():

@@ -11,7 +11,6 @@ error or Ctrl-C leaves no half-written directory and an earlier one untouched.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import numbers
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..fileutil import sha256_file
 from ..io import atomic_directory
 from ..tokenizer import Tokenizer
 from .corpus import DataError, DocFormat, Document, OnError, SourceStats, check_options, iter_documents
@@ -62,14 +62,6 @@ def _separator(tokenizer: Tokenizer, where: Path) -> int:
 def _dtype(tokenizer: Tokenizer) -> np.dtype:
     largest = max(tokenizer.backend.get_vocab(with_added_tokens=True).values(), default=0)
     return np.dtype(np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32)
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _check_out_dir(out: Path) -> None:
@@ -244,7 +236,7 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
         splitter.finish()
         meta: dict[str, Any] = {
             "format": FORMAT,
-            "tokenizer": {"vocab_size": tokenizer.vocab_size, "sha256": _sha256(tmp / "tokenizer.json")},
+            "tokenizer": {"vocab_size": tokenizer.vocab_size, "sha256": sha256_file(tmp / "tokenizer.json")},
             "dtype": dtype.name,
             "doc_sep_token_id": sep_id,
             "splits": {s: w.close() for s, w in writers.items()},

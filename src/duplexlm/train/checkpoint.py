@@ -8,7 +8,6 @@ into place only when complete; a directory without a valid manifest is ignored b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -22,16 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..convert.common import independent
+from ..fileutil import sha256_file
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,7 +87,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         for f in sorted(tmp.iterdir()):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -120,7 +112,7 @@ def is_complete(path: Path, verify_hashes: bool = False) -> bool:
         f = path / name
         if not f.is_file() or f.stat().st_size != info["bytes"]:
             return False
-        if verify_hashes and _sha256(f) != info["sha256"]:
+        if verify_hashes and sha256_file(f) != info["sha256"]:
             return False
     return True
 
