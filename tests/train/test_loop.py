@@ -207,3 +207,16 @@ def test_overriding_width_rederives_head_size(pd_data):
     cfg = model_config_for(load_train_config(None, ["model.preset=llama-tiny", "model.d_model=256"]),
                            tok.vocab_size, tok)
     assert (cfg.head_dim, cfg.n_kv_head, cfg.d_ff) == (64, 2, 352)  # GQA and MLP width set by the preset stay
+
+
+def test_tensorboard_logging(pd_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    pretrain(_cfg(pd_data, out, "max_steps=4", "eval_every=2", "save_every=4", "tensorboard=true"))
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss", "lr", "val_loss", "val_bpb"} <= set(tags)
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
