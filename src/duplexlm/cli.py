@@ -1,4 +1,4 @@
-"""The ``duplex`` command: a table from subcommand to one function whose docstring is its help.
+"""duplex: build Transformer language models from scratch and run the whole loop.
 
     duplex presets                     list the model presets with their parameter counts
     duplex info PATH                   describe a model directory (ours or Hugging Face)
