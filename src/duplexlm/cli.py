@@ -139,8 +139,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_train_config(config, overrides)
     result = pretrain(cfg, resume=args.resume)
     if "val_loss" in result and os.environ.get("RANK", "0") == "0":
-        print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
-              f"bits/byte {result['val_bpb']:.4f}; model in {cfg.out_dir}/model")
+        bpb = f", bits/byte {result['val_bpb']:.4f}" if "val_bpb" in result else ""
+        print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}{bpb}; "
+              f"model in {cfg.out_dir}/model")
     return 0
 
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("DUPLEXLM_TRACEBACK"):  # the full story, for bug reports
             raise
         # User errors get one clear line, not a traceback.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import shutil
 import time
 from pathlib import Path
 
@@ -198,11 +199,12 @@ def _train(objective: str, preset: str, data: Path, out: Path, steps: int, extra
         "data.seq_len=128", "batch_size=16", f"max_steps={steps}", f"eval_every={max(steps // 2, 1)}",
         f"save_every={steps}", "eval_batches=4", "optim.warmup_steps=30", "log_every=10", f"progress={not quick}", *extra,
     ])
+    shutil.rmtree(out, ignore_errors=True)  # the demo owns its run directories: start each afresh
     t0 = time.perf_counter()
     result = pretrain(cfg)
+    bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
     print(f"{objective}: {steps} steps in {time.perf_counter() - t0:.0f}s; validation loss "
-          f"{result['val_loss']:.3f} (perplexity {result['val_ppl']:.1f}, {result['val_bpb']:.3f} bits/byte); "
-          f"curve in {out / 'loss.png'}")
+          f"{result['val_loss']:.3f} (perplexity {result['val_ppl']:.1f}{bpb}); curve in {out / 'loss.png'}")
     return out / "model"
 
 

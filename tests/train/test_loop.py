@@ -220,3 +220,47 @@ def test_tensorboard_logging(pd_data, tmp_path):
     tags = acc.Tags()["scalars"]
     assert {"loss", "lr", "val_loss", "val_bpb"} <= set(tags)
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
+
+
+def test_resume_is_exact_with_dropout_and_masking(pd_data, tmp_path):
+    """Dropout and MLM masks draw random numbers: a resumed run must draw the same ones."""
+    args = ["objective=mlm", "model.preset=bert-tiny", "model.n_layer=1", "model.d_model=64", "model.dropout=0.1",
+            "max_steps=8", "save_every=4", "keep_last=3", "eval_every=8"]
+    full = tmp_path / "full"
+    pretrain(_cfg(pd_data, full, *args))
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000008")
+    shutil.rmtree(part / "model")
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # a line cut short by a kill must not break --resume
+    pretrain(_cfg(pd_data, part, *args), resume=True)
+    assert _losses(part) == _losses(full)
+
+
+def test_stale_checkpoints_and_changed_config_are_refused(pd_data, tmp_path):
+    out = tmp_path / "run"
+    pretrain(_cfg(pd_data, out, "max_steps=2", "save_every=2", "eval_every=2"))
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        pretrain(_cfg(pd_data, out, "max_steps=2"))
+    with pytest.raises(ConfigError, match=r"different config \(batch_size: 4 → 8"):
+        pretrain(_cfg(pd_data, out, "max_steps=4", "batch_size=8"), resume=True)
+
+
+def test_model_section_rules():
+    cfg = load_train_config(None, ["objective=mlm", "model.family=encoder", "model.d_model=64", "model.n_head=4"])
+    assert "preset" not in cfg.model
+    with pytest.raises(ConfigError, match="init_from loads the model's own config"):
+        load_train_config(None, ["init_from=some/dir", "model.n_layer=2"])
+
+
+@pytest.mark.slow
+def test_ddp_mlm_runs(pd_data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "mlm"
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "pretrain",
+           f"data.path={pd_data}", f"out_dir={out}", *TINY, "objective=mlm", "model.preset=bert-tiny",
+           "max_steps=3", "eval_every=3", "save_every=3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert sorted(_losses(out)) == [1, 2, 3]

@@ -40,7 +40,16 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
              generator: torch.Generator | None = None) -> Tensor:
     """Continue each prompt row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens with the
     KV cache; rows that produced ``eos_token_id`` keep emitting it. Returns (B, T + new)."""
+    was_training = model.training
     model.eval()
+    try:
+        return _generate(model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+              top_p: float | None, eos_token_id: int | None, generator: torch.Generator | None) -> Tensor:
     B, T = input_ids.shape
     limit = getattr(model.config, "max_seq_len", T + max_new_tokens)
     max_new_tokens = min(max_new_tokens, limit - T)

@@ -96,7 +96,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:  # never the one just written
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

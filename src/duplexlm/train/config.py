@@ -196,10 +196,14 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             raise ConfigError(f"{path}: expected a mapping at the top level, found {type(loaded).__name__}")
         data = loaded or {}
     data = merge(data, parse_overrides(overrides or []))
-    if "model" in data and isinstance(data["model"], dict):
-        # the model section replaces the default preset only where it names one
-        data["model"] = merge({"preset": "gpt2-tiny"} if "preset" not in data["model"] and not data.get(
-            "init_from") else {}, data["model"])
+    model = data.get("model")
+    if data.get("init_from"):
+        if model:
+            raise ConfigError("model: init_from loads the model's own config; drop the model section "
+                              f"(found {sorted(model)})")
+        data["model"] = {}
+    elif isinstance(model, dict) and "preset" not in model and "family" not in model:
+        data["model"] = {"preset": "gpt2-tiny", **model}  # fields without a base apply to the default preset
     return build(TrainConfig, data)
 
 

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, config_from_dict
-from ..io import load, save_model
+from ..io import load, load_weights, save_model
 from ..models import build_model, count_parameters
 from ..precision import autocast, resolve_autocast_dtype
 from ..presets import get_preset
 from ..tokenizer import Tokenizer
 from . import objectives as obj
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_train_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
 from .schedule import get_lr
@@ -106,6 +106,7 @@ class Run:
     flops_per_token: float
     peak_flops: float
     state: dict[str, Any] = field(default_factory=dict)
+    scaler: Any = None  # torch.amp.GradScaler for fp16, else None
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) -> Any:
@@ -128,6 +129,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
         base["max_seq_len"] = cfg.data.seq_len + 2
     if base["family"] == "encoder":
         base["head"] = "mlm"
+        if "pooler" not in spec:
+            base["pooler"] = False  # masked LM never uses it (and DDP rejects parameters without gradients)
     if base["family"] == "decoder":
         base.setdefault("head", "lm")
         for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
@@ -176,8 +179,9 @@ def measured_peak(device: torch.device, dtype: torch.dtype | None) -> float:
     key = (str(device), str(dtype))
     if key not in _PEAKS:
         n = 1024 if device.type == "cpu" else 4096
-        a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
-        b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+        g = torch.Generator(device=device).manual_seed(0)  # never touch the global RNG
+        a = torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g)
         a @ b
         best = float("inf")
         for _ in range(3):
@@ -190,6 +194,22 @@ def measured_peak(device: torch.device, dtype: torch.dtype | None) -> float:
             best = min(best, time.perf_counter() - t0)
         _PEAKS[key] = 2 * n**3 / best
     return _PEAKS[key]
+
+
+# what a resumed run must share with the run that wrote the checkpoint: anything else would change
+# the model or which data the remaining steps read
+_RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed")
+
+
+def _check_resumable(saved: dict[str, Any] | None, cfg: TrainConfig, ckpt: Path) -> None:
+    if saved is None:
+        return
+    now = cfg.to_dict()
+    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
+        raise ConfigError(f"--resume: {ckpt} was written with a different config ({detail}); resume with the "
+                          "same settings, or start a new out_dir")
 
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
@@ -215,6 +235,9 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
                              "best_val": None, "elapsed": 0.0}
     opt_state = None
+    if not resume and list_checkpoints(out_dir / "checkpoints"):
+        raise ConfigError(f"out_dir: {out_dir} already holds checkpoints of an earlier run; continue it with "
+                          "--resume, or choose another out_dir")
     if resume:
         ckpt = latest_checkpoint(out_dir / "checkpoints")
         if ckpt is None:
@@ -222,9 +245,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
                 print(f"--resume: no complete checkpoint under {out_dir / 'checkpoints'}; starting fresh")
         else:
             model_state, opt_state, state = load_checkpoint(ckpt)
-            model.load_state_dict(model_state, strict=False)  # tied weights are written once
-            if hasattr(model, "tie_weights"):
-                model.tie_weights()
+            _check_resumable(state.pop("config", None), cfg, ckpt)
+            load_weights(model, model_state, source=str(ckpt))  # strict: names and shapes must match
             if info.is_main:
                 print(f"resumed from {ckpt} (step {state['step']})")
     # FSDP replaces the parameters with shards: wrap first, then build the optimizer over what trains
@@ -243,6 +265,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     amp = resolve_autocast_dtype(cfg.precision, info.device)
+    # fp16 has too little range for gradients: scale the loss up and unscale before clipping
+    scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
     tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
     span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
     chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
@@ -254,7 +278,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         train=ChunkSampler(train_shards, chunk, cfg.seed),
         val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
         bytes_per_token=val_shards.bytes_per_token, amp_dtype=amp, out_dir=out_dir,
-        flops_per_token=flops, peak_flops=measured_peak(info.device, amp), state=state,
+        flops_per_token=flops, peak_flops=measured_peak(info.device, amp), state=state, scaler=scaler,
     )
 
 
@@ -262,11 +286,15 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
 # One batch, one step
 
 
-def _generator(*keys: int) -> torch.Generator:
+def _seed(*keys: int) -> int:
     seed = 0
     for k in keys:
         seed = (seed * 1_000_003 + k) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
+    return seed
+
+
+def _generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*keys))
 
 
 def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -303,6 +331,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                 total=cfg.max_steps, schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    # dropout draws from the global RNG: seed it from (seed, step, rank) so a resumed run, and every
+    # rank, draws exactly what the uninterrupted run drew
+    torch.manual_seed(_seed(cfg.seed, step, info.rank, 17))
     batches = []
     for m in range(cfg.grad_accum):
         start = (step * cfg.grad_accum + m) * B * world + info.rank * B
@@ -320,18 +351,27 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                 loss, n = obj.compute_loss(run.model, batch, cfg.objective)
             # DDP averages gradients over ranks: multiply by world so the result is the global token mean
             weight = n / max(global_targets, 1.0) * world
-            (loss * weight).backward()
+            scaled = loss * weight
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         loss_sum += loss.item() * n
     total_loss_sum, = all_reduce_sum([loss_sum], info)
     loss_value = total_loss_sum / max(global_targets, 1.0)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skips the update itself when the scaled gradients overflowed
+        run.scaler.update()
     if finite:
-        run.optimizer.step()
+        if run.scaler is None:
+            run.optimizer.step()
         run.state["opt_steps"] += 1
         run.state["nonfinite_run"] = 0
+    elif run.scaler is not None and math.isfinite(loss_value):
+        pass  # an fp16 gradient overflow: the scaler skipped the update and lowered its scale, as designed
     else:
         # skip: no optimizer step, no schedule step; count it
         run.state["nonfinite"] += 1
@@ -357,22 +397,26 @@ def evaluate(run: Run) -> dict[str, float]:
     run.model.eval()
     loss_sum, targets = 0.0, 0.0
     B = cfg.batch_size
+    # the same validation sequences every time, each read once: at most what the split holds
     n_batches = min(cfg.eval_batches, max(1, run.val.n // (B * info.world_size)))
-    for i in range(n_batches):
-        start = (i * info.world_size + info.rank) * B
-        batch = make_batch(run, run.val, start, B, _generator(cfg.seed, 999_983, i, info.rank))
-        with autocast(info.device, run.amp_dtype):
-            loss, n = obj.compute_loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, cfg.objective)
-        loss_sum += loss.item() * n
-        targets += n
+    rows = min(B, max(1, run.val.n // info.world_size))
+    try:
+        for i in range(n_batches):
+            start = (i * info.world_size + info.rank) * rows
+            batch = make_batch(run, run.val, start, rows, _generator(cfg.seed, 999_983, i, info.rank))
+            with autocast(info.device, run.amp_dtype):
+                loss, n = obj.compute_loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, cfg.objective)
+            loss_sum += loss.item() * n
+            targets += n
+    finally:
+        run.model.train()
     loss_sum, targets = all_reduce_sum([loss_sum, targets], info)
-    run.model.train()
     val_loss = loss_sum / max(targets, 1.0)
-    return {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(min(val_loss, 50.0)),
-        "val_bpb": val_loss / math.log(2) / run.bytes_per_token,
-    }
+    out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    if cfg.objective == "clm":
+        # bits per byte: every byte of the text is predicted once, so it compares across tokenizers
+        out["val_bpb"] = val_loss / math.log(2) / run.bytes_per_token
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -391,8 +435,14 @@ class MetricsLog:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             # a killed run may have logged steps past its last checkpoint: drop them, they will be redone
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    keep.append(line)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in keep))
             tmp.replace(self.path)
@@ -455,7 +505,7 @@ def save(run: Run) -> Path | None:
     path = None
     if run.info.is_main:
         path = save_checkpoint(run.out_dir / "checkpoints", run.state["step"], model_state, opt_state,
-                               run.state, run.cfg.keep_last)
+                               {**run.state, "config": run.cfg.to_dict()}, run.cfg.keep_last)
     barrier(run.info)
     return path
 
@@ -520,6 +570,8 @@ def fit(run: Run) -> dict[str, Any]:
                     "precision=fp32, then --resume from the last checkpoint"
                 )
             step = state["step"]
+            if info.enabled:  # every rank must stop at the same step, or their collectives would not match
+                stop["requested"] = all_reduce_sum([float(stop["requested"])], info)[0] > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 dt = time.perf_counter() - t_window
                 tps = tok_window / dt if dt > 0 else 0.0
@@ -537,8 +589,8 @@ def fit(run: Run) -> dict[str, Any]:
                 state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
                 log.write({"step": step, **last_eval})
                 log.plot(run.out_dir / "loss.png")
-                line = (f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}, "
-                        f"bits/byte {last_eval['val_bpb']:.4f}")
+                line = (f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}"
+                        + (f", bits/byte {last_eval['val_bpb']:.4f}" if "val_bpb" in last_eval else ""))
                 if bar is not None:
                     bar.write(line)
                 elif info.is_main:
