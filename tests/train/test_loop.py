@@ -264,3 +264,20 @@ def test_ddp_mlm_runs(pd_data, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert sorted(_losses(out)) == [1, 2, 3]
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_and_init_from(pd_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(_cfg(pd_data, out, "max_steps=4", "save_every=2", "eval_every=4", "keep_last=3"))
+    shutil.rmtree(out / "model")
+    newest = out / "checkpoints" / "step_00000004"
+    with open(newest / "optimizer.pt", "r+b") as f:
+        f.seek(40)
+        f.write(b"\x00\x01\x02\x03")
+    result = pretrain(_cfg(pd_data, out, "max_steps=4", "save_every=2", "eval_every=4", "keep_last=3"), resume=True)
+    assert "skipping" in capsys.readouterr().out and result["step"] == 4
+    # continue pretraining a finished model on the same data (a new run)
+    cont = load_train_config(None, [f"data.path={pd_data}", f"out_dir={tmp_path / 'more'}", f"init_from={out / 'model'}",
+                                    "data.seq_len=32", "batch_size=4", "max_steps=2", "eval_every=2", "save_every=2",
+                                    "progress=false", "precision=fp32"])
+    assert pretrain(cont)["step"] == 2

@@ -55,3 +55,11 @@ def test_resume_on_gpu_matches(pd_data, tmp_path):
     a, b = _losses(full), _losses(part)
     for step in range(1, 13):
         assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+
+
+def test_fp16_uses_a_grad_scaler(pd_data, tmp_path):
+    out = tmp_path / "fp16"
+    result = pretrain(_cfg(pd_data, out, "precision=fp16", "max_steps=30", "eval_every=30", "save_every=30"))
+    losses = _losses(out)
+    assert result["nonfinite"] == 0  # overflows are the scaler's business, not divergence
+    assert sum(losses[s] for s in range(26, 31)) < sum(losses[s] for s in range(1, 6)) - 1.0

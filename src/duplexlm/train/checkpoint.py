@@ -77,6 +77,8 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
+    for stale in root.glob(".step_*.tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.tmp-", dir=root))
     try:
         save_file(independent(model_state), str(tmp / "model.safetensors"))
@@ -92,6 +94,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(root)  # make the rename itself durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -99,6 +102,19 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         if old != final:  # never the one just written
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def is_complete(path: Path, verify_hashes: bool = False) -> bool:

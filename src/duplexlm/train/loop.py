@@ -30,7 +30,7 @@ from ..precision import autocast, resolve_autocast_dtype
 from ..presets import get_preset
 from ..tokenizer import Tokenizer
 from . import objectives as obj
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_train_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
 from .schedule import get_lr
@@ -224,10 +224,17 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     out_dir = Path(cfg.out_dir)
 
     if cfg.init_from:
-        model, _ = load(cfg.init_from)
+        model, init_tok = load(cfg.init_from)
         if model.config.family != FAMILY_FOR_OBJECTIVE[cfg.objective]:
             raise ConfigError(f"init_from: {cfg.init_from} holds a {model.config.family}, "
                               f"objective {cfg.objective!r} needs a {FAMILY_FOR_OBJECTIVE[cfg.objective]}")
+        if init_tok is not None and init_tok.backend.get_vocab() != tokenizer.backend.get_vocab():
+            # same ids must mean the same tokens, or the pretrained embeddings are noise
+            raise ConfigError(f"init_from: {cfg.init_from} was trained with another tokenizer than the data in "
+                              f"{cfg.data.path}; prepare the data with --tokenizer {cfg.init_from}")
+        if model.config.vocab_size < train_shards.vocab_size:
+            raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
+                              f"data's ({train_shards.vocab_size})")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(model_config_for(cfg, train_shards.vocab_size, tokenizer))
@@ -239,12 +246,20 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         raise ConfigError(f"out_dir: {out_dir} already holds checkpoints of an earlier run; continue it with "
                           "--resume, or choose another out_dir")
     if resume:
-        ckpt = latest_checkpoint(out_dir / "checkpoints")
-        if ckpt is None:
+        ckpt, loaded = None, None
+        for candidate in reversed(list_checkpoints(out_dir / "checkpoints")):  # newest first
+            try:
+                loaded = load_checkpoint(candidate)
+                ckpt = candidate
+                break
+            except ValueError as e:  # corrupt: say so and fall back to the one before
+                if info.is_main:
+                    print(f"--resume: skipping {candidate}: {e}")
+        if ckpt is None or loaded is None:
             if info.is_main:
                 print(f"--resume: no complete checkpoint under {out_dir / 'checkpoints'}; starting fresh")
         else:
-            model_state, opt_state, state = load_checkpoint(ckpt)
+            model_state, opt_state, state = loaded
             _check_resumable(state.pop("config", None), cfg, ckpt)
             load_weights(model, model_state, source=str(ckpt))  # strict: names and shapes must match
             if info.is_main:
