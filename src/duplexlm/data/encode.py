@@ -257,8 +257,11 @@ def _pool(workers: int, config: EncodeConfig) -> Iterator[Any]:
     workers run only tokenizers, NumPy and jieba, none of which the parent's threads can leave locked.
     Elsewhere (macOS, Windows) the platform's default start method."""
     if "fork" not in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context().Pool(workers, _init_worker, (config,)) as pool:
+        pool = multiprocessing.get_context().Pool(workers, _init_worker, (config,))
+        try:
             yield pool
+        finally:
+            _shut_down(pool)
         return
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     # the children are told before they start that their tokenizer runs single-threaded; otherwise
@@ -274,8 +277,29 @@ def _pool(workers: int, config: EncodeConfig) -> Iterator[Any]:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
-    with pool:  # leaving the block terminates the workers
+    try:
         yield pool
+    finally:
+        _shut_down(pool)
+
+
+WORKER_TIMEOUT = 600.0  # seconds one chunk may take before a worker counts as stuck
+
+
+def _result(result: Any) -> EncodedChunk:
+    try:
+        return result.get(WORKER_TIMEOUT)
+    except multiprocessing.TimeoutError as e:
+        raise RuntimeError(f"a tokenizer worker gave no answer in {WORKER_TIMEOUT:.0f} s; "
+                           "rerun with --workers 1") from e
+
+
+def _shut_down(pool: Any) -> None:
+    """Close and join rather than ``terminate()``: terminating a pool of forked workers can hang
+    forever in ``Pool._terminate_pool`` (CPython's handler threads wait on workers it has killed).
+    Callers wait for their in-flight tasks first, so every worker is idle here."""
+    pool.close()
+    pool.join()
 
 
 def encode_chunks(chunks: Iterable[Chunk], config: EncodeConfig, workers: int = 1) -> Iterator[EncodedChunk]:
@@ -291,9 +315,17 @@ def encode_chunks(chunks: Iterable[Chunk], config: EncodeConfig, workers: int = 
         return
     with _pool(workers, config) as pool:
         pending: deque[Any] = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_work, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for chunk in chunks:
+                pending.append(pool.apply_async(_work, (chunk,)))
+                if len(pending) >= 2 * workers:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            # stopped early (an error, Ctrl-C, the consumer closing us): let the few chunks still in
+            # flight finish, so the pool can be closed and joined instead of terminated
+            for result in pending:
+                result.wait(WORKER_TIMEOUT)
+            if not all(result.ready() for result in pending):
+                pool.terminate()  # a stuck worker would never take the close sentinel: kill them all
