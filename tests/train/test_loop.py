@@ -74,7 +74,7 @@ def test_other_objectives_train(pd_data, tmp_path, objective, preset):
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(pd_data, tmp_path):
-    steps = ["max_steps=16", "save_every=4", "eval_every=8"]
+    steps = ["max_steps=48", "save_every=4", "eval_every=16"]
     full = tmp_path / "full"
     subprocess.run(_cli(pd_data, full, *steps), check=True, capture_output=True)
     expected = _losses(full)
@@ -87,12 +87,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(pd_data, tmp_path):
         if ckpt is not None and ckpt.name >= "step_00000008":
             break
         time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait()
-    assert latest_checkpoint(killed / "checkpoints") is not None
-    subprocess.run(_cli(pd_data, killed, *steps, "--resume"), check=True, capture_output=True)
+    ckpt = latest_checkpoint(killed / "checkpoints")
+    assert ckpt is not None and ckpt.name < "step_00000048"  # killed mid-run
+    res = subprocess.run(_cli(pd_data, killed, *steps, "--resume"), check=True, capture_output=True, text=True)
+    assert f"resumed from {ckpt}" in res.stdout
     got = _losses(killed)
-    assert sorted(got) == list(range(1, 17))
+    assert sorted(got) == list(range(1, 49))
     assert got == expected  # bit-identical per-step losses
 
 
