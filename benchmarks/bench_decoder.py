@@ -23,33 +23,13 @@ import torch.nn.functional as F
 from duplexlm.config import DecoderConfig
 from duplexlm.convert import to_hf
 from duplexlm.models import build_model
-from duplexlm.precision import autocast, cpu_bf16_is_fast, cpu_capability
+from duplexlm.precision import autocast, cpu_bf16_is_fast, cpu_capability, matmul_peak, synchronize
 
 SIZES = {
     # a CPU-sized GPT-2: 6 layers of width 384 over a 16k vocabulary
     "small-cpu": dict(vocab_size=16384, max_seq_len=256, d_model=384, n_layer=6, n_head=6),
     "gpt2": dict(vocab_size=50257, max_seq_len=1024, d_model=768, n_layer=12, n_head=12),
 }
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    """Measured dense matmul FLOP/s of this machine for ``dtype`` (the MFU denominator)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(3):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return 2 * n**3 / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _step(model: torch.nn.Module, ids: torch.Tensor, hf: bool, dtype: torch.dtype | None) -> None:
@@ -60,6 +40,18 @@ def _step(model: torch.nn.Module, ids: torch.Tensor, hf: bool, dtype: torch.dtyp
     model.zero_grad(set_to_none=True)
 
 
+def hf_gpt2(ours: torch.nn.Module) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel with our decoder's config and weights (SDPA attention)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    hf_cfg, hf_sd = to_hf(ours.config, ours.state_dict())
+    hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("model_type", "architectures")}
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg, attn_implementation="sdpa"))
+    theirs.load_state_dict(hf_sd, strict=False)  # the tied head is absent; transformers re-ties it
+    return theirs
+
+
 def bench(size: str, batch: int, seq: int, steps: int, device: torch.device) -> list[dict]:
     import transformers
 
@@ -67,26 +59,22 @@ def bench(size: str, batch: int, seq: int, steps: int, device: torch.device) -> 
     cfg = DecoderConfig(**SIZES[size], dropout=0.0, attn_dropout=0.0)
     torch.manual_seed(0)
     ours = build_model(cfg).to(device).train()
-    hf_cfg, hf_sd = to_hf(cfg, ours.state_dict())
-    hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("model_type", "architectures")}
-    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg, attn_implementation="sdpa"))
-    theirs.load_state_dict(hf_sd, strict=False)
-    theirs.to(device).train()
+    theirs = hf_gpt2(ours).to(device).train()
     flops_per_token = ours.num_flops_per_token(seq)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
     dtypes: list[torch.dtype | None] = [None, torch.bfloat16]
     rows = []
     for dtype in dtypes:
-        peak = matmul_peak(dtype or torch.float32, device)
+        peak = matmul_peak(device, dtype, n=2048, reps=10)
         times: dict[str, list[float]] = {"duplexlm": [], "transformers": []}
         for model, hf in ((ours, False), (theirs, True)):
             _step(model, ids, hf, dtype)  # warm-up
         for _ in range(steps):  # interleave so both see the same noise
             for name, model, hf in (("duplexlm", ours, False), ("transformers", theirs, True)):
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 _step(model, ids, hf, dtype)
-                _sync(device)
+                synchronize(device)
                 times[name].append(time.perf_counter() - t0)
         tok = batch * seq
         res = {k: tok / statistics.median(v) for k, v in times.items()}

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoder import machine, write_section
-from duplexlm.convert import to_hf
+from bench_decoder import hf_gpt2, machine, write_section
 from duplexlm.precision import autocast
 from duplexlm.train import loop
 from duplexlm.train.config import load_train_config
@@ -58,14 +57,7 @@ def our_run(data: Path, args: argparse.Namespace, out: Path, extra: list[str] = 
 
 
 def hf_model(run: loop.Run):
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    hf_cfg, hf_sd = to_hf(run.raw_model.config, run.raw_model.state_dict())
-    hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("model_type", "architectures")}
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg, attn_implementation="sdpa"))
-    model.load_state_dict(hf_sd, strict=False)
-    return model.to(run.info.device).train()
+    return hf_gpt2(run.raw_model).to(run.info.device).train()
 
 
 def hf_step(model, opt, ids: torch.Tensor, amp) -> float:

@@ -60,12 +60,16 @@ def _zoo(quick: bool) -> None:
               f"{B * T / dt:>11.0f}  {check}  out {tuple(h.shape)}")
 
 
-def _family_check(model: torch.nn.Module, ids: torch.Tensor) -> str:
-    family = model.config.family
+def _last_changed(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     changed = ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % model.config.vocab_size
+    changed[:, -1] = (changed[:, -1] + 1) % vocab_size
+    return changed
+
+
+def _family_check(model: torch.nn.Module, ids: torch.Tensor) -> str:
+    family, vocab = model.config.family, model.config.vocab_size
     if family == "decoder":
-        a, b = model(ids).logits, model(changed).logits
+        a, b = model(ids).logits, model(_last_changed(ids, vocab)).logits
         causal = torch.equal(a[:, :-1], b[:, :-1])
         cache = model.new_kv_cache(ids.shape[0], ids.shape[1])
         half = ids.shape[1] // 2
@@ -73,15 +77,9 @@ def _family_check(model: torch.nn.Module, ids: torch.Tensor) -> str:
         pieces += [model(ids[:, t:t + 1], kv_cache=cache).logits for t in range(half, ids.shape[1])]
         diff = (torch.cat(pieces, 1) - a).abs().max().item()
         return f"causal={causal} kv-cache max|Δ|={diff:.1e}"
-    if family == "encoder":
-        a, b = model(ids).last_hidden_state, model(changed).last_hidden_state
-        return f"bidirectional={not torch.equal(a[:, 0], b[:, 0])}"
-    if family == "rnn":
-        # a recurrence forgets over long spans: check on a short prefix
-        a = model(ids[:, :16]).last_hidden_state
-        short = ids[:, :16].clone()
-        short[:, -1] = (short[:, -1] + 1) % model.config.vocab_size
-        b = model(short).last_hidden_state
+    if family in ("encoder", "rnn"):
+        x = ids[:, :16] if family == "rnn" else ids  # a recurrence forgets over long spans: a short prefix
+        a, b = model(x).last_hidden_state, model(_last_changed(x, vocab)).last_hidden_state
         return f"bidirectional={not torch.equal(a[:, 0], b[:, 0])}"
     return "encoder-decoder"
 
@@ -119,7 +117,7 @@ def _real_weights() -> None:
         transformers.utils.logging.disable_progress_bar()
         ref = transformers.BertModel.from_pretrained(path).eval()
         with torch.no_grad():
-            r = ref(**{k: v for k, v in batch.items()}).last_hidden_state
+            r = ref(**batch).last_hidden_state
         diff = (r - out.last_hidden_state)[batch["attention_mask"].bool()].abs().max().item()
         print(f"parity with transformers' BertModel: max |Δ| = {diff:.2e} over {int(m.sum())} tokens")
 

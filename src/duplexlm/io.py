@@ -157,7 +157,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
 # Writing
 
 
-def _own_state_dict(model: nn.Module) -> dict[str, Tensor]:
+def own_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state dict with each tied tensor once (under its first name), as it is written."""
     tied = _tied_names(model)
     return {k: v for k, v in model.state_dict().items() if k not in tied}
 
@@ -194,8 +195,22 @@ class atomic_directory:
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)  # make the rename itself durable
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse to fsync a directory; the rename still happened
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -206,15 +221,17 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None =
                state_dict: dict[str, Tensor] | None = None) -> None:
     """Write a duplexlm model directory atomically. ``state_dict`` overrides the model's own
     (a sharded model passes its gathered full state)."""
-    config: AnyConfig = model.config  # type: ignore[assignment]
-    if state_dict is None:
-        state_dict = _own_state_dict(model)
     with atomic_directory(path) as tmp:
-        _write_json(tmp / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
-        save_file(independent(state_dict), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "producer": "duplexlm"})
+        _write_model(tmp, model.config, own_state_dict(model) if state_dict is None else state_dict)
         if tokenizer is not None:
             tokenizer.save(tmp)
+
+
+def _write_model(directory: Path, config: AnyConfig, state_dict: dict[str, Tensor]) -> None:
+    """Our config.json and model.safetensors into ``directory``."""
+    _write_json(directory / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
+    save_file(independent(state_dict), str(directory / "model.safetensors"),
+              metadata={"format": "pt", "producer": "duplexlm"})
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -241,8 +258,6 @@ def convert_from_hf(src: str | Path, dst: str | Path) -> AnyConfig:
     src = Path(src)
     model, _ = load(src)
     with atomic_directory(dst) as tmp:
-        _write_json(tmp / "config.json", {"duplexlm_version": __version__, **model.config.to_dict()})
-        save_file(independent(_own_state_dict(model)), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "producer": "duplexlm"})
+        _write_model(tmp, model.config, own_state_dict(model))
         _copy_tokenizer(src, tmp)
     return model.config

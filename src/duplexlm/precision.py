@@ -86,6 +86,41 @@ def autocast(device: str | torch.device, dtype: torch.dtype | None) -> contextli
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+_PEAKS: dict[tuple[str, str, int, int, int], float] = {}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, n: int | None = None, reps: int = 1,
+                trials: int = 3) -> float:
+    """Dense matmul FLOP/s of ``device`` for ``dtype`` (None: fp32), measured once and cached: the best,
+    over ``trials``, of the mean time of ``reps`` products of two n×n matrices. This is the MFU
+    denominator, so MFU is always against what this machine really does in this precision."""
+    device = torch.device(device)
+    dtype = dtype or torch.float32
+    n = n or (1024 if device.type == "cpu" else 4096)
+    key = (str(device), str(dtype), n, reps, trials)
+    if key not in _PEAKS:
+        g = torch.Generator(device=device).manual_seed(0)  # never touch the global RNG
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(trials):
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            synchronize(device)
+            best = min(best, (time.perf_counter() - t0) / reps)
+        _PEAKS[key] = 2 * n**3 / best
+    return _PEAKS[key]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -9,10 +9,8 @@ into place only when complete; a directory without a valid manifest is ignored b
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..convert.common import independent
 from ..fileutil import sha256_file
+from ..io import atomic_directory
 
 MANIFEST = "manifest.json"
 
@@ -75,46 +74,21 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
                     optimizer_state: dict[str, Any], trainer_state: dict[str, Any], keep_last: int) -> Path:
     """Write ``root/step_{step:08d}`` atomically, then delete all but the newest ``keep_last``."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     for stale in root.glob(".step_*.tmp-*"):  # left by a process killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.tmp-", dir=root))
-    try:
+    with atomic_directory(final) as tmp:
         save_file(independent(model_state), str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_rng_to_plain(rng_state()), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-        files = {}
-        for f in sorted(tmp.iterdir()):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
+        # written last: a checkpoint is complete exactly when its manifest matches its files
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)  # make the rename itself durable
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(root)[:-keep_last]:
         if old != final:  # never the one just written
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def is_complete(path: Path, verify_hashes: bool = False) -> bool:

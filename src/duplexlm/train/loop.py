@@ -12,6 +12,7 @@ exactly (bit-identical on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -24,9 +25,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, config_from_dict
-from ..io import load, load_weights, save_model
+from ..io import load, load_weights, own_state_dict, save_model
 from ..models import build_model, count_parameters
-from ..precision import autocast, resolve_autocast_dtype
+from ..precision import autocast, matmul_peak, resolve_autocast_dtype
 from ..presets import get_preset
 from ..tokenizer import Tokenizer
 from . import objectives as obj
@@ -171,31 +172,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-_PEAKS: dict[tuple[str, str], float] = {}
-
-
-def measured_peak(device: torch.device, dtype: torch.dtype | None) -> float:
-    """Dense matmul FLOP/s of this device for the training dtype, measured once (the MFU denominator)."""
-    key = (str(device), str(dtype))
-    if key not in _PEAKS:
-        n = 1024 if device.type == "cpu" else 4096
-        g = torch.Generator(device=device).manual_seed(0)  # never touch the global RNG
-        a = torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g)
-        b = torch.randn(n, n, device=device, dtype=dtype or torch.float32, generator=g)
-        a @ b
-        best = float("inf")
-        for _ in range(3):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            a @ b
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        _PEAKS[key] = 2 * n**3 / best
-    return _PEAKS[key]
-
-
 # what a resumed run must share with the run that wrote the checkpoint: anything else would change
 # the model or which data the remaining steps read
 _RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed")
@@ -216,7 +192,6 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     from ..data import TokenShards
 
     info = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + info.rank)
     if not cfg.data.path:
         raise ConfigError("data.path: name a directory written by `duplex data prepare`")
     train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
@@ -293,7 +268,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         train=ChunkSampler(train_shards, chunk, cfg.seed),
         val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
         bytes_per_token=val_shards.bytes_per_token, amp_dtype=amp, out_dir=out_dir,
-        flops_per_token=flops, peak_flops=measured_peak(info.device, amp), state=state, scaler=scaler,
+        flops_per_token=flops, peak_flops=matmul_peak(info.device, amp), state=state, scaler=scaler,
     )
 
 
@@ -360,7 +335,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     for m, batch in enumerate(batches):
         last = m == len(batches) - 1
         # DDP: all-reduce gradients only after the last micro-batch
-        sync = run.model.no_sync() if info.enabled and not last and hasattr(run.model, "no_sync") else _null()
+        sync = run.model.no_sync() if info.enabled and not last and hasattr(run.model, "no_sync") \
+            else contextlib.nullcontext()
         with sync:
             with autocast(info.device, run.amp_dtype):
                 loss, n = obj.compute_loss(run.model, batch, cfg.objective)
@@ -395,14 +371,6 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     n_tokens = sum(b["input_ids"].numel() for b in batches) * world
     run.state["tokens"] += n_tokens
     return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "finite": finite, "tokens_step": n_tokens}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @torch.no_grad()
@@ -536,11 +504,8 @@ def _full_states(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return (get_model_state_dict(run.raw_model, options=opts),
                 get_optimizer_state_dict(run.raw_model, run.optimizer, options=opts))
-    own = {k: v.detach().cpu() for k, v in run.raw_model.state_dict().items()}
-    from ..io import _tied_names
-
-    tied = _tied_names(run.raw_model)
-    return {k: v for k, v in own.items() if k not in tied}, run.optimizer.state_dict()
+    own = {k: v.detach().cpu() for k, v in own_state_dict(run.raw_model).items()}
+    return own, run.optimizer.state_dict()
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -628,7 +593,6 @@ def fit(run: Run) -> dict[str, Any]:
         model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
         if info.is_main:
             save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer, state_dict=model_state)
-            log.plot(run.out_dir / "loss.png")
     barrier(info)
     return {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
 
