@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from duplexlm.errors import OutputError
 from duplexlm.tokenizer import (
     BASE_SPECIAL_TOKENS,
     CHATML_TEMPLATE,
@@ -287,7 +288,7 @@ def test_save_is_atomic_and_keeps_other_files(bpe, tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
-    save_tokenizer(bpe, out)
+    bpe.save(out)  # Tokenizer.save writes its files into a model directory, file by file
     before = (out / "tokenizer.json").read_bytes()
     config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["eos_token"] == "<|endoftext|>" and config["additional_special_tokens"][0] == "<|im_start|>"
@@ -303,8 +304,16 @@ def test_save_is_atomic_and_keeps_other_files(bpe, tmp_path):
         broken.save(out)
     assert (out / "tokenizer.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    with pytest.raises(NotADirectoryError):
+    # save_tokenizer writes a tokenizer directory of its own: never over a file or another's files
+    with pytest.raises(OutputError, match="exists and is not a directory"):
         save_tokenizer(bpe, out / "model.safetensors")
+    with pytest.raises(OutputError, match=r"holds files duplexlm did not write \(model\.safetensors\)"):
+        save_tokenizer(bpe, out, overwrite=True)
+    tok_dir = save_tokenizer(bpe, tmp_path / "tok")
+    with pytest.raises(OutputError, match="already holds a tokenizer directory; pass --overwrite"):
+        save_tokenizer(bpe, tok_dir)
+    save_tokenizer(bpe, tok_dir, overwrite=True)
+    assert sorted(p.name for p in tok_dir.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
 
 
 # ----------------------------------------------------------------------------------------------------

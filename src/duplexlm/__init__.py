@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .config import DecoderConfig, EncoderConfig, RNNConfig, Seq2SeqConfig
 from .io import convert_from_hf, convert_to_hf, load, save_model
 from .models import ModelOutput, build_model, count_parameters
+from .version import __version__
 
 __all__ = [
     "DecoderConfig",

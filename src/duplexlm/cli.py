@@ -6,7 +6,7 @@
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
     duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
-    duplex pretrain [CONFIG.yaml] [key=value ...] [--resume]  causal LM, masked LM or span corruption
+    duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
 """
 
@@ -14,12 +14,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from .errors import DuplexError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that every ``finally`` and atomic write cleans up as it
+    does for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag (argparse prints the whole usage otherwise)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {value}")
+        return value
+
+    return parse
+
+
+def _fraction(low_open: bool, high_open: bool) -> Callable[[str], float]:
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {lo}0, 1{hi}, found {text!r}") from None
+        if not (value > 0 if low_open else value >= 0) or not (value < 1 if high_open else value <= 1):
+            raise argparse.ArgumentTypeError(f"expected a number in {lo}0, 1{hi}, found {value}")
+        return value
+
+    return parse
 
 
 def _param_count(name: str) -> int:
@@ -69,10 +118,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .io import convert_from_hf, convert_to_hf
 
     if args.to_hf:
-        hf = convert_to_hf(args.src, args.dst)
+        hf = convert_to_hf(args.src, args.dst, overwrite=args.overwrite)
         print(f"wrote {args.dst}: Hugging Face {hf['architectures'][0]} (model_type {hf['model_type']})")
     else:
-        cfg = convert_from_hf(args.src, args.dst)
+        cfg = convert_from_hf(args.src, args.dst, overwrite=args.overwrite)
         print(f"wrote {args.dst}: duplexlm {cfg.family} (head {cfg.head})")
     return 0
 
@@ -82,8 +131,10 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     special tokens of every family; reports characters per token on held-out documents."""
     from .data import iter_documents
     from .data.clean import clean_text
+    from .fileutil import check_output_dir
     from .tokenizer import save_tokenizer, train_tokenizer
 
+    check_output_dir(args.out, "tokenizer", overwrite=args.overwrite)  # before the work, not after
     held_out: list[str] = []
 
     def texts():
@@ -101,7 +152,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
     tok = train_tokenizer(texts(), kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                           lowercase=args.lowercase, show_progress=not args.quiet)
-    save_tokenizer(tok, args.out)
+    save_tokenizer(tok, args.out, overwrite=args.overwrite)
     cpt = tok.chars_per_token(held_out) if held_out else float("nan")
     print(f"wrote {args.out}: {args.kind}, vocabulary {tok.vocab_size}; {cpt:.2f} characters per token on "
           f"{len(held_out)} held-out documents")
@@ -115,7 +166,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     meta = prepare(args.sources, args.out, args.tokenizer, text_field=args.text_field, doc_format=args.doc_format,
                    val_fraction=args.val_fraction, seed=args.seed, near_dedup=args.near_dedup,
                    near_dedup_threshold=args.near_dedup_threshold, on_error=args.on_error, workers=args.workers,
-                   word_boundaries=args.word_boundaries, progress=not args.quiet)
+                   word_boundaries=args.word_boundaries, progress=not args.quiet, overwrite=args.overwrite)
     sp, cl = meta["splits"], meta["cleaning"]
     skipped = sum(sum(s.get("skipped", {}).values()) for s in meta.get("sources", []))
     print(f"wrote {args.out}: train {sp['train']['tokens']:,} tokens / {sp['train']['documents']:,} documents, "
@@ -137,7 +188,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         overrides.insert(0, config)  # no file given, only overrides
         config = None
     cfg = load_train_config(config, overrides)
-    result = pretrain(cfg, resume=args.resume)
+    result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    if result.get("interrupted"):
+        return 128 + int(result["interrupted"])  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     if "val_loss" in result and os.environ.get("RANK", "0") == "0":
         bpb = f", bits/byte {result['val_bpb']:.4f}" if "val_bpb" in result else ""
         print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}{bpb}; "
@@ -154,8 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="duplex", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="duplex", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
         "presets": (cmd_presets, lambda p: None),
@@ -196,22 +248,25 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
 def _tokenizer_train_args(p: argparse.ArgumentParser) -> None:
     _corpus_args(p)
     p.add_argument("--kind", default="bpe", choices=["bpe", "wordpiece"])
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--vocab-size", type=_int_at_least(1), default=8000)
+    p.add_argument("--min-frequency", type=_int_at_least(1), default=2)
     p.add_argument("--lowercase", action="store_true")
-    p.add_argument("--max-docs", type=int, default=0, help="train on at most this many documents (0: all)")
+    p.add_argument("--max-docs", type=_int_at_least(0), default=0,
+                   help="train on at most this many documents (0: all)")
     p.add_argument("--out", required=True, help="output directory (tokenizer.json + tokenizer_config.json)")
+    _overwrite_arg(p)
 
 
 def _data_prepare_args(p: argparse.ArgumentParser) -> None:
     _corpus_args(p)
     p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--val-fraction", type=float, default=0.005)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    _overwrite_arg(p)
+    p.add_argument("--val-fraction", type=_fraction(low_open=False, high_open=True), default=0.005)
+    p.add_argument("--seed", type=_int_at_least(0), default=1234)
     p.add_argument("--near-dedup", action="store_true", help="also drop near duplicates (MinHash, Jaccard)")
-    p.add_argument("--near-dedup-threshold", type=float, default=0.8)
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: up to 4)")
+    p.add_argument("--near-dedup-threshold", type=_fraction(low_open=True, high_open=False), default=0.8)
+    p.add_argument("--workers", type=_int_at_least(1), default=None, help="tokenizer processes (default: up to 4)")
     p.add_argument("--word-boundaries", action="store_true",
                    help="also store word starts, for whole-word masking (Chinese: corpus segmentation or jieba)")
 
@@ -220,6 +275,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="YAML config (see examples/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3 model.n_layer=2")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an out_dir that holds an earlier run (never one holding other files)")
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +284,13 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     way.add_argument("--to-hf", action="store_true", help="SRC is a duplexlm directory")
     way.add_argument("--from-hf", action="store_true", help="SRC is a Hugging Face directory")
     p.add_argument("src", help="source model directory")
-    p.add_argument("dst", help="destination directory (replaced atomically)")
+    p.add_argument("dst", help="destination directory (new or empty; written atomically)")
+    _overwrite_arg(p)
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of this command (never a directory holding other files)")
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -237,17 +300,39 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    name = "duplex " + args.command + (f" {args.action}" if getattr(args, "action", None) else "")
     start = time.perf_counter()
+    # SIGTERM unwinds like Ctrl-C: temporary outputs are removed, worker processes stopped
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         code = args.func(args)
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
-        if os.environ.get("DUPLEXLM_TRACEBACK"):  # the full story, for bug reports
+    except KeyboardInterrupt as e:
+        if os.environ.get("DUPLEXLM_TRACEBACK"):
             raise
-        # User errors get one clear line, not a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        name = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
-        print(f"duplex {name}: error: {msg}", file=sys.stderr)
+        terminated = isinstance(e, Terminated)
+        print(f"\n{name}: {'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}; "
+              "no partial output was kept", file=sys.stderr)
+        code = 143 if terminated else 130
+        from .tokenizer import NATIVE_WORK_ABANDONED
+
+        if NATIVE_WORK_ABANDONED.is_set():
+            # work abandoned in native code (the tokenizer trainer's threads) cannot be stopped, and
+            # tearing the interpreter down around it aborts the process: all is cleaned up, so leave now
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    except (DuplexError, OSError) as e:
+        # A user's mistake (or the machine's: a full disk, a permission) gets one clear line; anything
+        # else is a bug and keeps its traceback. DUPLEXLM_TRACEBACK=1 shows the full story.
+        if os.environ.get("DUPLEXLM_TRACEBACK"):
+            raise
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.command == "demo":
         print(f"done in {time.perf_counter() - start:.1f}s")
     return code

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_type_hints
+
+from .errors import ConfigError
 
 Family = Literal["encoder", "decoder", "seq2seq", "rnn"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -28,8 +29,6 @@ Seq2SeqHead = Literal["none", "lm"]
 RNNHead = Literal["none", "classify", "tag", "lm"]
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range; the message names the field."""
 
 
 def _nearest(name: str, options: list[str]) -> str:
@@ -42,6 +41,8 @@ class BaseConfig:
     """Shared behaviour: validation of ``Literal`` fields, JSON round trip, unknown-key errors."""
 
     family: ClassVar[str] = ""
+    # fields that set a tensor's shape: a config.json of ours must name them (no silent default)
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def _check_literals(self) -> None:
         hints = get_type_hints(type(self))
@@ -69,14 +70,24 @@ class BaseConfig:
         return {"family": self.family, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BaseConfig:
-        """Build a config from a dict; unknown keys are an error that names the nearest valid ones."""
+    def from_dict(cls, data: dict[str, Any], source: str = "config", require_shapes: bool = False) -> BaseConfig:
+        """Build a config from a dict; unknown keys are an error that names the nearest valid ones.
+        With ``require_shapes`` every field of ``SHAPE_FIELDS`` must be present."""
         data = {k: v for k, v in data.items() if k not in ("family", "duplexlm_version")}
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
                 raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}{_nearest(key, names)}")
-        return cls(**data)
+        if require_shapes:
+            absent = [k for k in cls.SHAPE_FIELDS if k not in data]
+            if absent:
+                raise ConfigError(f"{source}: missing field{'s' if len(absent) > 1 else ''} "
+                                  f"{', '.join(repr(k) for k in absent)} ({cls.family} config); expected every "
+                                  f"field that sets a tensor's shape: {', '.join(cls.SHAPE_FIELDS)}")
+        try:
+            return cls(**data)
+        except TypeError as e:  # a value of the wrong type (a string for a number, say)
+            raise ConfigError(f"{source}: {cls.__name__}: {e}") from e
 
     def replace(self, **changes: Any) -> BaseConfig:
         return dataclasses.replace(self, **changes)
@@ -88,6 +99,8 @@ class DecoderConfig(BaseConfig):
     SwiGLU, grouped-query attention), switched by fields, never by a model's name."""
 
     family: ClassVar[str] = "decoder"
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head",
+                                               "n_kv_head", "head_dim", "d_ff", "positions", "gated_mlp", "head")
     vocab_size: int = 50257
     max_seq_len: int = 1024
     d_model: int = 768
@@ -151,6 +164,8 @@ class EncoderConfig(BaseConfig):
     """A bidirectional BERT-style encoder (post-LayerNorm, learned positions, token types)."""
 
     family: ClassVar[str] = "encoder"
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer",
+                                               "n_head", "d_ff", "head")
     vocab_size: int = 30522
     max_seq_len: int = 512
     type_vocab_size: int = 2
@@ -189,6 +204,8 @@ class Seq2SeqConfig(BaseConfig):
     """A T5-style encoder-decoder: relative position buckets, RMS norm, shared embeddings."""
 
     family: ClassVar[str] = "seq2seq"
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("vocab_size", "d_model", "head_dim", "d_ff", "n_layer", "n_head",
+                                               "relative_buckets", "gated_mlp")
     vocab_size: int = 32128
     d_model: int = 512
     head_dim: int = 64
@@ -223,6 +240,8 @@ class RNNConfig(BaseConfig):
     """A recurrent baseline: RNN/GRU/LSTM, one- or two-directional, attention pooling."""
 
     family: ClassVar[str] = "rnn"
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("cell", "vocab_size", "d_embed", "d_hidden", "n_layer",
+                                               "bidirectional", "head")
     cell: Literal["rnn", "gru", "lstm"] = "lstm"
     vocab_size: int = 8000
     d_embed: int = 128
@@ -257,23 +276,22 @@ CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
 AnyConfig = EncoderConfig | DecoderConfig | Seq2SeqConfig | RNNConfig
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> AnyConfig:
-    """Rebuild a config written by :meth:`BaseConfig.to_dict`; ``family`` picks the class."""
+def config_from_dict(data: dict[str, Any], source: str = "config", require_shapes: bool = False) -> AnyConfig:
+    """Rebuild a config written by :meth:`BaseConfig.to_dict`; ``family`` picks the class.
+    ``require_shapes``: the fields that set tensor shapes must be present (a config.json of ours)."""
     family = data.get("family")
     if family not in CONFIG_CLASSES:
-        raise ConfigError(
-            f"{source}: field 'family' must be one of {sorted(CONFIG_CLASSES)}, found {family!r}"
-        )
-    return CONFIG_CLASSES[family].from_dict(data, source=source)  # type: ignore[return-value]
+        found = "no 'family' field" if family is None else f"family {family!r}"
+        raise ConfigError(f"{source}: field 'family' must be one of {sorted(CONFIG_CLASSES)}, found {found}")
+    return CONFIG_CLASSES[family].from_dict(data, source=source,  # type: ignore[return-value]
+                                            require_shapes=require_shapes)
 
 
 def load_config(path: str | Path) -> AnyConfig:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
-    return config_from_dict(data, source=str(path))
+    """Read a model directory's ``config.json`` (ours): every shape field must be there."""
+    from .fileutil import read_json_object
+
+    return config_from_dict(read_json_object(Path(path)), source=str(path), require_shapes=True)
 
 
 __all__ = [

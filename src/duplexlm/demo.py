@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import shutil
 import time
 from pathlib import Path
 
@@ -129,9 +128,9 @@ def _round_trip(out_dir: Path) -> None:
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny")).eval()
     ours_dir, hf_dir, back_dir = out_dir / "llama-tiny", out_dir / "llama-tiny-hf", out_dir / "llama-tiny-back"
-    save_model(model, ours_dir)
-    hf_cfg = convert_to_hf(ours_dir, hf_dir)
-    convert_from_hf(hf_dir, back_dir)
+    save_model(model, ours_dir, overwrite=True)
+    hf_cfg = convert_to_hf(ours_dir, hf_dir, overwrite=True)
+    convert_from_hf(hf_dir, back_dir, overwrite=True)
     back, _ = load(back_dir)
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     with torch.no_grad():
@@ -177,9 +176,10 @@ def _corpus(out_dir: Path, quick: bool) -> tuple[Path, Path]:
         t0 = time.perf_counter()
         tok = train_tokenizer(train_texts, kind=kind, vocab_size=vocab)
         tok_dir = out_dir / f"tok-{kind}"
-        save_tokenizer(tok, tok_dir)
+        save_tokenizer(tok, tok_dir, overwrite=True)
         data_dir = out_dir / f"data-{kind}"
-        meta = prepare([str(corpus)], data_dir, tok_dir, val_fraction=0.02, seed=1234, progress=False)
+        meta = prepare([str(corpus)], data_dir, tok_dir, val_fraction=0.02, seed=1234, progress=False,
+                       overwrite=True)
         sp = meta["splits"]
         print(f"{kind:<9} vocabulary {tok.vocab_size:>5}: {tok.chars_per_token(held_out):.2f} characters/token on "
               f"held-out text; shards train {sp['train']['tokens']:,} / val {sp['val']['tokens']:,} tokens, "
@@ -197,9 +197,8 @@ def _train(objective: str, preset: str, data: Path, out: Path, steps: int, extra
         "data.seq_len=128", "batch_size=16", f"max_steps={steps}", f"eval_every={max(steps // 2, 1)}",
         f"save_every={steps}", "eval_batches=4", "optim.warmup_steps=30", "log_every=10", f"progress={not quick}", *extra,
     ])
-    shutil.rmtree(out, ignore_errors=True)  # the demo owns its run directories: start each afresh
     t0 = time.perf_counter()
-    result = pretrain(cfg)
+    result = pretrain(cfg, overwrite=True)  # the demo owns its run directories: start each afresh
     bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
     print(f"{objective}: {steps} steps in {time.perf_counter() - t0:.0f}s; validation loss "
           f"{result['val_loss']:.3f} (perplexity {result['val_ppl']:.1f}{bpb}); curve in {out / 'loss.png'}")
@@ -257,8 +256,11 @@ def _pretraining(out_dir: Path, quick: bool) -> None:
 
 
 def run_demo(quick: bool = False, out_dir: Path = Path("runs/demo")) -> int:
+    from .fileutil import check_output_dir
     from .precision import describe_machine
 
+    # the demo replaces its own earlier output, and refuses a directory holding anything else
+    check_output_dir(out_dir, "demo", overwrite=True, flag="--out")
     print("duplexlm demo — " + describe_machine())
     _pretraining(out_dir, quick)
     print("\n== 4. the model zoo ==")

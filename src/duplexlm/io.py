@@ -19,10 +19,7 @@ when complete, so a crash never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,34 +27,28 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from . import __version__
 from .config import AnyConfig, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
 from .convert.common import independent
-from .fileutil import read_json_object
+from .errors import ModelDirectoryError, ModelError
+from .fileutil import atomic_directory, check_output_dir, read_json_object, write_json
 from .models import build_model
 from .tokenizer import Tokenizer
+from .version import __version__
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-class ModelDirectoryError(FileNotFoundError):
-    """A model directory lacks a file it needs; the message names the directory and the files."""
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading
 
 
-
-
-
 def _load_safetensors(file: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(file))
     except Exception as e:  # safetensors raises its own error types from Rust
-        raise ValueError(f"{file}: not a readable safetensors file: {e}") from e
+        raise ModelError(f"{file}: not a readable safetensors file: {e}") from e
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -75,8 +66,27 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             sd.update(_load_safetensors(path / shard))
         return sd
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return _load_pickled_weights(path / "pytorch_model.bin")
     raise ModelDirectoryError(f"{path}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _load_pickled_weights(file: Path) -> dict[str, Tensor]:
+    """``pytorch_model.bin`` through ``torch.load(weights_only=True)``: tensors and plain containers
+    only. A file that needs more (arbitrary Python objects) is refused, never unpickled."""
+    import pickle
+
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"{file}: refused to load: it is not a plain PyTorch state dict that weights_only=True can read "
+            f"({first[:160]}). Only if you trust the file, convert it once to safetensors: python -c \"import "
+            f"torch, safetensors.torch as st; st.save_file({{k: v.contiguous() for k, v in torch.load('{file}', "
+            f"weights_only=False).items()}}, '{file.with_name('model.safetensors')}')\"") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ModelError(f"{file}: expected a state dict (a mapping of names to tensors), found {type(sd).__name__}")
+    return sd
 
 
 def is_hf_config(config: dict[str, Any]) -> bool:
@@ -95,7 +105,9 @@ def load_config_and_weights(path: str | Path) -> tuple[AnyConfig, dict[str, Tens
     if is_hf_config(raw):
         adapter_for_hf(raw.get("model_type"), source=str(cfg_file))  # fail on the type before reading weights
         return from_hf(raw, read_state_dict(path), source=str(cfg_file))
-    config = config_from_dict(raw, source=str(cfg_file))
+    # a file of ours must name every field that sets a tensor's shape; defaults would only hide a
+    # truncated or hand-edited file until the weights fail to fit
+    config = config_from_dict(raw, source=str(cfg_file), require_shapes=True)
     return config, read_state_dict(path)
 
 
@@ -111,10 +123,10 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = 
             parts.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
             parts.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        raise ValueError(f"{source}: weights do not match the config: {'; '.join(parts)}")
+        raise ModelError(f"{source}: weights do not match the config: {'; '.join(parts)}")
     for k, t in state_dict.items():
         if tuple(t.shape) != tuple(expected[k].shape):
-            raise ValueError(
+            raise ModelError(
                 f"{source}: tensor {k!r} has shape {tuple(t.shape)}, but the config expects {tuple(expected[k].shape)}"
             )
     model.load_state_dict(state_dict, strict=False)
@@ -163,64 +175,12 @@ def own_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in tied}
 
 
-class atomic_directory:
-    """Context manager yielding a temporary directory that replaces ``path`` only on success.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp()) / "out"
-    >>> with atomic_directory(d) as tmp:
-    ...     _ = (tmp / "a.txt").write_text("x")
-    >>> sorted(p.name for p in d.iterdir())
-    ['a.txt']
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        for f in self.tmp.iterdir():  # flush file contents before the rename makes them visible
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)  # make the rename itself durable
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse to fsync a directory; the rename still happened
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None,
-               state_dict: dict[str, Tensor] | None = None) -> None:
+               state_dict: dict[str, Tensor] | None = None, overwrite: bool = False) -> None:
     """Write a duplexlm model directory atomically. ``state_dict`` overrides the model's own
-    (a sharded model passes its gathered full state)."""
+    (a sharded model passes its gathered full state). ``path`` must be new or empty, or — with
+    ``overwrite`` — an earlier model directory (see :func:`duplexlm.fileutil.check_output_dir`)."""
+    check_output_dir(path, "model", overwrite=overwrite, flag="path")
     with atomic_directory(path) as tmp:
         _write_model(tmp, model.config, own_state_dict(model) if state_dict is None else state_dict)
         if tokenizer is not None:
@@ -229,7 +189,7 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None =
 
 def _write_model(directory: Path, config: AnyConfig, state_dict: dict[str, Tensor]) -> None:
     """Our config.json and model.safetensors into ``directory``."""
-    _write_json(directory / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
+    write_json(directory / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
     save_file(independent(state_dict), str(directory / "model.safetensors"),
               metadata={"format": "pt", "producer": "duplexlm"})
 
@@ -240,22 +200,25 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def convert_to_hf(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """A duplexlm directory → a Hugging Face directory that ``transformers.AutoModel*`` loads."""
+def convert_to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """A duplexlm directory → a Hugging Face directory that ``transformers.AutoModel*`` loads.
+    ``dst`` must be new or empty, or with ``overwrite`` an earlier model directory."""
     src = Path(src)
+    check_output_dir(dst, "model", overwrite=overwrite, flag="dst", inputs=[src])
     config, sd = load_config_and_weights(src)
     load_weights(build_model(config), sd, source=str(src))  # validates names and shapes
     hf_config, hf_sd = to_hf(config, sd)
     with atomic_directory(dst) as tmp:
-        _write_json(tmp / "config.json", hf_config)
+        write_json(tmp / "config.json", hf_config)
         save_file(independent(hf_sd), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _copy_tokenizer(src, tmp)
     return hf_config
 
 
-def convert_from_hf(src: str | Path, dst: str | Path) -> AnyConfig:
-    """A Hugging Face directory → a duplexlm directory."""
+def convert_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> AnyConfig:
+    """A Hugging Face directory → a duplexlm directory (``dst`` as in :func:`convert_to_hf`)."""
     src = Path(src)
+    check_output_dir(dst, "model", overwrite=overwrite, flag="dst", inputs=[src])
     model, _ = load(src)
     with atomic_directory(dst) as tmp:
         _write_model(tmp, model.config, own_state_dict(model))

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +36,8 @@ import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from .fileutil import read_json_object
+from .errors import ConfigError, DataError, ModelDirectoryError, ModelError
+from .fileutil import atomic_directory, atomic_write, check_output_dir, read_json_object
 
 SPECIAL_KEYS = ("pad_token", "unk_token", "bos_token", "eos_token", "cls_token", "sep_token", "mask_token")
 
@@ -261,11 +261,11 @@ class Tokenizer:
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json")
+            raise ModelDirectoryError(f"{path}: no tokenizer.json")
         try:
             backend = HFTokenizer.from_file(str(file))
         except Exception as e:  # the Rust library raises bare Exceptions
-            raise ValueError(f"{file}: not a valid tokenizers file: {e}") from e
+            raise ModelError(f"{file}: not a valid tokenizers file: {e}") from e
         config: dict[str, Any] = {}
         cfg_file = path / "tokenizer_config.json"
         if cfg_file.is_file():
@@ -286,13 +286,13 @@ class Tokenizer:
         file or the new one, never half of one; other files in the directory are left alone.
         """
         path = Path(path)
-        _write_atomic(path / "tokenizer.json", lambda tmp: self.backend.save(str(tmp)))
+        atomic_write(path / "tokenizer.json", lambda tmp: self.backend.save(str(tmp)))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.config}
         for key, text in self.special_tokens.items():
             config[key] = text
         config.pop("added_tokens_decoder", None)  # refers to ids of the old file; tokenizer.json has them
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        _write_atomic(path / "tokenizer_config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(path / "tokenizer_config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _message_fields(message: Any, index: int) -> tuple[str, str]:
@@ -305,28 +305,13 @@ def _message_fields(message: Any, index: int) -> tuple[str, str]:
     return message["role"], message["content"]
 
 
-def _write_atomic(file: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``file``, flush it to disk, rename it to ``file``."""
-    fd, name = tempfile.mkstemp(prefix=f".{file.name}.tmp-", dir=file.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------------
 # Training
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
     return value
 
 
@@ -343,7 +328,7 @@ def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
         if text.strip():
             break
     else:
-        raise ValueError(f"texts: no non-empty text to train on ({len(seen)} texts, all blank)")
+        raise DataError(f"texts: no non-empty text to train on ({len(seen)} texts, all blank)")
 
     def rest() -> Iterator[str]:
         for i, text in enumerate(it, start=len(seen)):
@@ -352,6 +337,41 @@ def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
             yield text
 
     return itertools.chain(seen, rest())
+
+
+NATIVE_WORK_ABANDONED = threading.Event()
+
+
+def _interruptible(work: Any) -> Any:
+    """Run ``work()`` in a helper thread while the main thread waits in short joins.
+
+    The Rust trainer releases the GIL but never checks for signals, so Ctrl-C or SIGTERM would wait
+    for the whole training (half a minute on People's Daily). Waiting here lets the main thread
+    raise at once; the abandoned daemon thread ends with the process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as e:  # handed to the caller below, as if raised here
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="duplexlm-tokenizer-train", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except BaseException:
+        # the trainer's own native threads may still run: the interpreter must not be torn down
+        # around them (it aborts); the command line leaves with os._exit instead
+        NATIVE_WORK_ABANDONED.set()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def _bpe_pipeline(lowercase: bool) -> HFTokenizer:
@@ -415,11 +435,11 @@ def train_tokenizer(
     specials = special_tokens_for(num_sentinels)
     if kind == "bpe":
         if limit_alphabet is not None:
-            raise ValueError("limit_alphabet: applies to kind='wordpiece' only; byte-level BPE always "
+            raise ConfigError("limit_alphabet: applies to kind='wordpiece' only; byte-level BPE always "
                              f"has the {_BYTE_ALPHABET_SIZE} bytes as its alphabet")
         needed = len(specials) + _BYTE_ALPHABET_SIZE
         if vocab_size < needed:
-            raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: the {len(specials)} "
+            raise ConfigError(f"vocab_size={vocab_size} is too small for byte-level BPE: the {len(specials)} "
                              f"special tokens and the {_BYTE_ALPHABET_SIZE} bytes need {needed}; "
                              f"expected vocab_size >= {needed}")
         backend = _bpe_pipeline(lowercase)
@@ -428,7 +448,7 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     elif kind == "wordpiece":
         if vocab_size <= len(specials):
-            raise ValueError(f"vocab_size={vocab_size} is too small for WordPiece: the {len(specials)} special "
+            raise ConfigError(f"vocab_size={vocab_size} is too small for WordPiece: the {len(specials)} special "
                              f"tokens alone need {len(specials)}; expected vocab_size > {len(specials)} plus "
                              "the characters of the training texts")
         backend = _wordpiece_pipeline(lowercase)
@@ -437,13 +457,13 @@ def train_tokenizer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
             continuing_subword_prefix="##", show_progress=show_progress, **options)
     else:
-        raise ValueError(f"kind: expected 'bpe' or 'wordpiece', found {kind!r}")
+        raise ConfigError(f"kind: expected 'bpe' or 'wordpiece', found {kind!r}")
 
-    backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+    _interruptible(lambda: backend.train_from_iterator(_checked_texts(texts), trainer=trainer))
 
     got = backend.get_vocab_size(with_added_tokens=True)
     if got > vocab_size:  # the trainer never drops alphabet symbols, it just stops merging
-        raise ValueError(f"vocab_size={vocab_size} is too small for WordPiece on these texts: the "
+        raise ConfigError(f"vocab_size={vocab_size} is too small for WordPiece on these texts: the "
                          f"{len(specials)} special tokens and the characters seen (with their ## forms) "
                          f"already need {got}; expected vocab_size >= {got}, or pass limit_alphabet to keep "
                          "only the most frequent characters")
@@ -472,9 +492,10 @@ def _trained_config(kind: str, num_sentinels: int, model_max_length: int) -> dic
     }
 
 
-def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path) -> Path:
-    """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir`` (created if needed), each
-    file atomically; returns the directory. ``transformers.PreTrainedTokenizerFast.from_pretrained``
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` as the directory ``out_dir``, atomically;
+    returns the directory. ``out_dir`` must be new or empty, or with ``overwrite`` an earlier
+    tokenizer directory (:func:`duplexlm.fileutil.check_output_dir`). ``transformers.PreTrainedTokenizerFast.from_pretrained``
     and :meth:`Tokenizer.from_dir` read it.
 
     >>> import tempfile
@@ -483,9 +504,7 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     >>> sorted(p.name for p in out.iterdir())
     ['tokenizer.json', 'tokenizer_config.json']
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory; expected a directory for the tokenizer")
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out)
+    out = check_output_dir(out_dir, "tokenizer", overwrite=overwrite, flag="out_dir")
+    with atomic_directory(out) as tmp:
+        tokenizer.save(tmp)
     return out

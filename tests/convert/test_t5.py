@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from duplexlm.config import Seq2SeqConfig
 from duplexlm.convert.t5 import from_hf, to_hf
+from duplexlm.errors import ModelError
 from duplexlm.io import load, load_weights
 from duplexlm.models.seq2seq import Seq2Seq
 
@@ -205,7 +206,7 @@ def test_bad_state_dicts() -> None:
     with pytest.raises(ValueError, match="unexpected tensors"):
         from_hf(hf_dict(), {**sd, "encoder.block.9.layer.0.SelfAttention.q.weight": torch.zeros(1)})
     missing = {k: v for k, v in sd.items() if k != "decoder.final_layer_norm.weight"}
-    with pytest.raises(KeyError, match=re.escape("decoder.final_layer_norm.weight")):
+    with pytest.raises(ModelError, match=re.escape("missing tensor 'decoder.final_layer_norm.weight'")):
         from_hf(hf_dict(), missing)
     with pytest.raises(ValueError, match=re.escape("lm_head.weight differs from shared.weight")):
         from_hf(hf_dict(), {**sd, "lm_head.weight": torch.randn(V, 32)})

@@ -16,6 +16,7 @@ import pytest
 
 from duplexlm.data import DataError, TokenShards, clean_text, encode, pipeline, prepare
 from duplexlm.data.shards import ShardWriter
+from duplexlm.errors import OutputError
 from duplexlm.tokenizer import Tokenizer
 
 from .conftest import CHINESE, ENGLISH
@@ -146,7 +147,7 @@ def test_jsonl_dotted_field_and_skips_in_meta(tmp_path: Path, bpe_dir: Path, bpe
     docs = documents(TokenShards(tmp_path / "out"))
     assert [bpe.decode(d[:-1].tolist()) for d in docs] == ["first doc", "second doc"]
     with pytest.raises(DataError, match=r"c\.jsonl:2: expected a JSON object, found invalid JSON"):
-        run([src], tmp_path / "out", bpe_dir, text_field="meta.body")
+        run([src], tmp_path / "out", bpe_dir, text_field="meta.body", overwrite=True)
 
 
 def test_exact_and_near_duplicates(tmp_path: Path, bpe_dir: Path) -> None:
@@ -229,8 +230,10 @@ def test_failure_leaves_no_output_and_keeps_the_old(tmp_path: Path, bpe_dir: Pat
     assert list(root.iterdir()) == []  # neither the output nor a temporary directory
     run([good], root / "out", bpe_dir)
     before = _listing(root / "out")
+    with pytest.raises(OutputError, match="already holds a token-shards directory; pass --overwrite"):
+        run([good], root / "out", bpe_dir)
     with pytest.raises(DataError, match="3001"):
-        run([good, bad], root / "out", bpe_dir, workers=2)
+        run([good, bad], root / "out", bpe_dir, workers=2, overwrite=True)
     assert _listing(root / "out") == before
     assert [p.name for p in root.iterdir()] == ["out"]
 
@@ -255,9 +258,12 @@ def test_refuses_to_replace_an_unrelated_directory(tmp_path: Path, bpe_dir: Path
     src = write_lines(tmp_path / "c.txt", ENGLISH)
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("precious")
-    with pytest.raises(DataError, match="refusing to replace a directory that does not hold token shards"):
-        run([src], tmp_path / "home", bpe_dir)
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"holds files duplexlm did not write \(thesis\.tex\)"):
+            run([src], tmp_path / "home", bpe_dir, overwrite=overwrite)
     assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(OutputError, match="is \\(or contains\\) the input"):
+        run([src], bpe_dir, bpe_dir, overwrite=True)  # would replace the tokenizer it reads
     (tmp_path / "empty").mkdir()
     run([src], tmp_path / "empty", bpe_dir)  # an empty directory is fine
     with pytest.raises(DataError, match="no documents left to write"):

@@ -40,3 +40,12 @@ def pd_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pd_data(pd_corpus) -> Path:
     return pd_corpus / "data"
+
+
+@pytest.fixture(scope="session")
+def pd_data_words(pd_corpus) -> Path:
+    """The same corpus and tokenizer, prepared with word boundaries (for whole-word masking)."""
+    out = pd_corpus / "data_words"
+    prepare([str(pd_corpus / "corpus.txt")], out, pd_corpus / "tok", val_fraction=0.05, seed=1, workers=1,
+            word_boundaries=True, progress=False)
+    return out

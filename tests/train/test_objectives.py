@@ -404,3 +404,94 @@ def test_compute_loss_errors() -> None:
         compute_loss(model, {"input_ids": random_chunk(1, 4), "labels": random_chunk(1, 5)}, "clm")
     with pytest.raises(ValueError, match="objective"):
         compute_loss(model, tiny_batch("clm"), "sft")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------
+# one generator per row: a row's result does not depend on the batch it is in
+
+
+def gens(*seeds: int) -> list[torch.Generator]:
+    return [gen(s) for s in seeds]
+
+
+def row_batch(kind: str, chunk: torch.Tensor, generator: list[torch.Generator],
+              starts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if kind == "span":
+        return span_batch(chunk, sentinel_ids=SENTINELS, eos_token_id=EOS, pad_token_id=PAD,
+                          decoder_start_token_id=PAD, generator=generator)
+    return mlm_batch(chunk, mask_token_id=MASK, vocab_size=V, special_ids=SPECIALS, generator=generator,
+                     word_starts=starts if kind == "mlm-whole-word" else None, mask_prob=0.05,
+                     cls_token_id=CLS, sep_token_id=SEP)
+
+
+@pytest.mark.parametrize("kind", ["mlm", "mlm-whole-word", "span"])
+def test_a_row_is_the_same_alone_or_in_a_batch(kind: str) -> None:
+    B, L = 6, 40
+    chunk = random_chunk(B, L, seed=5, special_rate=0.1)
+    chunk[1] = torch.tensor([0, 1, 2, 3] * (L // 4))  # nothing maskable (mlm)
+    starts = torch.rand((B, L), generator=gen(9)) < 0.4
+    seeds = [101, 7, 55, 3, 80, 12]
+    batch = row_batch(kind, chunk, gens(*seeds), starts)
+    for i, s in enumerate(seeds):
+        alone = row_batch(kind, chunk[i:i + 1], gens(s), starts[i:i + 1])
+        assert batch.keys() == alone.keys()
+        for key in batch:
+            assert torch.equal(batch[key][i:i + 1], alone[key]), (kind, i, key)
+    # split in two batches, the rows are the same again
+    first, second = row_batch(kind, chunk[:2], gens(*seeds[:2]), starts[:2]), \
+        row_batch(kind, chunk[2:], gens(*seeds[2:]), starts[2:])
+    for key in batch:
+        assert torch.equal(batch[key], torch.cat([first[key], second[key]])), (kind, key)
+    # the rows do draw from their generators: other seeds, other corruption
+    other = row_batch(kind, chunk, gens(*(s + 1 for s in seeds)), starts)
+    assert not torch.equal(other["labels"], batch["labels"])
+
+
+def test_per_row_generators_need_one_per_row() -> None:
+    with pytest.raises(ValueError, match="one generator per row"):
+        mlm_batch(random_chunk(3, 8), mask_token_id=MASK, vocab_size=V, special_ids=SPECIALS, generator=gens(1, 2))
+    with pytest.raises(ValueError, match="one generator per row"):
+        random_spans_noise_mask(2, span_lengths(20), gens(1))
+    with pytest.raises(TypeError, match="generator"):
+        span(random_chunk(2, 20), generator=None)  # type: ignore[arg-type]
+
+
+class _FakeShards:
+    """Token ids and word starts in memory, read as ``TokenShards`` reads them."""
+
+    def __init__(self, n: int) -> None:
+        g = gen(21)
+        self.ids = torch.randint(5, V - 100, (n,), generator=g).numpy()
+        self.ids[torch.rand(n, generator=g).numpy() < 0.05] = 1  # document separators
+        self.starts = (torch.rand(n, generator=g) < 0.4).numpy()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, offset: int, length: int):
+        return self.ids[offset:offset + length]
+
+    def word_starts(self, offset: int, length: int):
+        return self.starts[offset:offset + length]
+
+
+@pytest.mark.parametrize("objective,args", [("clm", []), ("mlm", []), ("mlm", ["objective_args.whole_word=true"]),
+                                            ("span", [])])
+def test_loop_batches_do_not_depend_on_the_split(objective: str, args: list[str]) -> None:
+    from duplexlm.train import loop
+    from duplexlm.train.config import load_train_config
+
+    cfg = load_train_config(None, [f"objective={objective}", *args])
+    tokens = ObjectiveTokens(vocab_size=V, mask_token_id=MASK, special_ids=frozenset(SPECIALS),
+                             sentinel_ids=tuple(SENTINELS), eos_token_id=EOS, pad_token_id=PAD,
+                             cls_token_id=CLS, sep_token_id=SEP)
+    run = SimpleNamespace(cfg=cfg, tokens=tokens, info=SimpleNamespace(device=torch.device("cpu")))
+    sampler = loop.ChunkSampler(_FakeShards(4000), chunk_length(objective, 32, tokens=tokens), seed=3)  # type: ignore[arg-type]
+    whole = loop.make_batch(run, sampler, 0, 4, (cfg.seed,))  # type: ignore[arg-type]
+    halves = [loop.make_batch(run, sampler, start, 2, (cfg.seed,)) for start in (0, 2)]  # type: ignore[arg-type]
+    assert whole.keys() == halves[0].keys()
+    for key in whole:
+        assert torch.equal(whole[key], torch.cat([h[key] for h in halves])), key
+    if objective != "clm":  # another stream (evaluation's) corrupts the same samples differently
+        other = loop.make_batch(run, sampler, 0, 4, (cfg.seed, 999_983))  # type: ignore[arg-type]
+        assert not torch.equal(other["labels"], whole["labels"])

@@ -7,11 +7,13 @@ Every adapter exposes ``from_hf(hf_config, state_dict) -> (config, state_dict)``
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from torch import Tensor
 
 from ..config import AnyConfig, DecoderConfig
+from ..errors import ConfigError, DuplexError, UnsupportedModelError
 
 # model_type in a Hugging Face config.json → our adapter module
 HF_MODEL_TYPES: dict[str, str] = {
@@ -21,10 +23,6 @@ HF_MODEL_TYPES: dict[str, str] = {
     "qwen2": "llama",  # Qwen2 is Llama with q/k/v biases: one adapter serves both
     "t5": "t5",
 }
-
-
-class UnsupportedModelError(ValueError):
-    """A checkpoint whose model_type or settings duplexlm cannot represent."""
 
 
 def adapter_for_hf(model_type: str | None, source: str = "config.json") -> ModuleType:
@@ -52,8 +50,19 @@ def adapter_for_config(config: AnyConfig) -> ModuleType:
 
 
 def from_hf(hf_config: dict, state_dict: dict[str, Tensor], source: str = "config.json") -> tuple[AnyConfig, dict[str, Tensor]]:
-    """Convert a Hugging Face config dict and state dict to ours."""
-    return adapter_for_hf(hf_config.get("model_type"), source).from_hf(hf_config, state_dict)
+    """Convert a Hugging Face config dict and state dict to ours. Errors name ``source`` (the
+    config.json) for a missing or unsupported field, and its directory for the tensors."""
+    adapter = adapter_for_hf(hf_config.get("model_type"), source)
+    try:
+        return adapter.from_hf(hf_config, state_dict)
+    except KeyError as e:  # the adapters read required fields as hf["name"]
+        raise ConfigError(f"{source}: missing field {e.args[0]!r}, which model_type "
+                          f"{hf_config.get('model_type')!r} needs") from None
+    except DuplexError as e:
+        # the adapters know only "config.json" and "checkpoint": say which directory
+        where = str(Path(source).parent)
+        msg = str(e).replace("config.json:", f"{source}:", 1).replace("checkpoint:", f"{where}:", 1)
+        raise type(e)(msg) from e
 
 
 def to_hf(config: AnyConfig, state_dict: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:

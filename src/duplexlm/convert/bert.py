@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..config import EncoderConfig
+from ..errors import ConfigError, ModelError, UnsupportedModelError
 from ..models.encoder import Encoder
-from . import UnsupportedModelError
 from .common import OUR_ACTIVATIONS, activation_from_hf, independent
 
 # ours → BERT, outside the blocks; BERT's backbone keys get the ``bert.`` prefix in headed models
@@ -79,7 +79,7 @@ _IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.seq_rel
 
 def _require(hf: dict, name: str) -> Any:
     if name not in hf:
-        raise ValueError(f"config.json: missing field {name!r} for model_type 'bert'")
+        raise ConfigError(f"config.json: missing field {name!r} for model_type 'bert'")
     return hf[name]
 
 
@@ -155,7 +155,7 @@ def _check_shapes(config: EncoderConfig, state_dict: dict[str, Tensor], hf_names
         expected = {k: v.shape for k, v in Encoder(config).state_dict().items()}
     for key, t in state_dict.items():
         if key in expected and t.shape != expected[key]:
-            raise ValueError(f"checkpoint: tensor {hf_names.get(key, key)!r} has shape {tuple(t.shape)}, "
+            raise ModelError(f"checkpoint: tensor {hf_names.get(key, key)!r} has shape {tuple(t.shape)}, "
                              f"expected {tuple(expected[key])} from config.json")
 
 
@@ -199,10 +199,10 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[EncoderConf
                 out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)  # (3C, C) or (3C,)
                 hf_names[f"blocks.{i}.attn.qkv.{kind}"] = f"encoder.layer.{i}.attention.self.query/key/value.{kind}"
     if missing:
-        raise ValueError(f"checkpoint: missing tensor(s) {missing} for a BERT with head={config.head!r}")
+        raise ModelError(f"checkpoint: missing tensor(s) {missing} for a BERT with head={config.head!r}")
     unexpected = sorted(k for k in sd if k not in used and k not in _IGNORED)
     if unexpected:
-        raise ValueError(f"checkpoint: unexpected tensor(s) {unexpected} for architectures[0] "
+        raise ModelError(f"checkpoint: unexpected tensor(s) {unexpected} for architectures[0] "
                          f"{(hf_config.get('architectures') or ['BertModel'])[0]!r}")
     _check_shapes(config, out, hf_names)
     return config, independent(out)
@@ -266,10 +266,10 @@ def to_hf(config: EncoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
             for name, t in zip(("query", "key", "value"), qkv.chunk(3, dim=0)):
                 out[f"{prefix}encoder.layer.{i}.attention.self.{name}.{kind}"] = t.clone()
     if missing:
-        raise ValueError(f"state_dict: missing tensor(s) {missing} for an encoder with head={c.head!r}")
+        raise ModelError(f"state_dict: missing tensor(s) {missing} for an encoder with head={c.head!r}")
     unexpected = sorted(k for k in state_dict if k not in used and k not in ignored)
     if unexpected:
-        raise ValueError(f"state_dict: unexpected tensor(s) {unexpected} for an encoder with head={c.head!r}, "
+        raise ModelError(f"state_dict: unexpected tensor(s) {unexpected} for an encoder with head={c.head!r}, "
                          f"pooler={c.pooler}")
     return hf, independent(out)
 

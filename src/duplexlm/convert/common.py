@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from ..errors import ModelError, UnsupportedModelError
+
 # Hugging Face activation names → ours
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -22,7 +24,7 @@ OUR_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "sil
 
 def activation_from_hf(name: str, field: str = "hidden_act") -> str:
     if name not in HF_ACTIVATIONS:
-        raise ValueError(f"config.json: {field}={name!r} is not supported; expected one of {sorted(HF_ACTIVATIONS)}")
+        raise UnsupportedModelError(f"config.json: {field}={name!r} is not supported; expected one of {sorted(HF_ACTIVATIONS)}")
     return HF_ACTIVATIONS[name]
 
 
@@ -41,8 +43,20 @@ def strip_prefix(state_dict: dict[str, Tensor], prefixes: Iterable[str]) -> dict
 def take(state_dict: dict[str, Tensor], key: str, source: str = "checkpoint") -> Tensor:
     """Pop a tensor, failing with the missing key's name."""
     if key not in state_dict:
-        raise KeyError(f"{source}: missing tensor {key!r}")
+        raise ModelError(f"{source}: missing tensor {key!r}")
     return state_dict.pop(key)
+
+
+def check_all_used(state_dict: dict[str, Tensor], model: str, ignore: Iterable[str] = ()) -> None:
+    """After an adapter took every tensor the config describes, anything left over (a layer beyond
+    ``num_hidden_layers``, a head of another architecture) means config and weights disagree: refuse
+    rather than drop it silently. ``ignore``: fnmatch patterns of buffers safe to drop."""
+    import fnmatch
+
+    extra = sorted(k for k in state_dict if not any(fnmatch.fnmatchcase(k, p) for p in ignore))
+    if extra:
+        raise ModelError(f"checkpoint: unexpected tensors for {model}, which config.json does not describe: "
+                         f"{extra[:8]}{' ...' if len(extra) > 8 else ''}")
 
 
 def independent(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

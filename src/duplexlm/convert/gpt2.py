@@ -8,7 +8,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import DecoderConfig
-from .common import OUR_ACTIVATIONS, activation_from_hf, independent, strip_prefix, take
+from ..errors import UnsupportedModelError
+from .common import OUR_ACTIVATIONS, activation_from_hf, check_all_used, independent, strip_prefix, take
 
 _LAYER = {  # ours → GPT-2, inside block i
     "norm_1": "ln_1", "norm_2": "ln_2",
@@ -23,9 +24,9 @@ _HEADS = {"GPT2LMHeadModel": "lm", "GPT2Model": "none", "GPT2ForSequenceClassifi
 
 def config_from_hf(hf: dict) -> DecoderConfig:
     if hf.get("scale_attn_by_inverse_layer_idx"):
-        raise ValueError("config.json: scale_attn_by_inverse_layer_idx=True is not supported")
+        raise UnsupportedModelError("config.json: scale_attn_by_inverse_layer_idx=True is not supported")
     if hf.get("scale_attn_weights") is False:
-        raise ValueError("config.json: scale_attn_weights=False is not supported")
+        raise UnsupportedModelError("config.json: scale_attn_weights=False is not supported")
     arch = (hf.get("architectures") or ["GPT2Model"])[0]
     labels = hf.get("id2label")
     return DecoderConfig(
@@ -56,6 +57,10 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[DecoderConf
         out["lm_head.weight"] = take(sd, "lm_head.weight")
     if config.head == "classify":
         out["classifier.weight"] = take(sd, "score.weight")
+    if config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # some exports write the tied head's copy
+    # attn.bias / attn.masked_bias: causal-mask buffers that older transformers saved
+    check_all_used(sd, "GPT-2", ignore=("h.*.attn.bias", "h.*.attn.masked_bias"))
     return config, independent(out)
 
 
@@ -68,7 +73,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     ]
     bad = [name for name, ok in problems if not ok]
     if bad:
-        raise ValueError(f"GPT-2 cannot represent this decoder: field(s) {', '.join(bad)} differ from GPT-2's")
+        raise UnsupportedModelError(f"GPT-2 cannot represent this decoder: field(s) {', '.join(bad)} differ from GPT-2's")
     arch = {"lm": "GPT2LMHeadModel", "none": "GPT2Model", "classify": "GPT2ForSequenceClassification"}[c.head]
     hf = {
         "model_type": "gpt2", "architectures": [arch],

@@ -9,7 +9,16 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import DecoderConfig
-from .common import OUR_ACTIVATIONS, activation_from_hf, fuse, independent, strip_prefix, take
+from ..errors import UnsupportedModelError
+from .common import (
+    OUR_ACTIVATIONS,
+    activation_from_hf,
+    check_all_used,
+    fuse,
+    independent,
+    strip_prefix,
+    take,
+)
 
 _NORMS = {"norm_1": "input_layernorm", "norm_2": "post_attention_layernorm"}
 _MLP = {"mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj", "mlp.down": "mlp.down_proj"}
@@ -21,16 +30,16 @@ def _rope_theta(hf: dict) -> float:
     scaling = hf.get("rope_scaling") or {}
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
-        raise ValueError(f"config.json: rope type {kind!r} is not supported (only the default rotary embedding)")
+        raise UnsupportedModelError(f"config.json: rope type {kind!r} is not supported (only the default rotary embedding)")
     return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
 
 
 def config_from_hf(hf: dict) -> DecoderConfig:
     model_type = hf["model_type"]
     if hf.get("use_sliding_window"):
-        raise ValueError("config.json: use_sliding_window=True is not supported")
+        raise UnsupportedModelError("config.json: use_sliding_window=True is not supported")
     if hf.get("pretraining_tp", 1) not in (1, None):
-        raise ValueError("config.json: pretraining_tp != 1 is not supported")
+        raise UnsupportedModelError("config.json: pretraining_tp != 1 is not supported")
     arch = (hf.get("architectures") or ["Model"])[0]
     head = next((h for suffix, h in _HEADS.items() if arch.endswith(suffix)), "none")
     if model_type == "qwen2":
@@ -78,6 +87,9 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[DecoderConf
         out["lm_head.weight"] = take(sd, "lm_head.weight")
     if c.head == "classify":
         out["classifier.weight"] = take(sd, "score.weight")
+    if c.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # some exports write the tied head's copy
+    check_all_used(sd, "Llama/Qwen2", ignore=("*rotary_emb.inv_freq",))
     return c, independent(out)
 
 
@@ -90,7 +102,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     ]
     bad = [name for name, ok in problems if not ok]
     if bad:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"neither Llama nor Qwen2 can represent this decoder: field(s) {', '.join(bad)} differ"
         )
     family = "Qwen2" if qwen2 else "Llama"

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..config import Seq2SeqConfig
+from ..errors import ModelError, UnsupportedModelError
 from .common import HF_ACTIVATIONS, OUR_ACTIVATIONS, fuse, independent, take
 
 _HEADS = {"T5ForConditionalGeneration": "lm", "T5Model": "none"}
@@ -34,7 +35,7 @@ def _activation_from_hf(feed_forward_proj: str) -> tuple[str, bool]:
     act = feed_forward_proj.removeprefix("gated-")
     if act not in HF_ACTIVATIONS:
         options = sorted(HF_ACTIVATIONS) + sorted(f"gated-{a}" for a in HF_ACTIVATIONS)
-        raise ValueError(f"config.json: feed_forward_proj={feed_forward_proj!r} is not supported; "
+        raise UnsupportedModelError(f"config.json: feed_forward_proj={feed_forward_proj!r} is not supported; "
                          f"expected one of {options}")
     return HF_ACTIVATIONS[act], gated
 
@@ -44,7 +45,7 @@ def _activation_to_hf(activation: str, gated: bool) -> str:
         return "gated-gelu"
     if gated and activation == "gelu":
         # transformers reads "gated-gelu" as tanh-GELU, so exact GELU behind a gate has no name.
-        raise ValueError("Seq2SeqConfig.activation: T5 cannot represent a gated exact 'gelu'; use 'gelu_tanh'")
+        raise UnsupportedModelError("Seq2SeqConfig.activation: T5 cannot represent a gated exact 'gelu'; use 'gelu_tanh'")
     return ("gated-" if gated else "") + OUR_ACTIVATIONS[activation]
 
 
@@ -58,12 +59,12 @@ def _int(hf: dict, key: str, default: int) -> int:
 def config_from_hf(hf: dict) -> Seq2SeqConfig:
     """A Seq2SeqConfig from a T5 ``config.json`` dict; the head's tying is settled in :func:`from_hf`."""
     if hf.get("model_type", "t5") != "t5":
-        raise ValueError(f"config.json: model_type={hf.get('model_type')!r} is not supported here; expected 't5'")
+        raise UnsupportedModelError(f"config.json: model_type={hf.get('model_type')!r} is not supported here; expected 't5'")
     archs = hf.get("architectures") or ["T5ForConditionalGeneration"]
     if archs[0] not in _HEADS:
-        raise ValueError(f"config.json: architectures={archs!r} is not supported; expected one of {sorted(_HEADS)}")
+        raise UnsupportedModelError(f"config.json: architectures={archs!r} is not supported; expected one of {sorted(_HEADS)}")
     if hf.get("is_encoder_decoder") is False:
-        raise ValueError("config.json: is_encoder_decoder=False is not supported; expected an encoder-decoder")
+        raise UnsupportedModelError("config.json: is_encoder_decoder=False is not supported; expected an encoder-decoder")
     activation, gated = _activation_from_hf(hf.get("feed_forward_proj", "relu"))
     pad = _int(hf, "pad_token_id", 0)
     return Seq2SeqConfig(
@@ -124,7 +125,7 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[Seq2SeqConf
         dup = sd.pop(copy, None)
         embed = dup if embed is None else embed
     if embed is None:
-        raise KeyError("checkpoint: missing tensor 'shared.weight'")
+        raise ModelError("checkpoint: missing tensor 'shared.weight'")
     out: dict[str, Tensor] = {"embed.weight": embed}
     for stack, n_layer, decoder in _stacks(config):
         out[f"{stack}.rel_bias.embedding.weight"] = take(
@@ -142,7 +143,7 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[Seq2SeqConf
     if config.head == "lm":
         if config.tie_word_embeddings:
             if lm_head is not None and not torch.equal(lm_head, embed):
-                raise ValueError(
+                raise ModelError(
                     "checkpoint: lm_head.weight differs from shared.weight, but config.json ties them "
                     "(tie_word_embeddings / scale_decoder_outputs true); a scaled untied head is not supported"
                 )
@@ -153,7 +154,7 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[Seq2SeqConf
         sd.pop(key, None)
     if sd:
         extra = sorted(sd)
-        raise ValueError(f"checkpoint: unexpected tensors for T5 {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+        raise ModelError(f"checkpoint: unexpected tensors for T5 {extra[:8]}{' ...' if len(extra) > 8 else ''}")
     _check_shapes(config, out)
     return config, independent(out)
 
@@ -168,7 +169,7 @@ def _check_shapes(config: Seq2SeqConfig, sd: dict[str, Tensor]) -> None:
         expected[f"{stack}.blocks.0.mlp.up.weight"] = (c.d_ff, c.d_model)
     for key, shape in expected.items():
         if tuple(sd[key].shape) != shape:
-            raise ValueError(f"checkpoint: tensor {key!r} has shape {tuple(sd[key].shape)}, "
+            raise ModelError(f"checkpoint: tensor {key!r} has shape {tuple(sd[key].shape)}, "
                              f"but config.json implies {shape}")
 
 
@@ -210,9 +211,9 @@ def to_hf(config: Seq2SeqConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     lm_head = sd.pop("lm_head.weight", None)
     if c.head == "lm" and not c.tie_word_embeddings:
         if lm_head is None:
-            raise KeyError("state_dict: missing tensor 'lm_head.weight' (the config has an untied LM head)")
+            raise ModelError("state_dict: missing tensor 'lm_head.weight' (the config has an untied LM head)")
         out["lm_head.weight"] = lm_head
     if sd:
         extra = sorted(sd)
-        raise ValueError(f"state_dict: unexpected tensors for Seq2SeqConfig {extra[:8]}")
+        raise ModelError(f"state_dict: unexpected tensors for Seq2SeqConfig {extra[:8]}")
     return hf, independent(out)

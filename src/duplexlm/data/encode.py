@@ -239,7 +239,11 @@ _WORKER: ChunkEncoder | None = None
 
 def _init_worker(config: EncodeConfig) -> None:
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # Ctrl-C and SIGTERM (sent to the whole process group by a terminal, `timeout` or a job runner)
+    # are the main process's to handle: it lets the chunks in flight finish and closes the pool. A
+    # worker killed by them would lose its chunk, and the pool would wait for it forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _WORKER = ChunkEncoder(config)
 
@@ -302,6 +306,14 @@ def _shut_down(pool: Any) -> None:
     pool.join()
 
 
+def _kill(pool: Any) -> None:
+    """SIGKILL every worker (they ignore SIGTERM, which ``Pool.terminate`` sends), then let the pool
+    reap them."""
+    for process in getattr(pool, "_pool", []):
+        process.kill()
+    pool.terminate()
+
+
 def encode_chunks(chunks: Iterable[Chunk], config: EncodeConfig, workers: int = 1) -> Iterator[EncodedChunk]:
     """Encode ``chunks`` in order, in ``workers`` processes (in this one when ``workers == 1``).
 
@@ -328,4 +340,4 @@ def encode_chunks(chunks: Iterable[Chunk], config: EncodeConfig, workers: int = 
             for result in pending:
                 result.wait(WORKER_TIMEOUT)
             if not all(result.ready() for result in pending):
-                pool.terminate()  # a stuck worker would never take the close sentinel: kill them all
+                _kill(pool)  # a stuck worker would never take the close sentinel

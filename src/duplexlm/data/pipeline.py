@@ -11,7 +11,6 @@ error or Ctrl-C leaves no half-written directory and an earlier one untouched.
 from __future__ import annotations
 
 import datetime
-import json
 import numbers
 import os
 import shutil
@@ -23,13 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..fileutil import sha256_file
-from ..io import atomic_directory
+from ..errors import ConfigError
+from ..fileutil import atomic_directory, check_output_dir, sha256_file, write_json
 from ..tokenizer import Tokenizer
 from .corpus import DataError, DocFormat, Document, OnError, SourceStats, check_options, iter_documents
 from .dedup import NearDuplicateIndex
 from .encode import Chunk, EncodeConfig, EncodedChunk, encode_chunks
-from .shards import FORMAT, ShardWriter, read_meta
+from .shards import FORMAT, ShardWriter
 
 CHUNK_DOCS = 512  # documents per unit of work sent to a worker...
 CHUNK_CHARS = 1 << 20  # ...or fewer, once they hold this many characters
@@ -64,32 +63,18 @@ def _dtype(tokenizer: Tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def _check_out_dir(out: Path) -> None:
-    """Replace only an earlier shards directory or an empty one, never an unrelated directory."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory; expected a new or a shards directory")
-    if any(out.iterdir()):
-        try:
-            read_meta(out)
-        except DataError as e:
-            raise DataError(f"{out}: refusing to replace a directory that does not hold token shards "
-                            f"({e}); choose another out_dir or remove it") from None
-
-
 def _check_args(val_fraction: float, seed: int, near_dedup_threshold: float, workers: int | None,
                 shard_tokens: int) -> None:
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a fraction in [0, 1), found {val_fraction}")
+        raise ConfigError(f"val_fraction: expected a fraction in [0, 1), found {val_fraction}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed: expected an integer, found {seed!r}")
+        raise ConfigError(f"seed: expected an integer, found {seed!r}")
     if not 0.0 < near_dedup_threshold <= 1.0:
-        raise ValueError(f"near_dedup_threshold: expected a Jaccard similarity in (0, 1], found {near_dedup_threshold}")
+        raise ConfigError(f"near_dedup_threshold: expected a Jaccard similarity in (0, 1], found {near_dedup_threshold}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers: expected a positive integer, found {workers!r}")
+        raise ConfigError(f"workers: expected a positive integer, found {workers!r}")
     if not isinstance(shard_tokens, int) or shard_tokens < 1:
-        raise ValueError(f"shard_tokens: expected a positive integer, found {shard_tokens!r}")
+        raise ConfigError(f"shard_tokens: expected a positive integer, found {shard_tokens!r}")
 
 
 class _Splitter:
@@ -162,7 +147,7 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
             text_field: str = "text", doc_format: DocFormat = "line", val_fraction: float = 0.005,
             seed: int = 1234, near_dedup: bool = False, near_dedup_threshold: float = 0.8,
             on_error: OnError = "raise", workers: int | None = None, shard_tokens: int = 100_000_000,
-            word_boundaries: bool = False, progress: bool = True) -> dict[str, Any]:
+            word_boundaries: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Clean, de-duplicate, split and tokenize ``sources`` into a shards directory; return its meta.
 
     ``sources``: files (``.txt``; ``.jsonl`` read at ``text_field``), directories, globs and built-in
@@ -175,6 +160,8 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
     (``shard_tokens`` per file); with ``word_boundaries`` a ``.ws`` file beside each marks the tokens
     that begin a word. ``tokenizer_dir`` holds ``tokenizer.json`` (+ ``tokenizer_config.json``), copied
     into ``out_dir``. Text files keep line breaks inside documents unless ``doc_format='line'``.
+    ``out_dir`` must be new or empty, or with ``overwrite`` an earlier shards directory; it must not
+    hold a source or the tokenizer (:func:`duplexlm.fileutil.check_output_dir`).
 
     ``meta.json`` counts per split the tokens, documents, and the UTF-8 bytes and characters of the
     cleaned text, one of each per separator (so bits per byte charges for predicting document ends);
@@ -188,6 +175,8 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
     """
     check_options(text_field=text_field, doc_format=doc_format, on_error=on_error)
     _check_args(val_fraction, seed, near_dedup_threshold, workers, shard_tokens)
+    inputs = [tokenizer_dir, *(s for s in sources if Path(s).exists())]
+    out = check_output_dir(out_dir, "shards", overwrite=overwrite, flag="out_dir", inputs=inputs)
     workers = workers or min(4, os.cpu_count() or 1)
     stats: list[SourceStats] = []
     # sources are resolved here, before anything is written, so a missing one fails fast
@@ -197,8 +186,6 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
     sep_id = _separator(tokenizer, tokenizer_dir)
     dtype = _dtype(tokenizer)
-    out = Path(out_dir)
-    _check_out_dir(out)
 
     with atomic_directory(out) as tmp:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -246,11 +233,5 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
             "val_fraction": val_fraction,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        _write_json_atomic(tmp / "meta.json", meta)  # last: a directory with meta.json is complete
+        write_json(tmp / "meta.json", meta)  # last: a directory with meta.json is complete
     return meta
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(part, path)

@@ -121,7 +121,7 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     >>> read_meta("/nonexistent")
     Traceback (most recent call last):
     ...
-    duplexlm.data.corpus.DataError: /nonexistent: not a directory; expected token shards written by prepare()
+    duplexlm.errors.DataError: /nonexistent: not a directory; expected token shards written by prepare()
     """
     path = Path(data_dir)
     if not path.is_dir():

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..convert.common import independent
-from ..fileutil import sha256_file
-from ..io import atomic_directory
+from ..errors import CheckpointError
+from ..fileutil import atomic_directory, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -125,7 +125,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """→ (model state, optimizer state, trainer state); restores the RNG states as a side effect."""
     path = Path(path)
     if not is_complete(path, verify_hashes=True):
-        raise ValueError(f"{path}: checkpoint is incomplete or corrupt (manifest does not match its files)")
+        raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (manifest does not match its files)")
     model_state = load_file(str(path / "model.safetensors"))
     optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     trainer_state = json.loads((path / "trainer_state.json").read_text())

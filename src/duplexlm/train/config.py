@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +23,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..fileutil import atomic_write
 
 Objective = Literal["clm", "mlm", "span"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
@@ -94,6 +97,26 @@ class TrainConfig:
                               f"lr={self.optim.lr}, min_lr={self.optim.min_lr}")
         if self.optim.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps: expected >= 0, found {self.optim.warmup_steps}")
+        o, a = self.optim, self.objective_args
+        ranges = [  # (dotted key, value, ok, what was expected)
+            ("optim.beta1", o.beta1, 0.0 <= o.beta1 < 1.0, "a value in [0, 1)"),
+            ("optim.beta2", o.beta2, 0.0 <= o.beta2 < 1.0, "a value in [0, 1)"),
+            ("optim.eps", o.eps, o.eps > 0.0, "a positive number"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0"),
+            ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0.0, "a number >= 0 (0 disables clipping)"),
+            ("optim.decay_fraction", o.decay_fraction, 0.0 < o.decay_fraction <= 1.0, "a fraction in (0, 1]"),
+            ("objective_args.mask_prob", a.mask_prob, 0.0 < a.mask_prob <= 1.0, "a probability in (0, 1]"),
+            ("objective_args.noise_density", a.noise_density, 0.0 < a.noise_density < 1.0, "a fraction in (0, 1)"),
+            ("objective_args.mean_span_length", a.mean_span_length, a.mean_span_length >= 1.0, "a length >= 1"),
+            ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
+        ]
+        for key, value, ok, expected in ranges:
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {self.device!r}")
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir: expected a directory for the run, found an empty value")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,7 +186,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-3)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not a valid YAML scalar "
+                              f"({getattr(e, 'problem', None) or e})") from e
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -191,7 +218,9 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            raise ConfigError(_yaml_error(path, e)) from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a YAML file") from e
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, found {type(loaded).__name__}")
         data = loaded or {}
@@ -207,8 +236,15 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     return build(TrainConfig, data)
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """``file:line:column: problem`` (1-based, as editors count) from a YAML parser error."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    context = getattr(e, "context", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

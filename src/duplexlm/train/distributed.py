@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -36,7 +38,7 @@ def pick_device(preference: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {preference!r} requested but CUDA is not available")
+        raise ConfigError(f"device: {preference!r} requested but CUDA is not available")
     return device
 
 
@@ -74,11 +76,15 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
     if not info.enabled:
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         for module in model.modules():
             if type(module).__name__ == "Block":
                 fully_shard(module)
+                if hasattr(module, "cross_kv"):
+                    # T5's decoder computes every block's cross-attention keys/values once, outside
+                    # the block's forward: FSDP must gather the block's parameters for that call too
+                    register_fsdp_forward_method(module, "cross_kv")
         fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel

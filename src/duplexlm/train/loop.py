@@ -1,9 +1,10 @@
 """The training loop: plain functions, ``setup → fit → evaluate``, one loop for every objective.
 
 Evaluation, early stop on non-finite steps, and checkpoints are explicit calls in the loop. Which
-sequences a step trains on is a pure function of (seed, step, rank), and every random choice inside
-a step comes from a generator seeded the same way, so a resumed run repeats the uninterrupted one
-exactly (bit-identical on CPU).
+sequences a step trains on is a pure function of (seed, step, rank), each sample's mask or spans come
+from a generator seeded by (seed, global sample index), and dropout from one seeded by (seed, step,
+rank), so a resumed run repeats the uninterrupted one exactly (bit-identical on CPU), and masks do
+not depend on how a global batch is split across processes and micro-batches.
 
 >>> from duplexlm.train.config import load_train_config
 >>> cfg = load_train_config("examples/pretrain-gpt2-tiny.yaml", ["max_steps=10"])  # doctest: +SKIP
@@ -24,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, config_from_dict
+from ..config import config_from_dict
+from ..errors import CheckpointError, ConfigError, DataError, DuplexError
+from ..fileutil import atomic_write, check_output_dir
 from ..io import load, load_weights, own_state_dict, save_model
 from ..models import build_model, count_parameters
 from ..precision import autocast, matmul_peak, resolve_autocast_dtype
@@ -39,7 +42,7 @@ from .schedule import get_lr
 FAMILY_FOR_OBJECTIVE = {"clm": "decoder", "mlm": "encoder", "span": "seq2seq"}
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(DuplexError, RuntimeError):
     """Too many non-finite steps in a row."""
 
 
@@ -57,7 +60,7 @@ class ChunkSampler:
         self.shards, self.chunk_len, self.seed, self.shuffle = shards, chunk_len, seed, shuffle
         self.n = len(shards) // chunk_len
         if self.n == 0:
-            raise ValueError(
+            raise DataError(
                 f"{getattr(shards, 'split', 'data')} split has {len(shards)} tokens, fewer than one sequence of "
                 f"{chunk_len}; lower data.seq_len or prepare more text"
             )
@@ -126,8 +129,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
         base["vocab_size"] = vocab_size
     elif spec["vocab_size"] < vocab_size:
         raise ConfigError(f"model.vocab_size={spec['vocab_size']} is smaller than the data's vocabulary ({vocab_size})")
-    if base["family"] in ("decoder", "encoder") and base.get("max_seq_len", 0) < cfg.data.seq_len + 2:
-        base["max_seq_len"] = cfg.data.seq_len + 2
+    if base["family"] in ("decoder", "encoder"):
+        _check_context(cfg.data.seq_len, base["max_seq_len"], "model.max_seq_len")
     if base["family"] == "encoder":
         base["head"] = "mlm"
         if "pooler" not in spec:
@@ -144,6 +147,13 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
             if key not in spec and tok_id is not None:
                 base[key] = tok_id
     return config_from_dict(base, source="model")
+
+
+def _check_context(seq_len: int, max_seq_len: int, where: str) -> None:
+    # learned position embeddings stop at max_seq_len: a longer sequence has no position to read
+    if seq_len > max_seq_len:
+        raise ConfigError(f"data.seq_len={seq_len} is longer than the model's context ({where}={max_seq_len}); "
+                          f"lower data.seq_len or raise {where}")
 
 
 def _rederivable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -188,15 +198,57 @@ def _check_resumable(saved: dict[str, Any] | None, cfg: TrainConfig, ckpt: Path)
                           "same settings, or start a new out_dir")
 
 
-def setup(cfg: TrainConfig, resume: bool = False) -> Run:
+def _check_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """The run directory: new, empty, or an earlier run of ours to ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite: pick one (continue the run in out_dir, or start it over)")
+    inputs = [p for p in (cfg.data.path, cfg.init_from) if p]
+    out = check_output_dir(cfg.out_dir, "run", overwrite=True, flag="out_dir", inputs=inputs)
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
+        what = ("checkpoints of an earlier run" if list_checkpoints(out / "checkpoints")
+                else "files of an earlier run")
+        raise ConfigError(f"out_dir: {out} already holds {what}; continue it with --resume, start over with "
+                          "--overwrite, or choose another out_dir")
+    return out
+
+
+def _check_objective_data(cfg: TrainConfig, shards: Any, tokens: obj.ObjectiveTokens) -> None:
+    """What the objective needs from the data and its tokenizer, checked before anything is written."""
+    where = f"data.path={cfg.data.path}"
+    if cfg.objective_args.whole_word:
+        if cfg.objective != "mlm":
+            raise ConfigError(f"objective_args.whole_word: applies to objective 'mlm' only, found {cfg.objective!r}")
+        if shards.ws_files is None:
+            raise ConfigError(f"objective_args.whole_word: {where} was prepared without word boundaries; prepare "
+                              "it again with `duplex data prepare ... --word-boundaries`")
+    if cfg.objective == "mlm" and tokens.mask_token_id is None:
+        raise ConfigError(f"objective mlm: the tokenizer in {where} has no mask token; train one with "
+                          "`duplex tokenizer train --kind wordpiece` (or add [MASK] to its special tokens)")
+    if cfg.objective == "span":
+        if tokens.eos_token_id is None or not tokens.sentinel_ids:
+            raise ConfigError(f"objective span: the tokenizer in {where} needs an eos token and <extra_id_N> "
+                              "sentinel tokens; train one with `duplex tokenizer train`")
+        sizes = obj.span_lengths(obj.chunk_length("span", cfg.data.seq_len, tokens=tokens,
+                                                  **_objective_kwargs(cfg)), **_objective_kwargs(cfg))
+        if sizes.num_spans > len(tokens.sentinel_ids):
+            raise ConfigError(f"data.seq_len={cfg.data.seq_len}: span corruption makes {sizes.num_spans} spans per "
+                              f"sequence, but the tokenizer has {len(tokens.sentinel_ids)} sentinel tokens; lower "
+                              "data.seq_len or raise objective_args.mean_span_length")
+
+
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
+    """Check everything, then build the model, optimizer and samplers. Nothing is written here,
+    except that ``overwrite`` clears an earlier run in ``out_dir`` once every check has passed."""
     from ..data import TokenShards
 
-    info = init_distributed(cfg.device)
     if not cfg.data.path:
         raise ConfigError("data.path: name a directory written by `duplex data prepare`")
+    out_dir = _check_out_dir(cfg, resume, overwrite)
+    info = init_distributed(cfg.device)
     train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
     tokenizer = Tokenizer.from_dir(cfg.data.path)
-    out_dir = Path(cfg.out_dir)
+    tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
+    _check_objective_data(cfg, train_shards, tokens)
 
     if cfg.init_from:
         model, init_tok = load(cfg.init_from)
@@ -210,6 +262,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         if model.config.vocab_size < train_shards.vocab_size:
             raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
                               f"data's ({train_shards.vocab_size})")
+        if hasattr(model.config, "max_seq_len"):
+            _check_context(cfg.data.seq_len, model.config.max_seq_len, f"{cfg.init_from}'s max_seq_len")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(model_config_for(cfg, train_shards.vocab_size, tokenizer))
@@ -217,9 +271,6 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
                              "best_val": None, "elapsed": 0.0}
     opt_state = None
-    if not resume and list_checkpoints(out_dir / "checkpoints"):
-        raise ConfigError(f"out_dir: {out_dir} already holds checkpoints of an earlier run; continue it with "
-                          "--resume, or choose another out_dir")
     if resume:
         ckpt, loaded = None, None
         for candidate in reversed(list_checkpoints(out_dir / "checkpoints")):  # newest first
@@ -227,7 +278,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
                 loaded = load_checkpoint(candidate)
                 ckpt = candidate
                 break
-            except ValueError as e:  # corrupt: say so and fall back to the one before
+            except CheckpointError as e:  # corrupt: say so and fall back to the one before
                 if info.is_main:
                     print(f"--resume: skipping {candidate}: {e}")
         if ckpt is None or loaded is None:
@@ -257,12 +308,11 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     amp = resolve_autocast_dtype(cfg.precision, info.device)
     # fp16 has too little range for gradients: scale the loss up and unscale before clipping
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
-    tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
     span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
     chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
     flops = (model.num_flops_per_token(cfg.data.seq_len) if hasattr(model, "num_flops_per_token")
              else 6 * count_parameters(model))
-    return Run(
+    run = Run(
         cfg=cfg, info=info, model=wrapped, raw_model=model, optimizer=optimizer, tokenizer=tokenizer,
         tokens=tokens,
         train=ChunkSampler(train_shards, chunk, cfg.seed),
@@ -270,6 +320,21 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
         bytes_per_token=val_shards.bytes_per_token, amp_dtype=amp, out_dir=out_dir,
         flops_per_token=flops, peak_flops=matmul_peak(info.device, amp), state=state, scaler=scaler,
     )
+    # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
+    # a problem in the data or the objective's settings surfaces before anything is written
+    make_batch(run, run.train, 0, 1, (cfg.seed, 7_919))
+    if overwrite and info.is_main:
+        _clear(out_dir)  # every entry was checked to be an earlier run's
+    barrier(info)
+    return run
+
+
+def _clear(directory: Path) -> None:
+    import shutil
+
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -296,11 +361,19 @@ def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return {}
 
 
-def make_batch(run: Run, sampler: ChunkSampler, start: int, count: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def make_batch(run: Run, sampler: ChunkSampler, start: int, count: int,
+               stream: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Samples ``start .. start + count - 1`` of ``sampler`` as one objective batch on the run's device.
+
+    Row ``j`` draws its mask or spans from its own generator, seeded by ``(*stream, start + j)``: a
+    sample's corruption depends on the stream and its global index alone, not on which rank or
+    micro-batch reads it, so any split of a global batch gives the same rows.
+    """
     chunk, word_starts = sampler.batch(start, count)
     if not run.cfg.objective_args.whole_word:
         word_starts = None
-    batch = obj.make_batch(run.cfg.objective, chunk, tokens=run.tokens, generator=gen, word_starts=word_starts,
+    gens = [] if run.cfg.objective == "clm" else [_generator(*stream, g) for g in range(start, start + count)]
+    batch = obj.make_batch(run.cfg.objective, chunk, tokens=run.tokens, generator=gens, word_starts=word_starts,
                            **_objective_kwargs(run.cfg))
     return {k: v.to(run.info.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -327,8 +400,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     batches = []
     for m in range(cfg.grad_accum):
         start = (step * cfg.grad_accum + m) * B * world + info.rank * B
-        # masks and spans depend on the sample position, not on how the batch is split across ranks
-        batches.append(make_batch(run, run.train, start, B, _generator(cfg.seed, step, m, info.rank)))
+        # masks and spans are seeded per global sample, not per rank or micro-batch
+        batches.append(make_batch(run, run.train, start, B, (cfg.seed,)))
     local_targets = sum(_target_count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
     loss_sum = 0.0
@@ -386,7 +459,7 @@ def evaluate(run: Run) -> dict[str, float]:
     try:
         for i in range(n_batches):
             start = (i * info.world_size + info.rank) * rows
-            batch = make_batch(run, run.val, start, rows, _generator(cfg.seed, 999_983, i, info.rank))
+            batch = make_batch(run, run.val, start, rows, (cfg.seed, 999_983))
             with autocast(info.device, run.amp_dtype):
                 loss, n = obj.compute_loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, cfg.objective)
             loss_sum += loss.item() * n
@@ -426,9 +499,7 @@ class MetricsLog:
                     continue
                 if record.get("step", 0) <= resume_step:
                     keep.append(line)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(self.path)
+            atomic_write(self.path, "".join(line + "\n" for line in keep))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -468,10 +539,8 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = png.with_name(png.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=100)
+        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-        tmp.replace(png)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -514,12 +583,12 @@ def fit(run: Run) -> dict[str, Any]:
     if info.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         save_train_config(cfg, run.out_dir / "config.yaml")
-    stop = {"requested": False}
+    stop = {"requested": False, "signum": 0}
 
     def _on_signal(signum: int, frame: object) -> None:
         if stop["requested"]:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        stop["requested"] = True
+        stop["requested"], stop["signum"] = True, signum
         if info.is_main:
             print(f"\n{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
                   "(again to abort)")
@@ -592,9 +661,13 @@ def fit(run: Run) -> dict[str, Any]:
     if state["step"] >= cfg.max_steps:
         model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
         if info.is_main:
-            save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer, state_dict=model_state)
+            save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer, state_dict=model_state,
+                       overwrite=True)
     barrier(info)
-    return {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
+    result = {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
+    if stop["signum"]:
+        result["interrupted"] = stop["signum"]
+    return result
 
 
 def _main_thread() -> bool:
@@ -603,9 +676,13 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def pretrain(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Set up and run a training run to ``cfg.max_steps``; returns the final metrics."""
-    run = setup(cfg, resume=resume)
+def pretrain(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Set up and run a training run to ``cfg.max_steps``; returns the final metrics (with
+    ``"interrupted"``: the signal number, when Ctrl-C or SIGTERM stopped it early).
+
+    ``out_dir`` must be new or empty; ``resume`` continues the run it holds, ``overwrite`` starts
+    it over. A directory holding anything a run does not write is refused either way."""
+    run = setup(cfg, resume=resume, overwrite=overwrite)
     try:
         if run.info.is_main:
             n = count_parameters(run.raw_model)

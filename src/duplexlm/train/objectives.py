@@ -16,8 +16,13 @@ their count, so that micro-batches and ranks can be averaged weighted by tokens.
 :func:`chunk_length` says how many tokens to draw for a model's sequence length, and
 :func:`make_batch` dispatches on the objective's name with the ids of an :class:`ObjectiveTokens`.
 
-Every random choice comes from the ``torch.Generator`` passed in, so a seeded generator gives the
-same batch again. Labels use -100 (PyTorch's ``ignore_index``) where nothing is to be predicted.
+Every random choice comes from the ``generator`` passed in, so a seeded generator gives the same
+batch again. It is either one ``torch.Generator`` for the whole batch, or a sequence of ``B``
+generators, one per row: then every draw is made row by row, so a row's result depends only on its
+own generator and its tokens, never on the other rows of the batch. The trainer seeds one generator
+per global sample, which makes masks and spans independent of how a global batch is split across
+processes and micro-batches. Labels use -100 (PyTorch's ``ignore_index``) where nothing is to be
+predicted.
 
 >>> import torch
 >>> chunk = torch.arange(10, 20).reshape(2, 5)
@@ -29,7 +34,7 @@ same batch again. Labels use -100 (PyTorch's ``ignore_index``) where nothing is 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -41,6 +46,8 @@ from ..models.seq2seq import shift_right
 
 Objective = Literal["clm", "mlm", "span"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+# one generator for the whole batch, or one per row (row i draws from generator i)
+Generators = torch.Generator | Sequence[torch.Generator]
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 _SENTINEL = re.compile(r"<extra_id_(\d+)>")
@@ -66,14 +73,34 @@ def _check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a probability in [0, 1], found {value}")
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+def _check_generator(generator: Generators, rows: int) -> None:
+    """One ``torch.Generator``, or exactly one per row."""
+    if isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise TypeError(f"generator: expected a torch.Generator or a sequence of them (one per row), "
+                        f"found {type(generator).__name__}")
+    if len(generator) != rows:
+        raise ValueError(f"generator: expected one generator per row ({rows}), found {len(generator)}")
+
+
+def _rand(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
     """Uniform [0, 1) draws made on the generator's device, then moved to ``device``, so a CPU
-    generator can feed a batch that already lives on the GPU."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    generator can feed a batch that already lives on the GPU. With one generator per row, row ``i``
+    is ``shape[1:]`` draws from generator ``i``."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    _check_generator(generator, shape[0])
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in generator])
 
 
-def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
+def _randint(high: int, shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
+    """Uniform integers in [0, high), drawn as :func:`_rand` draws."""
+    if isinstance(generator, torch.Generator):
+        return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
+    _check_generator(generator, shape[0])
+    return torch.stack([torch.randint(0, high, shape[1:], generator=g, device=g.device).to(device)
+                        for g in generator])
 
 
 def _as_id_tensor(ids: Collection[int] | Tensor, device: torch.device) -> Tensor:
@@ -123,7 +150,7 @@ def mlm_batch(
     mask_token_id: int,
     vocab_size: int,
     special_ids: Collection[int] | Tensor,
-    generator: torch.Generator,
+    generator: Generators,
     mask_prob: float = 0.15,
     replace_prob: float = 0.8,
     random_prob: float = 0.1,
@@ -150,12 +177,21 @@ def mlm_batch(
     ``chunk_length("mlm", seq_len, ...)`` = ``seq_len - 2`` tokens) and no token of the chunk is lost.
     Packed chunks have no padding, so no attention mask is returned.
 
+    ``generator`` is one ``torch.Generator``, or ``B`` of them: then row ``i`` makes all its draws
+    from generator ``i`` (the same draws, in the same order, for every row), so it comes out the same
+    alone or inside any batch.
+
     >>> g = torch.Generator().manual_seed(0)
     >>> chunk = torch.randint(5, 100, (2, 8), generator=g)
     >>> batch = mlm_batch(chunk, mask_token_id=4, vocab_size=100, special_ids={0, 1, 2, 3, 4},
     ...                   generator=g, cls_token_id=2, sep_token_id=3)
     >>> batch["input_ids"].shape, int((batch["labels"] != -100).sum(1).min()) >= 1
     (torch.Size([2, 10]), True)
+    >>> gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    >>> kw = dict(mask_token_id=4, vocab_size=100, special_ids={0, 1, 2, 3, 4})
+    >>> both, alone = mlm_batch(chunk, generator=gens(7, 8), **kw), mlm_batch(chunk[1:], generator=gens(8), **kw)
+    >>> torch.equal(both["input_ids"][1:], alone["input_ids"]), torch.equal(both["labels"][1:], alone["labels"])
+    (True, True)
     """
     _check_chunk(chunk, 1)
     for name, p in (("mask_prob", mask_prob), ("replace_prob", replace_prob), ("random_prob", random_prob)):
@@ -170,6 +206,8 @@ def mlm_batch(
         raise ValueError(f"word_starts: expected shape {tuple(chunk.shape)} (as chunk), "
                          f"found {tuple(word_starts.shape)}")
 
+    _check_generator(generator, chunk.shape[0])
+
     chunk = chunk.long()
     device = chunk.device
     B, L = chunk.shape
@@ -177,6 +215,8 @@ def mlm_batch(
     special = torch.isin(chunk, specials)  # (B, L)
     maskable = ~special
 
+    # Every draw below is (B, ...) with a row's draws depending only on L, so with one generator per
+    # row each row's result is independent of the batch it is in.
     # 1. choose the positions to predict
     if word_starts is None:
         chosen = (_rand((B, L), generator, device) < mask_prob) & maskable
@@ -187,7 +227,8 @@ def mlm_batch(
         chosen = word_chosen.gather(1, word) & maskable
 
     # A row left without a chosen position (likely only for short rows) gets one, picked uniformly
-    # among its maskable tokens (the word holding it, with whole-word masking).
+    # among its maskable tokens (the word holding it, with whole-word masking). The scores are drawn
+    # for every row, needy or not, so a row's later draws do not depend on the others.
     needy = maskable.any(dim=1) & ~chosen.any(dim=1)  # (B,)
     scores = _rand((B, L), generator, device).masked_fill(~maskable, -1.0)
     pick = scores.argmax(dim=1, keepdim=True)  # (B, 1)
@@ -266,11 +307,13 @@ def span_lengths(length: int, noise_density: float = 0.15, mean_span_length: flo
     return SpanLengths(length, num_noise, num_spans, num_kept + num_spans + 1, num_noise + num_spans + 1)
 
 
-def _random_segmentation(num_items: int, num_segments: int, batch: int, generator: torch.Generator,
+def _random_segmentation(num_items: int, num_segments: int, batch: int, generator: Generators,
                          device: torch.device) -> Tensor:
     """Split ``num_items`` into ``num_segments`` positive lengths, uniformly over all such splits,
     independently for each of ``batch`` rows: place ``num_segments - 1`` cuts among the
     ``num_items - 1`` gaps between items, chosen without replacement. Returns ``(batch, num_segments)``.
+    Row ``i`` depends only on its own ``num_items - 1`` keys (drawn from generator ``i`` when given one
+    per row).
     """
     if num_segments == 1:
         return torch.full((batch, 1), num_items, dtype=torch.long, device=device)
@@ -284,7 +327,7 @@ def _random_segmentation(num_items: int, num_segments: int, batch: int, generato
     return lengths.scatter_add_(1, segment_id, torch.ones_like(segment_id))
 
 
-def random_spans_noise_mask(batch: int, sizes: SpanLengths, generator: torch.Generator,
+def random_spans_noise_mask(batch: int, sizes: SpanLengths, generator: Generators,
                             device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Which tokens T5's span corruption drops, as in T5's ``random_spans_noise_mask``.
 
@@ -292,12 +335,18 @@ def random_spans_noise_mask(batch: int, sizes: SpanLengths, generator: torch.Gen
     one and ending with a noise one; the kept and the noise lengths are independent uniform random
     splits of ``L - num_noise`` and ``num_noise`` tokens. Returns ``is_noise`` ``(B, L)`` bool and
     ``span_index`` ``(B, L)``: the number of the noise span a token belongs to (0, 1, ...; -1 for kept).
+    With ``batch`` generators, row ``i`` draws from generator ``i`` alone.
 
     >>> sizes = span_lengths(20, noise_density=0.3, mean_span_length=2.0)
     >>> noise, index = random_spans_noise_mask(1, sizes, torch.Generator().manual_seed(0))
     >>> int(noise.sum()), int(index.max()) + 1
     (6, 3)
+    >>> gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    >>> in_batch, _ = random_spans_noise_mask(3, sizes, gens(1, 2, 3))
+    >>> torch.equal(in_batch[2:], random_spans_noise_mask(1, sizes, gens(3))[0])
+    True
     """
+    _check_generator(generator, batch)
     device = torch.device(device)
     L, K = sizes.length, sizes.num_spans
     noise_lengths = _random_segmentation(sizes.num_noise, K, batch, generator, device)  # (B, K)
@@ -319,7 +368,7 @@ def span_batch(
     eos_token_id: int,
     pad_token_id: int,
     decoder_start_token_id: int,
-    generator: torch.Generator,
+    generator: Generators,
     noise_density: float = 0.15,
     mean_span_length: float = 3.0,
 ) -> dict[str, Tensor]:
@@ -343,11 +392,20 @@ def span_batch(
     The chunk must not itself contain sentinel ids (the target would be ambiguous); this is not
     checked, to keep the builder cheap — a tokenizer only produces them from literal ``<extra_id_N>``.
 
+    ``generator`` is one ``torch.Generator``, or ``B`` of them, one per row: a row's spans then depend
+    only on its own generator and ``L``, so it comes out the same alone or inside any batch.
+
     >>> g = torch.Generator().manual_seed(0)
     >>> batch = span_batch(torch.arange(10, 30)[None], sentinel_ids=[99, 98, 97], eos_token_id=1,
     ...                    pad_token_id=0, decoder_start_token_id=0, generator=g)
     >>> batch["input_ids"].shape, batch["labels"].shape
     (torch.Size([1, 19]), torch.Size([1, 5]))
+    >>> gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    >>> chunk = torch.arange(10, 50).reshape(2, 20)
+    >>> kw = dict(sentinel_ids=[99, 98, 97], eos_token_id=1, pad_token_id=0, decoder_start_token_id=0)
+    >>> both, alone = span_batch(chunk, generator=gens(5, 6), **kw), span_batch(chunk[1:], generator=gens(6), **kw)
+    >>> torch.equal(both["input_ids"][1:], alone["input_ids"]), torch.equal(both["labels"][1:], alone["labels"])
+    (True, True)
     """
     _check_chunk(chunk, 2)
     chunk = chunk.long()
@@ -496,12 +554,13 @@ def chunk_length(objective: Objective, seq_len: int, *, tokens: ObjectiveTokens 
 
 
 def make_batch(objective: Objective, chunk: Tensor, *, tokens: ObjectiveTokens | Mapping[str, Any],
-               generator: torch.Generator, word_starts: Tensor | None = None, **kw: Any) -> dict[str, Tensor]:
+               generator: Generators, word_starts: Tensor | None = None, **kw: Any) -> dict[str, Tensor]:
     """Build one objective's batch from a chunk, taking the ids from ``tokens``.
 
     ``kw`` passes the objective's own knobs (``mask_prob``, ``noise_density``, ...). ``mlm`` wraps rows in
     CLS ... SEP when ``tokens`` has both ids (set ``cls_token_id=None, sep_token_id=None`` in ``kw`` to
-    avoid it); ``word_starts`` turns on whole-word masking.
+    avoid it); ``word_starts`` turns on whole-word masking. ``generator`` is one ``torch.Generator`` or
+    one per row of ``chunk`` (see :func:`mlm_batch`); ``clm`` draws nothing.
 
     >>> t = ObjectiveTokens(vocab_size=100, mask_token_id=4, special_ids=frozenset(range(5)))
     >>> g = torch.Generator().manual_seed(0)
@@ -582,6 +641,7 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Tensor], objective: Objec
 __all__ = [
     "IGNORE_INDEX",
     "OBJECTIVES",
+    "Generators",
     "Objective",
     "ObjectiveTokens",
     "SpanLengths",

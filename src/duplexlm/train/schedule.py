@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import ConfigError
+
 
 def get_lr(step: int, *, lr: float, min_lr: float, warmup: int, total: int, schedule: str = "cosine",
            decay_fraction: float = 0.2) -> float:
@@ -38,4 +40,4 @@ def get_lr(step: int, *, lr: float, min_lr: float, warmup: int, total: int, sche
         if step < decay_start:
             return lr
         return lr + (min_lr - lr) * min(1.0, (step - decay_start) / max(1, total - decay_start))
-    raise ValueError(f"optim.schedule: expected cosine, linear, constant or wsd, found {schedule!r}")
+    raise ConfigError(f"optim.schedule: expected cosine, linear, constant or wsd, found {schedule!r}")
