@@ -200,7 +200,8 @@ def test_two_processes_match_one(request, tmp_path, case, mode):
     extra, data_fixture = SPLIT_CASES[case]
     data = request.getfixturevalue(data_fixture)
     torchrun = Path(sys.executable).with_name("torchrun")
-    common = ["max_steps=6", "eval_every=6", "save_every=6", "grad_accum=2", *extra]
+    # a gloo CPU comparison, also on a GPU machine (one GPU cannot host two ranks)
+    common = ["max_steps=6", "eval_every=6", "save_every=6", "grad_accum=2", "device=cpu", *extra]
     one = tmp_path / "one"
     subprocess.run(_cli(data, one, *common, "batch_size=4"), check=True, capture_output=True)
     two = tmp_path / "two"
@@ -294,3 +295,17 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_init_from(pd_data, tmp_
                                     "data.seq_len=32", "batch_size=4", "max_steps=2", "eval_every=2", "save_every=2",
                                     "progress=false", "precision=fp32"])
     assert pretrain(cont)["step"] == 2
+
+
+def test_more_processes_than_gpus_is_a_named_error(monkeypatch):
+    """torchrun --nproc-per-node 2 on a one-GPU machine: a ConfigError naming the fix, not CUDA's
+    "invalid device ordinal" from deep inside the first collective."""
+    from duplexlm.train.distributed import init_distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"process 1 on this machine, but it has 1 GPU; use --nproc-per-node 1"):
+        init_distributed("auto")

@@ -50,6 +50,11 @@ def init_distributed(preference: str = "auto") -> DistInfo:
         return DistInfo(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:  # one GPU per process: the CUDA error later would be "invalid device ordinal"
+            raise ConfigError(f"device: torchrun started process {local_rank} on this machine, but it has {gpus} "
+                              f"GPU{'s' if gpus != 1 else ''}; use --nproc-per-node {gpus} (one process per GPU), "
+                              "or device=cpu")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
