@@ -40,8 +40,8 @@ def ensure_data(root: Path) -> Path:
     from duplexlm.tokenizer import save_tokenizer, train_tokenizer
 
     texts = [t for t in (clean_text(d.text) for d in iter_documents(["peoples-daily"])) if t]
-    save_tokenizer(train_tokenizer(texts, kind="bpe", vocab_size=8000), root / "tok")
-    prepare(["peoples-daily"], data, root / "tok", val_fraction=0.02, progress=False)
+    save_tokenizer(train_tokenizer(texts, kind="bpe", vocab_size=8000), root / "tok", overwrite=True)
+    prepare(["peoples-daily"], data, root / "tok", val_fraction=0.02, progress=False, overwrite=True)
     return data
 
 

