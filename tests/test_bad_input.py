@@ -143,7 +143,41 @@ def _pretrain(*extra: str) -> Callable[[Path, Path], list[str]]:
     return argv
 
 
+def _review_csvs(i: Path, w: Path) -> None:
+    rows = "text,label\n" + "".join(f"第{n}条评论很好,正面\n第{n}条评论很差,负面\n" for n in range(20))
+    (w / "train.csv").write_text(rows, encoding="utf-8")
+    (w / "dev.csv").write_text("text,label\n还行吧,正面\n一般般,中性\n", encoding="utf-8")
+
+
+def _finetune(*extra: str) -> Callable[[Path, Path], list[str]]:
+    def argv(i: Path, w: Path) -> list[str]:
+        return ["finetune", "task=classify", f"data.train={w / 'train.csv'}", f"tokenizer={i / 'tok'}",
+                f"out_dir={w / 'run'}", "model.preset=bert-tiny", "model.n_layer=1", "model.d_model=32",
+                "model.n_head=2", "data.seq_len=32", "batch_size=4", "max_steps=2", "progress=false", *extra]
+    return argv
+
+
 CASES = [
+    # --- fine-tuning: the task, its data and its settings, all before the run directory exists
+    Case("finetune-unknown-task", _finetune("task=translate"), r"task: expected one of \[.*'classify'", _review_csvs),
+    Case("finetune-pretraining-objective", _finetune("task=mlm"), r"task: expected classify, regress or tag",
+         _review_csvs),
+    Case("pretrain-a-task", _pretrain("objective=classify"), r"objective: expected clm, mlm or span, found 'classify'"),
+    Case("finetune-no-tokenizer", lambda i, w: [a for a in _finetune()(i, w) if not a.startswith("tokenizer=")],
+         r"tokenizer: fine-tuning from scratch", _review_csvs),
+    Case("finetune-missing-file", lambda i, w: [*_finetune()(i, w), f"data.train={w / 'nope.csv'}"], r"nope\.csv",
+         _review_csvs),
+    Case("finetune-unknown-label", _finetune("data.validation=dev.csv"), r"dev\.csv:3: .*中性", _review_csvs),
+    Case("finetune-missing-field", _finetune("data.label_field=sentiment"), r"train\.csv:2: .*sentiment",
+         _review_csvs),
+    Case("finetune-unknown-metric", _finetune("eval_metric=acc"), r"unknown metric 'acc'.*did you mean 'accuracy'",
+         _review_csvs),
+    Case("finetune-bad-freeze", _finetune("method=freeze", "method_args.freeze=top"),
+         r"method_args\.freeze: expected 'embeddings', 'layers:N' or 'all-but-head', found 'top'", _review_csvs),
+    Case("finetune-lora-bad-target", _finetune("method=lora", "method_args.lora_targets=attn.nothing"),
+         r"attn\.nothing", _review_csvs),
+    Case("finetune-tag-on-decoder", _finetune("task=tag", "model.preset=gpt2-tiny"),
+         r"objective 'tag' trains a model of family 'encoder' or 'rnn'", _review_csvs),
     # --- output directories: never a user's files, never the current directory or an input
     Case("convert-into-user-dir", lambda i, w: ["convert", "--to-hf", str(i / "gpt2"), str(w / "mine")],
          r"dst: .*mine holds files duplexlm did not write \(notes\.txt\)", _user_dir),

@@ -7,6 +7,7 @@
     duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
+    duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
     duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
 """
 
@@ -179,15 +180,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a model (clm: decoder, mlm: encoder, span: encoder-decoder) from a YAML config plus
     key=value overrides; --resume continues from the newest complete checkpoint."""
-    from .train.config import load_train_config
     from .train.loop import pretrain
 
-    config = args.config
-    overrides = list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)  # no file given, only overrides
-        config = None
-    cfg = load_train_config(config, overrides)
+    cfg = _train_config(args)
+    if cfg.objective not in ("clm", "mlm", "span"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"objective: expected clm, mlm or span, found {cfg.objective!r} (tasks run with "
+                          "`duplex finetune`)")
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
@@ -196,6 +196,41 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}{bpb}; "
               f"model in {cfg.out_dir}/model")
     return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a model on a labelled task (classify, regress, tag) from a YAML config plus key=value
+    overrides: init_from=DIR (ours or Hugging Face) or model.preset + tokenizer=DIR, data.train=NAME_OR_FILE,
+    method=full|freeze|lora; the best checkpoint on the validation metric is exported to out_dir/model."""
+    from .train.loop import finetune
+
+    cfg = _train_config(args, default_objective="classify")
+    if cfg.objective not in ("classify", "regress", "tag"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"task: expected classify, regress or tag, found {cfg.objective!r} (pretraining "
+                          "objectives run with `duplex pretrain`)")
+    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
+    if result.get("interrupted"):
+        return 128 + int(result["interrupted"])
+    if os.environ.get("RANK", "0") == "0":
+        from .train.loop import SHOWN_METRICS
+
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
+                           and k.split("_", 1)[0] in ("val", "test", "best") and k.split("_", 1)[1] in SHOWN_METRICS)
+        print(f"done: step {result['step']}; {scores}; model in {cfg.out_dir}/model")
+    return 0
+
+
+def _train_config(args: argparse.Namespace, default_objective: str | None = None):
+    from .train.config import load_train_config
+
+    config = args.config
+    overrides = list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)  # no file given, only overrides
+        config = None
+    return load_train_config(config, overrides, default_objective=default_objective)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -214,6 +249,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "info": (cmd_info, lambda p: p.add_argument("path", help="model directory")),
         "convert": (cmd_convert, _convert_args),
         "pretrain": (cmd_pretrain, _pretrain_args),
+        "finetune": (cmd_finetune, _pretrain_args),
         "demo": (cmd_demo, _demo_args),
     }
     groups = {

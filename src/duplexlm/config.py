@@ -60,6 +60,16 @@ class BaseConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{type(self).__name__}.{name}: expected a positive integer, found {value!r}")
 
+    def _check_label_names(self) -> None:
+        names = getattr(self, "label_names", None)
+        if names is None:
+            return
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{type(self).__name__}.label_names: expected a list of strings, found {names!r}")
+        if len(names) != self.num_labels:  # type: ignore[attr-defined]
+            raise ConfigError(f"{type(self).__name__}.label_names: {len(names)} names for "
+                              f"num_labels={self.num_labels}")  # type: ignore[attr-defined]
+
     def _probability(self, *names: str) -> None:
         for name in names:
             value = getattr(self, name)
@@ -124,6 +134,7 @@ class DecoderConfig(BaseConfig):
     attn_dropout: float = 0.0
     head: DecoderHead = "lm"
     num_labels: int = 2
+    label_names: list[str] | None = None  # classify: the name of each output (id2label in Hugging Face)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -132,6 +143,7 @@ class DecoderConfig(BaseConfig):
     def __post_init__(self) -> None:
         self._check_literals()
         self._positive("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head")
+        self._check_label_names()
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -180,6 +192,7 @@ class EncoderConfig(BaseConfig):
     pooler: bool = True  # dense + tanh on the first token, as BERT's next-sentence/classifier input
     head: EncoderHead = "none"
     num_labels: int = 2
+    label_names: list[str] | None = None  # classify/tag: the name of each output (id2label in Hugging Face)
     classifier_dropout: float | None = None
     pad_token_id: int = 0
     init_std: float = 0.02
@@ -187,6 +200,7 @@ class EncoderConfig(BaseConfig):
     def __post_init__(self) -> None:
         self._check_literals()
         self._positive("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer", "n_head")
+        self._check_label_names()
         if self.d_model % self.n_head:
             raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
         if self.d_ff is None:
@@ -252,11 +266,13 @@ class RNNConfig(BaseConfig):
     dropout: float = 0.1
     head: RNNHead = "classify"
     num_labels: int = 2
+    label_names: list[str] | None = None  # classify/tag: the name of each output
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
         self._check_literals()
         self._positive("vocab_size", "d_embed", "d_hidden", "n_layer", "num_labels")
+        self._check_label_names()
         self._probability("dropout")
         if self.head == "lm" and self.bidirectional:
             raise ConfigError("RNNConfig.bidirectional: a language-model head needs a one-directional RNN")

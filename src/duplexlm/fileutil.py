@@ -160,7 +160,8 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
     "shards": ("meta.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "train_[0-9]*.bin", "train_[0-9]*.ws", "val_[0-9]*.bin", "val_[0-9]*.ws"),
-    "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard"),
+    "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
+            "test_metrics.json", "adapter"),
     "demo": ("corpus.txt", "tok-*", "data-*", "gpt2-tiny", "bert-tiny", "llama-tiny", "llama-tiny-hf",
              "llama-tiny-back"),
 }

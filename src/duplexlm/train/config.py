@@ -26,14 +26,21 @@ import yaml
 from ..errors import ConfigError
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span"]
+Objective = Literal["clm", "mlm", "span", "classify", "regress", "tag"]
+Method = Literal["full", "freeze", "lora"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
 
 
 @dataclass
 class DataSection:
-    path: str = ""  # a directory written by `duplex data prepare`
-    seq_len: int = 256  # tokens per training sequence (the model's context)
+    path: str = ""  # pretraining: a directory written by `duplex data prepare`
+    seq_len: int = 256  # tokens per training sequence (the model's context); fine-tuning: the longest kept
+    # fine-tuning: a built-in task (reviews-zh, peoples-daily-ner) or a CSV/TSV/JSONL/Parquet file each
+    train: str = ""
+    validation: str = ""  # empty: the built-in's own split
+    test: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
 
 
 @dataclass
@@ -59,18 +66,36 @@ class ObjectiveSection:
 
 
 @dataclass
+class MethodSection:
+    freeze: str = "embeddings"  # freeze: "embeddings", "layers:N" (embeddings + the first N blocks), "all-but-head"
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "v"])  # "q"/"k"/"v" parts or module names
+
+
+@dataclass
 class TrainConfig:
     objective: Objective = "clm"
+    task: Objective | None = None  # `duplex finetune`'s name for the objective (classify, regress, tag)
     out_dir: str = "runs/pretrain"
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "gpt2-tiny"})
     init_from: str | None = None  # a model directory to continue from, instead of a fresh init
+    tokenizer: str | None = None  # fine-tuning from scratch: a tokenizer directory (with model.preset)
+    method: Method = "full"  # fine-tuning: train everything, freeze some layers, or LoRA adapters
+    method_args: MethodSection = field(default_factory=MethodSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     objective_args: ObjectiveSection = field(default_factory=ObjectiveSection)
     batch_size: int = 8  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
+    max_epochs: float | None = None  # fine-tuning: when set, max_steps follows from the training split's size
     eval_every: int = 100
+    eval_metric: str | None = None  # what early stopping and the best checkpoint follow (default: the task's)
+    patience: int = 0  # evaluations without improvement before stopping early (0: never)
+    label_smoothing: float = 0.0  # classify / tag
+    class_weights: bool = False  # classify: weight classes by inverse frequency (imbalanced labels)
     eval_batches: int = 10
     save_every: int = 200
     keep_last: int = 3  # complete checkpoints kept
@@ -85,6 +110,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.task is not None:
+            if self.objective not in ("clm", self.task):
+                raise ConfigError(f"task={self.task!r} and objective={self.objective!r}: give one of them")
+            self.objective = self.task
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
                      "keep_last", "log_every", "max_nonfinite"):
             value = getattr(self, name)
@@ -109,6 +138,14 @@ class TrainConfig:
             ("objective_args.noise_density", a.noise_density, 0.0 < a.noise_density < 1.0, "a fraction in (0, 1)"),
             ("objective_args.mean_span_length", a.mean_span_length, a.mean_span_length >= 1.0, "a length >= 1"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
+            ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
+            ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),
+            ("max_epochs", self.max_epochs, self.max_epochs is None or self.max_epochs > 0, "a positive number"),
+            ("method_args.lora_r", self.method_args.lora_r, self.method_args.lora_r > 0, "a positive integer"),
+            ("method_args.lora_alpha", self.method_args.lora_alpha, self.method_args.lora_alpha > 0,
+             "a positive number"),
+            ("method_args.lora_dropout", self.method_args.lora_dropout, 0.0 <= self.method_args.lora_dropout < 1.0,
+             "a value in [0, 1)"),
         ]
         for key, value, ok, expected in ranges:
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -136,9 +173,10 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
-        for opt in options:
-            if opt is type(None):
-                continue
+        kinds = [opt for opt in options if opt is not type(None)]
+        if len(kinds) == 1:  # X | None: X's own message (a Literal lists its choices)
+            return _check_type(value, kinds[0], where)
+        for opt in kinds:
             try:
                 return _check_type(value, opt, where)
             except ConfigError:
@@ -155,6 +193,13 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {tp.__name__}, found {value!r}")
     if origin is dict and not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+    if origin is list:
+        if isinstance(value, str):  # key=q,v on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        (item,) = get_args(tp)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -208,8 +253,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """A YAML file (or nothing) plus dotted overrides → a checked :class:`TrainConfig`."""
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None,
+                      default_objective: str | None = None) -> TrainConfig:
+    """A YAML file (or nothing) plus dotted overrides → a checked :class:`TrainConfig`.
+    ``default_objective``: the objective when neither ``objective`` nor ``task`` is given."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -225,6 +272,8 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             raise ConfigError(f"{path}: expected a mapping at the top level, found {type(loaded).__name__}")
         data = loaded or {}
     data = merge(data, parse_overrides(overrides or []))
+    if default_objective and "objective" not in data and "task" not in data:
+        data["objective"] = default_objective
     model = data.get("model")
     if data.get("init_from"):
         if model:

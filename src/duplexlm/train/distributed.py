@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -106,6 +107,15 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def all_gather_objects(items: list[Any], info: DistInfo) -> list[Any]:
+    """Every rank's list, concatenated in rank order (predictions for metrics over a whole split)."""
+    if not info.enabled:
+        return items
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
 
 
 def barrier(info: DistInfo) -> None:

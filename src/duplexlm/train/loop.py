@@ -27,65 +27,24 @@ import torch
 from torch import nn
 
 from ..config import CONFIG_CLASSES, config_from_dict
-from ..errors import CheckpointError, ConfigError, DataError, DuplexError
-from ..fileutil import atomic_write, check_output_dir
-from ..io import load, load_weights, own_state_dict, save_model
+from ..errors import CheckpointError, ConfigError, DuplexError, ModelError
+from ..fileutil import atomic_write, check_output_dir, write_json
+from ..io import load_weights, own_state_dict, save_model
 from ..models import build_model, count_parameters
 from ..precision import autocast, matmul_peak, resolve_autocast_dtype
 from ..presets import get_preset
 from ..tokenizer import Tokenizer
 from . import objectives as obj
+from . import tasks
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_train_config
+from .data import ChunkSampler, ExampleSampler
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
 from .schedule import get_lr
-
-FAMILY_FOR_OBJECTIVE = {"clm": "decoder", "mlm": "encoder", "span": "seq2seq"}
 
 
 class TrainingDiverged(DuplexError, RuntimeError):
     """Too many non-finite steps in a row."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Data: which chunks a step reads
-
-
-class ChunkSampler:
-    """Non-overlapping chunks of ``chunk_len`` tokens, shuffled per epoch with a seeded permutation.
-
-    Global sample g lives in epoch g // n at position perm_epoch[g % n]: a pure function of g.
-    """
-
-    def __init__(self, shards: Any, chunk_len: int, seed: int, shuffle: bool = True) -> None:
-        self.shards, self.chunk_len, self.seed, self.shuffle = shards, chunk_len, seed, shuffle
-        self.n = len(shards) // chunk_len
-        if self.n == 0:
-            raise DataError(
-                f"{getattr(shards, 'split', 'data')} split has {len(shards)} tokens, fewer than one sequence of "
-                f"{chunk_len}; lower data.seq_len or prepare more text"
-            )
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _index(self, g: int) -> int:
-        epoch, i = divmod(g, self.n)
-        if not self.shuffle:
-            return i
-        if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + epoch))}
-        return int(self._perms[epoch][i])
-
-    def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Samples start..start+count-1 → tokens (count, chunk_len) int64 and word starts or None."""
-        rows, starts = [], []
-        for g in range(start, start + count):
-            offset = self._index(g) * self.chunk_len
-            rows.append(torch.from_numpy(self.shards.get(offset, self.chunk_len).astype("int64")))
-            ws = self.shards.word_starts(offset, self.chunk_len)
-            if ws is not None:
-                starts.append(torch.from_numpy(ws.astype("bool")))
-        return torch.stack(rows), (torch.stack(starts) if starts else None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,15 +62,20 @@ class Run:
     optimizer: torch.optim.Optimizer
     tokenizer: Tokenizer
     tokens: Any  # objectives.ObjectiveTokens
-    train: ChunkSampler
-    val: ChunkSampler
-    bytes_per_token: float
+    train: ChunkSampler | ExampleSampler
+    val: ChunkSampler | ExampleSampler
+    bytes_per_token: float | None  # shards: for bits per byte
     amp_dtype: torch.dtype | None
     out_dir: Path
     flops_per_token: float
     peak_flops: float
     state: dict[str, Any] = field(default_factory=dict)
     scaler: Any = None  # torch.amp.GradScaler for fp16, else None
+    spec: obj.ObjectiveSpec | None = None  # the objective (registry entry)
+    label_names: list[str] | None = None  # tasks: the name of each class or tag
+    loss_options: obj.LossOptions = field(default_factory=obj.LossOptions)
+    test: ExampleSampler | None = None  # tasks: the test split, scored once at the end
+    max_steps: int = 0  # cfg.max_steps, or what cfg.max_epochs makes of it
 
 
 def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -123,24 +87,30 @@ def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     base.update(spec)
     if "family" not in base:
         raise ConfigError("model: name a preset (model.preset=gpt2-tiny) or a family (model.family=decoder)")
-    want = FAMILY_FOR_OBJECTIVE[cfg.objective]
-    if base["family"] != want:
-        raise ConfigError(f"model: objective {cfg.objective!r} trains a model of family {want!r}, but "
-                          f"the model section gives {base['family']!r} (pick a matching model.preset)")
+    want = obj.get_objective(cfg.objective).families
+    if base["family"] not in want:
+        raise ConfigError(f"model: objective {cfg.objective!r} trains a model of family {' or '.join(map(repr, want))}, "
+                          f"but the model section gives {base['family']!r} (pick a matching model.preset)")
     if base["family"] in ("decoder", "encoder"):
         default = next(f.default for f in dataclasses.fields(CONFIG_CLASSES[base["family"]]) if f.name == "max_seq_len")
         _check_context(cfg.data.seq_len, base.get("max_seq_len", default), "model.max_seq_len")
     return base, spec
 
 
-def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) -> Any:
-    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length."""
+def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
+                     head: dict[str, Any] | None = None) -> Any:
+    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length;
+    ``head`` (tasks): the head's fields (``head``, ``num_labels``, ``label_names``)."""
     base, spec = _model_section(cfg)
     if "vocab_size" not in spec:
         base["vocab_size"] = vocab_size
     elif spec["vocab_size"] < vocab_size:
         raise ConfigError(f"model.vocab_size={spec['vocab_size']} is smaller than the data's vocabulary ({vocab_size})")
-    if base["family"] == "encoder":
+    if head is not None:
+        base.update(head)
+        if base["family"] == "encoder":
+            base["pooler"] = head["head"] == "classify"  # [CLS] through the pooler, as BERT classifies
+    elif base["family"] == "encoder":
         base["head"] = "mlm"
         if "pooler" not in spec:
             base["pooler"] = False  # masked LM never uses it (and DDP rejects parameters without gradients)
@@ -150,6 +120,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer) ->
                             ("bos_token_id", tokenizer.bos_token_id)):
             if key not in spec:
                 base[key] = tok_id
+    if base["family"] == "rnn" and "pad_token_id" not in spec and tokenizer.pad_token_id is not None:
+        base["pad_token_id"] = tokenizer.pad_token_id
     if base["family"] == "seq2seq":
         for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
                             ("decoder_start_token_id", tokenizer.pad_token_id)):
@@ -211,7 +183,8 @@ def _check_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """The run directory: new, empty, or an earlier run of ours to ``resume`` or ``overwrite``."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: pick one (continue the run in out_dir, or start it over)")
-    inputs = [p for p in (cfg.data.path, cfg.init_from) if p]
+    inputs = [p for p in (cfg.data.path, cfg.init_from, cfg.tokenizer, cfg.data.train, cfg.data.validation,
+                          cfg.data.test) if p and Path(p).exists()]
     out = check_output_dir(cfg.out_dir, "run", overwrite=True, flag="out_dir", inputs=inputs)
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         what = ("checkpoints of an earlier run" if list_checkpoints(out / "checkpoints")
@@ -245,42 +218,156 @@ def _check_objective_data(cfg: TrainConfig, shards: Any, tokens: obj.ObjectiveTo
                               "data.seq_len or raise objective_args.mean_span_length")
 
 
-def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
-    """Check everything, then build the model, optimizer and samplers. Nothing is written here,
-    except that ``overwrite`` clears an earlier run in ``out_dir`` once every check has passed."""
+@dataclass
+class _Source:
+    """What the data side gives setup: the tokenizer, the samplers, and for tasks the labels."""
+
+    tokenizer: Tokenizer
+    tokens: Any
+    vocab_size: int
+    train: Any
+    val: Any
+    bytes_per_token: float | None = None
+    label_names: list[str] | None = None
+    num_labels: int = 0
+    train_labels: list[Any] = field(default_factory=list)
+    test: ExampleSampler | None = None
+    model_tokenizer_dir: str | None = None
+
+
+def _shards_source(cfg: TrainConfig) -> _Source:
     from ..data import TokenShards
 
-    if not cfg.data.path:
-        raise ConfigError("data.path: name a directory written by `duplex data prepare`")
-    out_dir = _check_out_dir(cfg, resume, overwrite)
-    if not cfg.init_from:
-        _model_section(cfg)  # the model section's own rules, before any data is read
-    info = init_distributed(cfg.device)
     train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
     tokenizer = Tokenizer.from_dir(cfg.data.path)
     tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
     _check_objective_data(cfg, train_shards, tokens)
+    span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
+    chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
+    return _Source(tokenizer=tokenizer, tokens=tokens, vocab_size=train_shards.vocab_size,
+                   train=ChunkSampler(train_shards, chunk, cfg.seed),
+                   val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
+                   bytes_per_token=val_shards.bytes_per_token)
+
+
+def _examples_source(cfg: TrainConfig) -> _Source:
+    """Labelled examples: loaded, split, encoded with the model's tokenizer, into samplers."""
+    from ..data.tasks import load_task_data
+    from .data import encode_examples
 
     if cfg.init_from:
-        model, init_tok = load(cfg.init_from)
-        if model.config.family != FAMILY_FOR_OBJECTIVE[cfg.objective]:
-            raise ConfigError(f"init_from: {cfg.init_from} holds a {model.config.family}, "
-                              f"objective {cfg.objective!r} needs a {FAMILY_FOR_OBJECTIVE[cfg.objective]}")
+        tok_dir = cfg.init_from
+    elif cfg.tokenizer:
+        tok_dir = cfg.tokenizer
+    else:
+        raise ConfigError("tokenizer: fine-tuning from scratch (model.preset) needs a tokenizer directory "
+                          "(tokenizer=runs/tok); or start from a model directory with init_from=DIR")
+    if not (Path(tok_dir) / "tokenizer.json").is_file():
+        raise ConfigError(f"{'init_from' if cfg.init_from else 'tokenizer'}: {tok_dir} has no tokenizer.json")
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    task = load_task_data(cfg.objective, cfg.data.train, cfg.data.validation or None, cfg.data.test or None,
+                          text_field=cfg.data.text_field, label_field=cfg.data.label_field, seed=cfg.seed)
+    splits = dict(task.splits)
+    if "validation" not in splits:
+        # early stopping and the best checkpoint need held-out data: a seeded tenth of the training split
+        order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_val = max(1, len(order) // 10)
+        splits["validation"] = [splits["train"][i] for i in order[:n_val]]
+        splits["train"] = [splits["train"][i] for i in sorted(order[n_val:])]
+    names = task.label_names
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = {k: encode_examples(v, tokenizer, cfg.objective, cfg.data.seq_len, names, split=k)
+               for k, v in splits.items()}
+    num_labels = len(names) if names else task.num_targets
+    return _Source(
+        tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size,
+        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train"),
+        val=ExampleSampler(*encoded["validation"], seed=cfg.seed, pad_id=pad, shuffle=False, name="validation"),
+        test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
+              if "test" in encoded else None),
+        label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
+
+
+# a task head replaces whatever head the starting model had; these names are heads (and the
+# encoder's pooler, which masked-LM pretraining leaves out and classification adds)
+_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.")
+
+
+def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> nn.Module:
+    """The model to train: ``init_from`` (re-headed for a task) or a fresh one from the model section."""
+    head = None
+    if spec.data == "examples":
+        head = {"head": spec.head, "num_labels": source.num_labels, "label_names": source.label_names}
+    if not cfg.init_from:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        return build_model(model_config_for(cfg, source.vocab_size, source.tokenizer, head=head))
+    from ..io import load_config_and_weights
+
+    config, sd = load_config_and_weights(cfg.init_from)
+    if config.family not in spec.families:
+        raise ConfigError(f"init_from: {cfg.init_from} holds a {config.family}, objective {cfg.objective!r} needs "
+                          f"a {' or '.join(spec.families)}")
+    if hasattr(config, "max_seq_len"):
+        _check_context(cfg.data.seq_len, config.max_seq_len, f"{cfg.init_from}'s max_seq_len")
+    if head is None:
+        model = build_model(config)
+        load_weights(model, sd, source=str(cfg.init_from))
+        return model
+    changes = dict(head)
+    if config.family == "encoder":
+        changes["pooler"] = spec.head == "classify"
+    if config.family == "decoder" and config.pad_token_id is None:
+        changes["pad_token_id"] = source.tokenizer.pad_token_id
+    torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
+    model = build_model(config.replace(**changes))
+    expected = model.state_dict()
+    backbone = {k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}
+    keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
+    missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(_HEAD_PREFIXES)]
+    if missing:
+        raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")
+    model.load_state_dict({**backbone, **keep}, strict=False)
+    return model
+
+
+def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
+    """Check everything, then build the model, optimizer and samplers. Nothing is written here,
+    except that ``overwrite`` clears an earlier run in ``out_dir`` once every check has passed."""
+    from .methods import prepare_method
+
+    spec = obj.get_objective(cfg.objective)
+    if cfg.eval_metric is not None:
+        from ..eval.metrics import higher_is_better
+
+        higher_is_better(cfg.eval_metric)  # an unknown name: a ConfigError naming the nearest known ones
+    if spec.data == "shards" and not cfg.data.path:
+        raise ConfigError("data.path: name a directory written by `duplex data prepare`")
+    if spec.data == "examples" and not cfg.data.train:
+        raise ConfigError("data.train: name a built-in task (reviews-zh, peoples-daily-ner) or a CSV/TSV/JSONL/"
+                          "Parquet file")
+    if spec.data == "shards" and cfg.method != "full":
+        raise ConfigError(f"method={cfg.method!r}: pretraining trains the whole model (method=full)")
+    out_dir = _check_out_dir(cfg, resume, overwrite)
+    if not cfg.init_from:
+        _model_section(cfg)  # the model section's own rules, before any data is read
+    info = init_distributed(cfg.device)
+    source = _shards_source(cfg) if spec.data == "shards" else _examples_source(cfg)
+    tokenizer = source.tokenizer
+    if cfg.init_from and spec.data == "shards":
+        init_tok = Tokenizer.from_dir(cfg.init_from) if (Path(cfg.init_from) / "tokenizer.json").is_file() else None
         if init_tok is not None and init_tok.backend.get_vocab() != tokenizer.backend.get_vocab():
             # same ids must mean the same tokens, or the pretrained embeddings are noise
             raise ConfigError(f"init_from: {cfg.init_from} was trained with another tokenizer than the data in "
                               f"{cfg.data.path}; prepare the data with --tokenizer {cfg.init_from}")
-        if model.config.vocab_size < train_shards.vocab_size:
-            raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
-                              f"data's ({train_shards.vocab_size})")
-        if hasattr(model.config, "max_seq_len"):
-            _check_context(cfg.data.seq_len, model.config.max_seq_len, f"{cfg.init_from}'s max_seq_len")
-    else:
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = build_model(model_config_for(cfg, train_shards.vocab_size, tokenizer))
+    model = _model_from(cfg, spec, source)
+    if model.config.vocab_size < source.vocab_size:
+        raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
+                          f"tokenizer's ({source.vocab_size})")
+    prepare_method(model, cfg)  # freeze or LoRA: before the optimizer sees which parameters train
     model.to(info.device).train()
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
-                             "best_val": None, "elapsed": 0.0}
+                             "best_val": None, "elapsed": 0.0, "best_metric": None, "best_step": None,
+                             "bad_evals": 0, "stopped_early": False}
     opt_state = None
     if resume:
         ckpt, loaded = None, None
@@ -296,8 +383,9 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
             if info.is_main:
                 print(f"--resume: no complete checkpoint under {out_dir / 'checkpoints'}; starting fresh")
         else:
-            model_state, opt_state, state = loaded
-            _check_resumable(state.pop("config", None), cfg, ckpt)
+            model_state, opt_state, saved = loaded
+            _check_resumable(saved.pop("config", None), cfg, ckpt)
+            state.update(saved)
             load_weights(model, model_state, source=str(ckpt))  # strict: names and shapes must match
             if info.is_main:
                 print(f"resumed from {ckpt} (step {state['step']})")
@@ -319,18 +407,20 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     amp = resolve_autocast_dtype(cfg.precision, info.device)
     # fp16 has too little range for gradients: scale the loss up and unscale before clipping
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
-    span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
-    chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
     flops = (model.num_flops_per_token(cfg.data.seq_len) if hasattr(model, "num_flops_per_token")
              else 6 * count_parameters(model))
+    options = obj.LossOptions(
+        label_smoothing=cfg.label_smoothing,
+        class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
+                       if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
         cfg=cfg, info=info, model=wrapped, raw_model=model, optimizer=optimizer, tokenizer=tokenizer,
-        tokens=tokens,
-        train=ChunkSampler(train_shards, chunk, cfg.seed),
-        val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
-        bytes_per_token=val_shards.bytes_per_token, amp_dtype=amp, out_dir=out_dir,
-        flops_per_token=flops, peak_flops=matmul_peak(info.device, amp), state=state, scaler=scaler,
+        tokens=source.tokens, train=source.train, val=source.val, bytes_per_token=source.bytes_per_token,
+        amp_dtype=amp, out_dir=out_dir, flops_per_token=flops, peak_flops=matmul_peak(info.device, amp),
+        state=state, scaler=scaler, spec=spec, label_names=source.label_names, loss_options=options,
+        test=source.test,
     )
+    run.max_steps = _max_steps(run)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
     # a problem in the data or the objective's settings surfaces before anything is written
     make_batch(run, run.train, 0, 1, (cfg.seed, 7_919))
@@ -338,6 +428,15 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         _clear(out_dir)  # every entry was checked to be an earlier run's
     barrier(info)
     return run
+
+
+def _max_steps(run: Run) -> int:
+    """``max_steps``, or with ``max_epochs`` as many steps as that many passes over the training split."""
+    cfg = run.cfg
+    if cfg.max_epochs is None:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum * run.info.world_size
+    return max(1, math.ceil(cfg.max_epochs * run.train.n / per_step))
 
 
 def _clear(directory: Path) -> None:
@@ -372,25 +471,37 @@ def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return {}
 
 
-def make_batch(run: Run, sampler: ChunkSampler, start: int, count: int,
+def make_batch(run: Run, sampler: ChunkSampler | ExampleSampler, start: int, count: int,
                stream: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Samples ``start .. start + count - 1`` of ``sampler`` as one objective batch on the run's device.
 
     Row ``j`` draws its mask or spans from its own generator, seeded by ``(*stream, start + j)``: a
     sample's corruption depends on the stream and its global index alone, not on which rank or
-    micro-batch reads it, so any split of a global batch gives the same rows.
+    micro-batch reads it, so any split of a global batch gives the same rows. Labelled examples
+    need no random draw: they are padded to the longest row.
     """
+    if isinstance(sampler, ExampleSampler):
+        return _to_device(sampler.batch(start, count), run.info.device)
     chunk, word_starts = sampler.batch(start, count)
     if not run.cfg.objective_args.whole_word:
         word_starts = None
     gens = [] if run.cfg.objective == "clm" else [_generator(*stream, g) for g in range(start, start + count)]
     batch = obj.make_batch(run.cfg.objective, chunk, tokens=run.tokens, generator=gens, word_starts=word_starts,
                            **_objective_kwargs(run.cfg))
-    return {k: v.to(run.info.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return _to_device(batch, run.info.device)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _target_count(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"] != -100).sum())
+    """What a batch's loss is a mean over: labelled tokens, or examples (one label, or a row of
+    regression targets, each)."""
+    labels = batch["labels"]
+    if labels.dtype.is_floating_point or labels.dim() == 1:
+        return int(labels.shape[0])
+    return int((labels != -100).sum())
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
@@ -402,7 +513,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     cfg, info = run.cfg, run.info
     B, world = cfg.batch_size, info.world_size
     lr = get_lr(run.state["opt_steps"], lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup=cfg.optim.warmup_steps,
-                total=cfg.max_steps, schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction)
+                total=run.max_steps, schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     # dropout draws from the global RNG: seed it from (seed, step, rank) so a resumed run, and every
@@ -423,7 +534,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             else contextlib.nullcontext()
         with sync:
             with autocast(info.device, run.amp_dtype):
-                loss, n = obj.compute_loss(run.model, batch, cfg.objective)
+                loss, n = run.spec.loss(run.model, batch, run.loss_options)
             # DDP averages gradients over ranks: multiply by world so the result is the global token mean
             weight = n / max(global_targets, 1.0) * world
             scaled = loss * weight
@@ -459,7 +570,10 @@ def train_step(run: Run, step: int) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
-    """Validation loss (per target token), perplexity and bits per byte on a fixed set of batches."""
+    """Validation scores: loss per target token, perplexity and (clm) bits per byte on a fixed set
+    of batches; for tasks the loss and the task's metrics over the whole validation split."""
+    if isinstance(run.val, ExampleSampler):
+        return evaluate_examples(run, run.val, "val")[0]
     cfg, info = run.cfg, run.info
     run.model.eval()
     loss_sum, targets = 0.0, 0.0
@@ -472,7 +586,7 @@ def evaluate(run: Run) -> dict[str, float]:
             start = (i * info.world_size + info.rank) * rows
             batch = make_batch(run, run.val, start, rows, (cfg.seed, 999_983))
             with autocast(info.device, run.amp_dtype):
-                loss, n = obj.compute_loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, cfg.objective)
+                loss, n = run.spec.loss(unwrap(run.model) if not cfg.fsdp else run.model, batch, run.loss_options)
             loss_sum += loss.item() * n
             targets += n
     finally:
@@ -484,6 +598,56 @@ def evaluate(run: Run) -> dict[str, float]:
         # bits per byte: every byte of the text is predicted once, so it compares across tokenizers
         out["val_bpb"] = val_loss / math.log(2) / run.bytes_per_token
     return out
+
+
+class _Replay:
+    """Stands in for the model in a loss function, handing back the output already computed."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.out
+
+
+@torch.no_grad()
+def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every example of ``sampler``, in order (ranks take alternate batches): the mean loss and the
+    objective's metrics → (``{prefix}_name``: scalar, ..., the full metrics with per-class detail)."""
+    from .distributed import all_gather_objects
+
+    cfg, info, spec = run.cfg, run.info, run.spec
+    model = unwrap(run.model) if not cfg.fsdp else run.model
+    model.eval()
+    loss_sum, count, preds, refs = 0.0, 0, [], []
+    B = cfg.batch_size
+    n_batches = math.ceil(sampler.n / B)
+    try:
+        # FSDP: every rank takes part in every forward, so each reads every batch (and keeps its own)
+        for i in range(n_batches):
+            mine = cfg.fsdp or i % info.world_size == info.rank
+            if not mine:
+                continue
+            rows = list(range(i * B, min(sampler.n, (i + 1) * B)))
+            batch = _to_device(sampler.collate(rows), info.device)
+            with autocast(info.device, run.amp_dtype):
+                out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss, n = spec.loss(_Replay(out), batch, run.loss_options)
+            if cfg.fsdp and i % info.world_size != info.rank:
+                continue
+            loss_sum += loss.item() * n
+            count += n
+            p, r = spec.predict(out.logits.float(), batch)
+            preds.extend(p)
+            refs.extend(r)
+    finally:
+        run.model.train()
+    loss_sum, total = all_reduce_sum([loss_sum, float(count)], info)
+    preds, refs = all_gather_objects(preds, info), all_gather_objects(refs, info)
+    full = spec.metrics(preds, refs, run.label_names)
+    flat = {f"{prefix}_loss": loss_sum / max(total, 1.0)}
+    flat.update({f"{prefix}_{k}": float(v) for k, v in full.items() if isinstance(v, (int, float))})
+    return flat, full
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -610,11 +774,13 @@ def fit(run: Run) -> dict[str, Any]:
     if info.is_main and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=f"pretrain {cfg.objective}", dynamic_ncols=True)
+        kind = "pretrain" if run.spec.data == "shards" else "finetune"
+        bar = tqdm(total=run.max_steps, initial=state["step"], desc=f"{kind} {cfg.objective}", dynamic_ncols=True)
     last_eval: dict[str, float] = {}
+    metric = _eval_metric(run)
     t_window, tok_window = time.perf_counter(), 0
     try:
-        while state["step"] < cfg.max_steps:
+        while state["step"] < run.max_steps and not state["stopped_early"]:
             t0 = time.perf_counter()
             out = train_step(run, state["step"])
             state["step"] += 1
@@ -632,7 +798,7 @@ def fit(run: Run) -> dict[str, Any]:
             step = state["step"]
             if info.enabled:  # every rank must stop at the same step, or their collectives would not match
                 stop["requested"] = all_reduce_sum([float(stop["requested"])], info)[0] > 0
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % cfg.log_every == 0 or step == run.max_steps:
                 dt = time.perf_counter() - t_window
                 tps = tok_window / dt if dt > 0 else 0.0
                 record = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
@@ -644,18 +810,18 @@ def fit(run: Run) -> dict[str, Any]:
                 if bar is not None:
                     bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{record['mfu']:.1%}", refresh=False)
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if step % cfg.eval_every == 0 or step == run.max_steps:
                 last_eval = evaluate(run)
                 state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
+                line = _track_best(run, metric, last_eval, step)
                 log.write({"step": step, **last_eval})
                 log.plot(run.out_dir / "loss.png")
-                line = (f"step {step}: val loss {last_eval['val_loss']:.4f}, ppl {last_eval['val_ppl']:.2f}"
-                        + (f", bits/byte {last_eval['val_bpb']:.4f}" if "val_bpb" in last_eval else ""))
                 if bar is not None:
                     bar.write(line)
                 elif info.is_main:
                     print(line, flush=True)
-            if step % cfg.save_every == 0 or step == cfg.max_steps or stop["requested"]:
+            done = step == run.max_steps or state["stopped_early"]
+            if step % cfg.save_every == 0 or done or stop["requested"]:
                 path = save(run)
                 if stop["requested"]:
                     if info.is_main:
@@ -669,16 +835,103 @@ def fit(run: Run) -> dict[str, Any]:
         for s, h in previous.items():
             signal.signal(s, h)
         log.close()
-    if state["step"] >= cfg.max_steps:
-        model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
-        if info.is_main:
-            save_model(run.raw_model, run.out_dir / "model", tokenizer=run.tokenizer, state_dict=model_state,
-                       overwrite=True)
-    barrier(info)
     result = {"step": state["step"], "tokens": state["tokens"], "nonfinite": state["nonfinite"], **last_eval}
+    if state["step"] >= run.max_steps or state["stopped_early"]:
+        result.update(_finish(run))
+    barrier(info)
     if stop["signum"]:
         result["interrupted"] = stop["signum"]
     return result
+
+
+# the scores a progress line shows (metrics.jsonl and test_metrics.json keep them all)
+SHOWN_METRICS = ("loss", "ppl", "bpb", "accuracy", "macro_f1", "precision", "recall", "f1", "mse", "mae", "pearson",
+                 "spearman")
+
+
+def _eval_metric(run: Run) -> str:
+    """The validation score that picks the best checkpoint and drives early stopping."""
+    from ..eval.metrics import higher_is_better
+
+    name = run.cfg.eval_metric or run.spec.default_metric
+    higher_is_better(name)  # an unknown name: a ConfigError with the nearest known ones
+    return name
+
+
+def _track_best(run: Run, metric: str, scores: dict[str, float], step: int) -> str:
+    """Keep the best weights so far (``best.safetensors``), count evaluations without improvement,
+    and stop early after ``patience`` of them; returns the line to print."""
+    from ..eval.metrics import is_better
+
+    state, cfg = run.state, run.cfg
+    value = scores.get(f"val_{metric}")
+    if value is None:
+        raise ConfigError(f"eval_metric: {metric!r} is not among the validation scores "
+                          f"({', '.join(k.removeprefix('val_') for k in scores)})")
+    improved = state["best_metric"] is None or is_better(metric, value, state["best_metric"])
+    if improved:
+        state["best_metric"], state["best_step"], state["bad_evals"] = value, step, 0
+        if run.spec.data == "examples" or cfg.patience:
+            _save_best(run)
+    else:
+        state["bad_evals"] += 1
+        if cfg.patience and state["bad_evals"] >= cfg.patience:
+            state["stopped_early"] = True
+    shown = ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in scores.items()
+                      if k.removeprefix("val_") in SHOWN_METRICS or k == f"val_{metric}")
+    tail = " (best)" if improved else f" (best {state['best_metric']:.4f} at step {state['best_step']})"
+    if state["stopped_early"]:
+        tail += f"; no better {metric} in {cfg.patience} evaluations: stopping early"
+    return f"step {step}: val {shown}{tail}"
+
+
+def _save_best(run: Run) -> None:
+    from safetensors.torch import save_file
+
+    from ..convert.common import independent
+    from ..fileutil import atomic_write
+
+    weights = _full_states(run)[0]  # every rank takes part (FSDP gathers)
+    if run.info.is_main:
+        atomic_write(run.out_dir / "best.safetensors",
+                     lambda tmp: save_file(independent(weights), str(tmp), metadata={"step": str(run.state["step"])}))
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    """The end of a run: restore the best weights (tasks, or with early stopping), let the method
+    finish (LoRA: merge, and write the adapter alone), export the model directory, and score the
+    test split when there is one."""
+    from .methods import finalize_method
+
+    cfg, info = run.cfg, run.info
+    best = run.out_dir / "best.safetensors"
+    out: dict[str, Any] = {}
+    if (run.spec.data == "examples" or cfg.patience) and best.is_file():
+        barrier(info)
+        from safetensors.torch import load_file
+
+        _load_full_state(run, load_file(str(best)))
+        out["best_step"], out[f"best_{_eval_metric(run)}"] = run.state["best_step"], run.state["best_metric"]
+    if run.test is not None:
+        scores, full = evaluate_examples(run, run.test, "test")
+        out.update(scores)
+        if info.is_main:
+            write_json(run.out_dir / "test_metrics.json", full)
+    model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
+    if info.is_main:
+        model = finalize_method(run.raw_model, cfg, run.out_dir)
+        save_model(model, run.out_dir / "model", tokenizer=run.tokenizer,
+                   state_dict=None if model is not run.raw_model else model_state, overwrite=True)
+    return out
+
+
+def _load_full_state(run: Run, state_dict: dict[str, torch.Tensor]) -> None:
+    if run.cfg.fsdp and run.info.enabled:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(run.raw_model, state_dict, options=StateDictOptions(full_state_dict=True))
+    else:
+        load_weights(run.raw_model, {k: v.to(run.info.device) for k, v in state_dict.items()}, source="best.safetensors")
 
 
 def _main_thread() -> bool:
@@ -687,8 +940,9 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def pretrain(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Set up and run a training run to ``cfg.max_steps``; returns the final metrics (with
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Set up and run a training run — pretraining or fine-tuning, whichever ``cfg.objective`` is —
+    to ``max_steps`` (or ``max_epochs``, or early stopping); returns the final metrics (with
     ``"interrupted"``: the signal number, when Ctrl-C or SIGTERM stopped it early).
 
     ``out_dir`` must be new or empty; ``resume`` continues the run it holds, ``overwrite`` starts
@@ -697,12 +951,23 @@ def pretrain(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     try:
         if run.info.is_main:
             n = count_parameters(run.raw_model)
-            print(f"{run.raw_model.config.family} {n / 1e6:.2f}M parameters on {run.info.device} × "
-                  f"{run.info.world_size}, precision {str(run.amp_dtype or 'fp32').replace('torch.', '')}, "
-                  f"{run.train.n} training sequences of {run.train.chunk_len} tokens; run dir {run.out_dir}")
+            trainable = sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad)
+            what = (f"{run.train.n} training sequences of {run.train.chunk_len} tokens"
+                    if isinstance(run.train, ChunkSampler) else
+                    f"{run.train.n} training / {run.val.n} validation examples"
+                    + (f" / {run.test.n} test" if run.test is not None else ""))
+            print(f"{run.raw_model.config.family} {n / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained, "
+                  f"method {cfg.method}) on {run.info.device} × {run.info.world_size}, precision "
+                  f"{str(run.amp_dtype or 'fp32').replace('torch.', '')}, {what}, {run.max_steps} steps; "
+                  f"run dir {run.out_dir}")
         return fit(run)
     finally:
         cleanup(run.info)
 
 
-__all__ = ["ChunkSampler", "TrainingDiverged", "evaluate", "fit", "pretrain", "setup", "train_step"]
+pretrain = train  # the commands differ in their help, not in the loop
+finetune = train
+
+
+__all__ = ["TrainingDiverged", "evaluate", "evaluate_examples", "finetune", "fit", "pretrain", "setup", "train",
+           "train_step"]

@@ -34,7 +34,7 @@ predicted.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -638,19 +638,90 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Tensor], objective: Objec
     return loss, int(count)
 
 
+# ----------------------------------------------------------------------------------------------------
+# The registry: what the training loop knows of an objective
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Knobs of the supervised losses (the pretraining losses take none)."""
+
+    label_smoothing: float = 0.0
+    class_weights: Tensor | None = None  # (num_labels,) for classify
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One training objective as the loop sees it: the model families it trains, the head it needs,
+    where its batches come from (packed token ``shards`` or labelled ``examples``), its loss, and
+    for tasks how predictions are read off the logits and scored.
+
+    ``loss(model, batch, options) -> (mean loss, count)``: the count weights micro-batches and ranks
+    (target tokens, or examples). ``predict(logits, batch) -> (predictions, references)``, one entry
+    per example; ``metrics(predictions, references, label_names) -> {name: value}``.
+    """
+
+    name: str
+    families: tuple[str, ...]
+    head: str
+    data: Literal["shards", "examples"]
+    loss: Callable[[nn.Module, Mapping[str, Tensor], LossOptions], tuple[Tensor, int]]
+    default_metric: str = "loss"
+    predict: Callable[[Tensor, Mapping[str, Tensor]], tuple[list[Any], list[Any]]] | None = None
+    metrics: Callable[[list[Any], list[Any], list[str] | None], dict[str, float]] | None = None
+
+
+def _pretraining(name: str, family: str, head: str) -> ObjectiveSpec:
+    return ObjectiveSpec(name=name, families=(family,), head=head, data="shards",
+                         loss=lambda model, batch, options: compute_loss(model, batch, name))  # type: ignore[arg-type]
+
+
+REGISTRY: dict[str, ObjectiveSpec] = {
+    "clm": _pretraining("clm", "decoder", "lm"),
+    "mlm": _pretraining("mlm", "encoder", "mlm"),
+    "span": _pretraining("span", "seq2seq", "lm"),
+}
+
+
+def register(spec: ObjectiveSpec) -> ObjectiveSpec:
+    """Add an objective to the registry (the fine-tuning tasks register themselves in ``train.tasks``)."""
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    """The registered objective ``name``; an unknown one is a ``ConfigError`` listing the others.
+
+    >>> get_objective("mlm").families, get_objective("classify").data
+    (('encoder',), 'examples')
+    """
+    from . import tasks  # noqa: F401 - registers classify, regress, tag
+
+    if name not in REGISTRY:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"objective: expected one of {', '.join(REGISTRY)}, found {name!r}")
+    return REGISTRY[name]
+
+
 __all__ = [
     "IGNORE_INDEX",
     "OBJECTIVES",
+    "REGISTRY",
     "Generators",
+    "LossOptions",
     "Objective",
+    "ObjectiveSpec",
     "ObjectiveTokens",
     "SpanLengths",
     "chunk_length",
     "clm_batch",
     "compute_loss",
+    "get_objective",
     "make_batch",
     "mlm_batch",
     "random_spans_noise_mask",
+    "register",
     "span_batch",
     "span_lengths",
 ]

