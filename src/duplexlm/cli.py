@@ -8,6 +8,9 @@
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
+    duplex eval --model DIR --data NAME_OR_FILE [--split test] [--out DIR]   metrics, report and plots
+    duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
+    duplex tag --model DIR --text ...                             entities (BIO taggers)
     duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
 """
 
@@ -222,6 +225,84 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a fine-tuned model on a labelled split (accuracy, per-class precision/recall/F1, confusion
+    matrix; entity F1 for taggers; MSE/MAE/correlations for regressors); --out writes metrics.json,
+    predictions.jsonl, report.md and plots."""
+    from .eval.evaluate import evaluate_model
+
+    m = evaluate_model(args.model, args.data, split=args.split, out=args.out, text_field=args.text_field,
+                       label_field=args.label_field, batch_size=args.batch_size, overwrite=args.overwrite)
+    shown = ("accuracy", "macro_f1", "micro_f1", "precision", "recall", "f1", "mse", "mae", "pearson", "spearman")
+    print(f"{m['task']} on {m['data']} ({m['split']}, {m['examples']} examples): "
+          + ", ".join(f"{k} {m[k]:.4f}" for k in shown if k in m) + (f"; report in {args.out}" if args.out else ""))
+    return 0
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    from .errors import ConfigError
+
+    texts = list(args.text or [])
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ConfigError(f"--file: {path} is not a file")
+        try:
+            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--file: {path} is not UTF-8 text (byte {e.start})") from e
+    if not texts:
+        raise ConfigError("--text or --file: expected at least one text")
+    return texts
+
+
+def _loaded(model_dir: str):
+    from .errors import ConfigError
+    from .io import load
+
+    model, tokenizer = load(model_dir)
+    if tokenizer is None:
+        raise ConfigError(f"--model: {model_dir} has no tokenizer.json")
+    return model, tokenizer
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify texts (--text, repeatable, or --file with one per line) with a fine-tuned classifier:
+    the label and its probability (--json: every label's), batched."""
+    import json
+
+    from .infer.predict import classify
+
+    texts = _texts(args)
+    model, tokenizer = _loaded(args.model)
+    for text, p in zip(texts, classify(model, tokenizer, texts, batch_size=args.batch_size)):
+        if args.json:
+            print(json.dumps({"text": text, **p}, ensure_ascii=False))
+        elif "values" in p:
+            print(f"{', '.join(f'{v:.4f}' for v in p['values'])}\t{text}")
+        else:
+            print(f"{p['label']}\t{p['score']:.3f}\t{text}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """Tag texts with a fine-tuned tagger (e.g. named entities): the entities found, or with --json
+    every word's tag."""
+    import json
+
+    from .infer.predict import tag
+
+    texts = _texts(args)
+    model, tokenizer = _loaded(args.model)
+    for text, p in zip(texts, tag(model, tokenizer, texts, batch_size=args.batch_size)):
+        if args.json:
+            print(json.dumps({"text": text, **p}, ensure_ascii=False))
+        else:
+            found = "  ".join(f"{e['text']}/{e['type']}" for e in p["entities"]) or "(no entities)"
+            print(f"{text}\n  {found}")
+    return 0
+
+
 def _train_config(args: argparse.Namespace, default_objective: str | None = None):
     from .train.config import load_train_config
 
@@ -250,6 +331,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "convert": (cmd_convert, _convert_args),
         "pretrain": (cmd_pretrain, _pretrain_args),
         "finetune": (cmd_finetune, _pretrain_args),
+        "eval": (cmd_eval, _eval_args),
+        "classify": (cmd_classify, _predict_args),
+        "tag": (cmd_tag, _predict_args),
         "demo": (cmd_demo, _demo_args),
     }
     groups = {
@@ -322,6 +406,25 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="source model directory")
     p.add_argument("dst", help="destination directory (new or empty; written atomically)")
     _overwrite_arg(p)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory written by `duplex finetune`")
+    p.add_argument("--data", required=True, help="a built-in task (reviews-zh, peoples-daily-ner) or a labelled file")
+    p.add_argument("--split", default="test", help="the built-in's split to score (a file is scored whole)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    p.add_argument("--out", default=None, help="write metrics.json, predictions.jsonl, report.md and plots here")
+    _overwrite_arg(p)
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory written by `duplex finetune`")
+    p.add_argument("--text", action="append", help="a text (repeat for several)")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per text, with every probability")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:

@@ -147,7 +147,7 @@ def remove_stale_temporaries(directory: Path, name: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Output directories
 
-OutputKind = Literal["model", "tokenizer", "shards", "run", "demo"]
+OutputKind = Literal["model", "tokenizer", "shards", "run", "demo", "eval"]
 
 # What each kind of output holds. A directory with anything else in it holds a user's files: it is
 # never replaced, whatever the flags say.
@@ -162,11 +162,13 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
                "train_[0-9]*.bin", "train_[0-9]*.ws", "val_[0-9]*.bin", "val_[0-9]*.ws"),
     "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
             "test_metrics.json", "adapter"),
+    "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png"),
     "demo": ("corpus.txt", "tok-*", "data-*", "gpt2-tiny", "bert-tiny", "llama-tiny", "llama-tiny-hf",
              "llama-tiny-back"),
 }
 _KIND_WORDS = {"model": "model directory", "tokenizer": "tokenizer directory", "shards": "token-shards directory",
-               "run": "training run directory", "demo": "demo output directory"}
+               "run": "training run directory", "demo": "demo output directory",
+               "eval": "evaluation report directory"}
 
 
 def _is_ours(entry: str, kind: str) -> bool:

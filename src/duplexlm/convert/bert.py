@@ -26,7 +26,7 @@ from torch import Tensor
 from ..config import EncoderConfig
 from ..errors import ConfigError, ModelError, UnsupportedModelError
 from ..models.encoder import Encoder
-from .common import OUR_ACTIVATIONS, activation_from_hf, independent
+from .common import OUR_ACTIVATIONS, activation_from_hf, independent, labels_from_hf, labels_to_hf
 
 # ours → BERT, outside the blocks; BERT's backbone keys get the ``bert.`` prefix in headed models
 _BACKBONE = {
@@ -106,7 +106,7 @@ def config_from_hf(hf: dict, has_pooler: bool = True) -> EncoderConfig:
         raise UnsupportedModelError(
             "config.json: tie_word_embeddings=False is not supported; our masked-LM decoder is the word embedding"
         )
-    labels = hf.get("id2label")
+    num_labels, label_names = labels_from_hf(hf)
     d_model = _require(hf, "hidden_size")
     return EncoderConfig(
         vocab_size=_require(hf, "vocab_size"), max_seq_len=hf.get("max_position_embeddings", 512),
@@ -118,7 +118,7 @@ def config_from_hf(hf: dict, has_pooler: bool = True) -> EncoderConfig:
         attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         # a sequence classifier always has a pooler; let a missing one fail as a missing tensor
         pooler=has_pooler or head == "classify", head=head,
-        num_labels=len(labels) if labels else hf.get("num_labels", 2),
+        num_labels=num_labels, label_names=label_names,
         classifier_dropout=hf.get("classifier_dropout"),
         pad_token_id=hf["pad_token_id"] if hf.get("pad_token_id") is not None else 0,
         init_std=hf.get("initializer_range", 0.02),
@@ -223,8 +223,7 @@ def config_to_hf(config: EncoderConfig) -> dict:
         "tie_word_embeddings": True,
     }
     if c.head in ("classify", "tag"):
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        hf.update(labels_to_hf(c.num_labels, c.label_names))
     return hf
 
 

@@ -28,6 +28,25 @@ def activation_from_hf(name: str, field: str = "hidden_act") -> str:
     return HF_ACTIVATIONS[name]
 
 
+def labels_to_hf(num_labels: int, label_names: list[str] | None) -> dict:
+    """``num_labels``, ``id2label`` and ``label2id`` as transformers writes them; our label names
+    when the config has them (else transformers' own ``LABEL_i``)."""
+    names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
+    return {"num_labels": num_labels, "id2label": {str(i): n for i, n in enumerate(names)},
+            "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def labels_from_hf(hf: dict) -> tuple[int, list[str] | None]:
+    """``(num_labels, label_names)`` from a Hugging Face config; the names are None when they are
+    transformers' placeholders ``LABEL_0, LABEL_1, ...``."""
+    id2label = hf.get("id2label")
+    if not id2label:
+        return int(hf.get("num_labels", 2)), None
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    placeholder = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    return len(names), None if placeholder else names
+
+
 def strip_prefix(state_dict: dict[str, Tensor], prefixes: Iterable[str]) -> dict[str, Tensor]:
     """Drop the first matching prefix (e.g. ``transformer.``, ``model.``) from every key that has it."""
     out = {}

@@ -9,7 +9,16 @@ from torch import Tensor
 
 from ..config import DecoderConfig
 from ..errors import UnsupportedModelError
-from .common import OUR_ACTIVATIONS, activation_from_hf, check_all_used, independent, strip_prefix, take
+from .common import (
+    OUR_ACTIVATIONS,
+    activation_from_hf,
+    check_all_used,
+    independent,
+    labels_from_hf,
+    labels_to_hf,
+    strip_prefix,
+    take,
+)
 
 _LAYER = {  # ours → GPT-2, inside block i
     "norm_1": "ln_1", "norm_2": "ln_2",
@@ -28,7 +37,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     if hf.get("scale_attn_weights") is False:
         raise UnsupportedModelError("config.json: scale_attn_weights=False is not supported")
     arch = (hf.get("architectures") or ["GPT2Model"])[0]
-    labels = hf.get("id2label")
+    num_labels, label_names = labels_from_hf(hf)
     return DecoderConfig(
         vocab_size=hf["vocab_size"], max_seq_len=hf.get("n_positions", 1024), d_model=hf["n_embd"],
         n_layer=hf["n_layer"], n_head=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
@@ -37,7 +46,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
         gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True, norm_bias=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
         dropout=hf.get("resid_pdrop", 0.1), attn_dropout=hf.get("attn_pdrop", 0.1),
-        head=_HEADS.get(arch, "none"), num_labels=len(labels) if labels else hf.get("num_labels", 2),
+        head=_HEADS.get(arch, "none"), num_labels=num_labels, label_names=label_names,
         pad_token_id=hf.get("pad_token_id"), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"), init_std=hf.get("initializer_range", 0.02),
     )
@@ -85,8 +94,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
     }
     if c.head == "classify":
-        hf["num_labels"] = c.num_labels
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
+        hf.update(labels_to_hf(c.num_labels, c.label_names))
     prefix = "" if c.head == "none" else "transformer."
     sd = dict(state_dict)
     out = {f"{prefix}wte.weight": take(sd, "embed.weight"), f"{prefix}wpe.weight": take(sd, "pos_embed.weight")}

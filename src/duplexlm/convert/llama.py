@@ -16,6 +16,8 @@ from .common import (
     check_all_used,
     fuse,
     independent,
+    labels_from_hf,
+    labels_to_hf,
     strip_prefix,
     take,
 )
@@ -47,7 +49,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
     else:
         qkv_bias = out_bias = bool(hf.get("attention_bias", False))
         mlp_bias = bool(hf.get("mlp_bias", False))
-    labels = hf.get("id2label")
+    num_labels, label_names = labels_from_hf(hf)
     eos = hf.get("eos_token_id")
     return DecoderConfig(
         vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
@@ -58,7 +60,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
         gated_mlp=True, qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, norm_bias=False,
         tie_word_embeddings=hf.get("tie_word_embeddings", model_type == "qwen2"),
         dropout=0.0, attn_dropout=float(hf.get("attention_dropout") or 0.0),
-        head=head, num_labels=len(labels) if labels else hf.get("num_labels", 2),
+        head=head, num_labels=num_labels, label_names=label_names,
         pad_token_id=hf.get("pad_token_id"), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=eos[0] if isinstance(eos, list) else eos, init_std=hf.get("initializer_range", 0.02),
     )
@@ -124,8 +126,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
         hf["attention_bias"] = c.qkv_bias
         hf["mlp_bias"] = c.mlp_bias
     if c.head == "classify":
-        hf["num_labels"] = c.num_labels
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
+        hf.update(labels_to_hf(c.num_labels, c.label_names))
     prefix = "" if c.head == "none" else "model."
     sd = dict(state_dict)
     out = {f"{prefix}embed_tokens.weight": take(sd, "embed.weight")}

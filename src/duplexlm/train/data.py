@@ -117,21 +117,27 @@ def encode_examples(examples: Sequence[Any], tokenizer: Any, task: str, max_leng
     but its first, which carries the word's tag)."""
     from ..data.tasks import align_labels
 
-    backend = _truncating(tokenizer.backend, max_length)
     index = {name: i for i, name in enumerate(label_names or [])}
     ids: list[list[int]] = []
     labels: list[Any] = []
     if task == "tag":
-        encodings = backend.encode_batch([list(e.text) for e in examples], is_pretokenized=True)
+        encodings = encode_texts(tokenizer, [list(e.text) for e in examples], max_length, pretokenized=True)
         for e, enc in zip(examples, encodings):
             ids.append(enc.ids)
             labels.append(align_labels(enc.word_ids, [index[t] for t in e.label]))
         return ids, labels
-    encodings = backend.encode_batch([e.text for e in examples])
+    encodings = encode_texts(tokenizer, [e.text for e in examples], max_length)
     for e, enc in zip(examples, encodings):
         ids.append(enc.ids)
         labels.append(index[e.label] if task == "classify" else tuple(float(v) for v in e.label))
     return ids, labels
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[Any], max_length: int, pretokenized: bool = False) -> list[Any]:
+    """Encodings (``.ids``, ``.word_ids``) of ``texts`` — strings, or lists of words with
+    ``pretokenized`` — with special tokens, truncated to ``max_length`` keeping them, unpadded: the
+    one way training, evaluation and prediction turn text into ids."""
+    return _truncating(tokenizer.backend, max_length).encode_batch(list(texts), is_pretokenized=pretokenized)
 
 
 def _truncating(backend: Any, max_length: int) -> Any:
@@ -145,4 +151,4 @@ def _truncating(backend: Any, max_length: int) -> Any:
     return copy
 
 
-__all__ = ["ChunkSampler", "ExampleSampler", "encode_examples"]
+__all__ = ["ChunkSampler", "ExampleSampler", "encode_examples", "encode_texts"]

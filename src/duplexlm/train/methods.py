@@ -18,8 +18,8 @@ loop is the same for all three; only these two calls differ.
 ...                                   head="classify", num_labels=2))
 >>> cfg = load_train_config(None, ["task=classify", "method=freeze", "method_args.freeze=all-but-head"])
 >>> prepare_method(model, cfg)
->>> sorted(n for n, p in model.named_parameters() if p.requires_grad)
-['classifier.bias', 'classifier.weight']
+>>> sorted(n for n, p in model.named_parameters() if p.requires_grad)  # the head: [CLS] pooler + classifier
+['classifier.bias', 'classifier.weight', 'pooler.bias', 'pooler.weight']
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 0.1
 >>> get_lr(10, lr=1.0, min_lr=0.1, warmup=10, total=100, schedule="cosine")
 1.0
->>> get_lr(100, lr=1.0, min_lr=0.1, warmup=10, total=100, schedule="linear")
+>>> round(get_lr(100, lr=1.0, min_lr=0.1, warmup=10, total=100, schedule="linear"), 12)
 0.1
 """
 

@@ -1,0 +1,140 @@
+"""Predictions of a fine-tuned classifier, regressor or tagger on raw text, batched.
+
+A model directory written by ``duplex finetune`` carries its head and its label names, so the task
+follows from the model: ``head='classify'`` with label names classifies, without them regresses
+(one output per target), ``head='tag'`` tags (one label per word — a character for Chinese, a
+whitespace-separated word otherwise — read from the word's first sub-token).
+
+>>> import torch
+>>> from duplexlm.config import EncoderConfig
+>>> from duplexlm.models import build_model
+>>> from duplexlm.tokenizer import train_tokenizer
+>>> tok = train_tokenizer(["很好的书", "很差的书"] * 20, "wordpiece", vocab_size=200)
+>>> model = build_model(EncoderConfig(vocab_size=tok.vocab_size, max_seq_len=32, d_model=16, n_layer=1,
+...                                   n_head=2, head="classify", num_labels=2, label_names=["负面", "正面"]))
+>>> [p["label"] in ("负面", "正面") for p in classify(model, tok, ["很好", "很差"])]
+[True, True]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+
+
+def task_of(model: nn.Module) -> str:
+    """``classify``, ``regress`` or ``tag``, from the model's head (see the module's docstring)."""
+    c = model.config
+    head = getattr(c, "head", "none")
+    if head == "tag":
+        return "tag"
+    if head == "classify":
+        return "classify" if getattr(c, "label_names", None) else "regress"
+    raise ConfigError(f"--model: a {c.family} with head={head!r} has no task head; expected a model written by "
+                      "`duplex finetune` (head classify or tag)")
+
+
+def words(text: str) -> list[str]:
+    """The units a tagger labels: characters for Chinese (spaces dropped), else whitespace words.
+
+    >>> words("江泽民 在北京"), words("Alice lives in Paris")
+    (['江', '泽', '民', '在', '北', '京'], ['Alice', 'lives', 'in', 'Paris'])
+    """
+    if _CJK.search(text):
+        return [c for c in text if not c.isspace()]
+    return text.split()
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _max_length(model: nn.Module, max_length: int | None) -> int:
+    return max_length or getattr(model.config, "max_seq_len", 512)
+
+
+def _pad(encodings: list[Any], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.full((len(encodings), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encodings), width), dtype=torch.long)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretokenized: bool = False,
+               batch_size: int = 32, max_length: int | None = None) -> list[tuple[Any, torch.Tensor]]:
+    """``(encoding, logits)`` per text, run in batches padded to their longest row."""
+    from ..train.data import encode_texts
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for chunk in _batches(list(texts), batch_size):
+        encodings = encode_texts(tokenizer, chunk, _max_length(model, max_length), pretokenized=pretokenized)
+        ids, mask = _pad(encodings, pad, device)
+        logits = model(ids, attention_mask=mask).logits.float().cpu()
+        out.extend(zip(encodings, logits))
+    return out
+
+
+def classify(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
+             max_length: int | None = None) -> list[dict[str, Any]]:
+    """Per text: ``label`` (the most probable), ``score`` (its probability) and ``probs`` (every
+    label's); a regressor gives ``values`` (one per target) instead."""
+    if not texts:
+        raise ConfigError("texts: expected at least one text")
+    regress = task_of(model) == "regress"
+    names = model.config.label_names
+    results = []
+    for _, logits in logits_for(model, tokenizer, texts, batch_size=batch_size, max_length=max_length):
+        if regress:
+            results.append({"values": logits.tolist()})
+            continue
+        probs = logits.softmax(-1)
+        best = int(probs.argmax())
+        results.append({"label": names[best], "score": float(probs[best]),
+                        "probs": {n: float(p) for n, p in zip(names, probs)}})
+    return results
+
+
+def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], *, batch_size: int = 32,
+        max_length: int | None = None) -> list[dict[str, Any]]:
+    """Per text (a string, split by :func:`words`, or a list of words already): ``words`` with their ``tags`` (words past the model's context get ``O``), and the
+    ``entities`` read from the BIO tags as ``{"type", "text", "start", "end"}`` (word indices, end
+    exclusive)."""
+    from ..eval.metrics import extract_entities
+
+    if not texts:
+        raise ConfigError("texts: expected at least one text")
+    names = model.config.label_names or [str(i) for i in range(model.config.num_labels)]
+    split = [words(t) if isinstance(t, str) else list(t) for t in texts]
+    results = []
+    for ws, (enc, logits) in zip(split, logits_for(model, tokenizer, split, pretokenized=True,
+                                                   batch_size=batch_size, max_length=max_length)):
+        pred = logits.argmax(-1).tolist()
+        tags = ["O"] * len(ws)
+        seen: set[int] = set()
+        for pos, w in enumerate(enc.word_ids):
+            if w is not None and w not in seen:  # a word's first sub-token carries its tag
+                seen.add(w)
+                tags[w] = names[pred[pos]]
+        joiner = "" if ws and _CJK.search("".join(ws)) else " "
+        entities = [{"type": t, "text": joiner.join(ws[a:b]), "start": a, "end": b}
+                    for t, a, b in extract_entities(tags)]
+        results.append({"words": ws, "tags": tags, "entities": entities})
+    return results
+
+
+__all__ = ["classify", "logits_for", "tag", "task_of", "words"]
