@@ -11,6 +11,7 @@
     duplex eval --model DIR --data NAME_OR_FILE [--split test] [--out DIR]   metrics, report and plots
     duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
     duplex tag --model DIR --text ...                             entities (BIO taggers)
+    duplex attention --model DIR --text ... --out x.png [--layer L] [--head H]   attention heat map
     duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
 """
 
@@ -303,6 +304,20 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    """Draw a model's attention on one text as a heat map PNG: self-attention (encoder, decoder), the
+    decoder's cross-attention over the text (T5; --target is the decoder's text) or the attention
+    pooling weights (RNN); --head picks one head, else the mean over heads."""
+    from .infer.attention import attention_maps, plot_attention
+
+    model, tokenizer = _loaded(args.model)
+    maps = attention_maps(model, tokenizer, args.text, target=args.target)
+    out = plot_attention(maps, args.out, layer=args.layer, head=args.head)
+    print(f"{out}  ({maps.family}, {maps.kind}, {maps.n_layer} layers x {maps.n_head} heads, "
+          f"{len(maps.tokens)} x {len(maps.key_tokens)} tokens)")
+    return 0
+
+
 def _train_config(args: argparse.Namespace, default_objective: str | None = None):
     from .train.config import load_train_config
 
@@ -334,6 +349,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "eval": (cmd_eval, _eval_args),
         "classify": (cmd_classify, _predict_args),
         "tag": (cmd_tag, _predict_args),
+        "attention": (cmd_attention, _attention_args),
         "demo": (cmd_demo, _demo_args),
     }
     groups = {
@@ -425,6 +441,16 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every probability")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32)
+
+
+def _attention_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory with its tokenizer")
+    p.add_argument("--text", required=True, help="the text to look at (T5: the source)")
+    p.add_argument("--out", required=True, help="the PNG to write (atomically)")
+    p.add_argument("--layer", type=int, default=-1, help="layer to draw; negative counts from the last (default -1)")
+    p.add_argument("--head", type=int, default=None, help="head to draw (default: the mean over heads)")
+    p.add_argument("--target", default=None,
+                   help="T5 only: the decoder's text (default: the decoder start token alone)")
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:

@@ -70,6 +70,11 @@ class BaseConfig:
             raise ConfigError(f"{type(self).__name__}.label_names: {len(names)} names for "
                               f"num_labels={self.num_labels}")  # type: ignore[attr-defined]
 
+    def _check_crf(self) -> None:
+        if getattr(self, "crf", False) and self.head != "tag":  # type: ignore[attr-defined]
+            raise ConfigError(f"{type(self).__name__}.crf: a CRF scores tag sequences; it needs head='tag', "
+                              f"found head={self.head!r}")  # type: ignore[attr-defined]
+
     def _probability(self, *names: str) -> None:
         for name in names:
             value = getattr(self, name)
@@ -144,6 +149,7 @@ class DecoderConfig(BaseConfig):
         self._check_literals()
         self._positive("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head")
         self._check_label_names()
+        self._check_crf()
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -193,6 +199,7 @@ class EncoderConfig(BaseConfig):
     head: EncoderHead = "none"
     num_labels: int = 2
     label_names: list[str] | None = None  # classify/tag: the name of each output (id2label in Hugging Face)
+    crf: bool = False  # tag: a linear-chain CRF over the tag scores (BERT-CRF), Viterbi decoding
     classifier_dropout: float | None = None
     pad_token_id: int = 0
     init_std: float = 0.02
@@ -201,6 +208,7 @@ class EncoderConfig(BaseConfig):
         self._check_literals()
         self._positive("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer", "n_head")
         self._check_label_names()
+        self._check_crf()
         if self.d_model % self.n_head:
             raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
         if self.d_ff is None:
@@ -267,12 +275,14 @@ class RNNConfig(BaseConfig):
     head: RNNHead = "classify"
     num_labels: int = 2
     label_names: list[str] | None = None  # classify/tag: the name of each output
+    crf: bool = False  # tag: a linear-chain CRF over the tag scores, Viterbi decoding
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
         self._check_literals()
         self._positive("vocab_size", "d_embed", "d_hidden", "n_layer", "num_labels")
         self._check_label_names()
+        self._check_crf()
         self._probability("dropout")
         if self.head == "lm" and self.bidirectional:
             raise ConfigError("RNNConfig.bidirectional: a language-model head needs a one-directional RNN")

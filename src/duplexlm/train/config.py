@@ -96,6 +96,7 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping early (0: never)
     label_smoothing: float = 0.0  # classify / tag
     class_weights: bool = False  # classify: weight classes by inverse frequency (imbalanced labels)
+    crf: bool = False  # tag: a CRF layer over the tag scores (BERT-CRF), Viterbi decoding
     eval_batches: int = 10
     save_every: int = 200
     keep_last: int = 3  # complete checkpoints kept
@@ -114,6 +115,8 @@ class TrainConfig:
             if self.objective not in ("clm", self.task):
                 raise ConfigError(f"task={self.task!r} and objective={self.objective!r}: give one of them")
             self.objective = self.task
+        if self.crf and self.objective != "tag":
+            raise ConfigError(f"crf: a CRF layer is for task=tag, found {self.objective!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
                      "keep_last", "log_every", "max_nonfinite"):
             value = getattr(self, name)

@@ -298,6 +298,8 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> n
     head = None
     if spec.data == "examples":
         head = {"head": spec.head, "num_labels": source.num_labels, "label_names": source.label_names}
+        if spec.name == "tag":
+            head["crf"] = cfg.crf
     if not cfg.init_from:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         return build_model(model_config_for(cfg, source.vocab_size, source.tokenizer, head=head))
@@ -637,7 +639,7 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str) -> tuple[d
                 continue
             loss_sum += loss.item() * n
             count += n
-            p, r = spec.predict(out.logits.float(), batch)
+            p, r = spec.predict(out.logits.float(), batch, model)
             preds.extend(p)
             refs.extend(r)
     finally:

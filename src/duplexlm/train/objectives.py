@@ -658,7 +658,8 @@ class ObjectiveSpec:
 
     ``loss(model, batch, options) -> (mean loss, count)``: the count weights micro-batches and ranks
     (target tokens, or examples). ``predict(logits, batch) -> (predictions, references)``, one entry
-    per example; ``metrics(predictions, references, label_names) -> {name: value}``.
+    per example (``predict(logits, batch, model)``: the model for what reads more than the logits,
+    a CRF's Viterbi decoding); ``metrics(predictions, references, label_names) -> {name: value}``.
     """
 
     name: str
@@ -667,7 +668,7 @@ class ObjectiveSpec:
     data: Literal["shards", "examples"]
     loss: Callable[[nn.Module, Mapping[str, Tensor], LossOptions], tuple[Tensor, int]]
     default_metric: str = "loss"
-    predict: Callable[[Tensor, Mapping[str, Tensor]], tuple[list[Any], list[Any]]] | None = None
+    predict: Callable[[Tensor, Mapping[str, Tensor], Any], tuple[list[Any], list[Any]]] | None = None
     metrics: Callable[[list[Any], list[Any], list[str] | None], dict[str, float]] | None = None
 
 

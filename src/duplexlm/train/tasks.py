@@ -10,7 +10,8 @@ objective     families                                  loss                    
               rnn (attention pooling)                   label smoothing)                 macro F1
 ``regress``   encoder, decoder, rnn                     mean squared error               MSE, r, ρ
 ``tag``       encoder, rnn                              cross-entropy on the first       entity F1
-                                                        sub-token of each word
+                                                        sub-token of each word, or a
+                                                        CRF's NLL over those positions
 ============  ========================================  ===============================  ============
 
 >>> import torch
@@ -72,6 +73,14 @@ def tag_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions
     special tokens, sub-tokens after a word's first)."""
     logits = _logits(model, batch)
     labels = batch["labels"]
+    crf = getattr(_unwrapped(model), "crf", None)
+    if crf is not None:
+        # the chain links consecutive scored positions (a word's first sub-token), skipping the rest
+        from ..models.crf import compact
+
+        emissions, tags, mask = compact(logits, labels, IGNORE_INDEX)
+        count = int(mask.sum())
+        return crf(emissions, tags, mask, reduction="token_mean"), count
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                             reduction="sum", label_smoothing=options.label_smoothing)
     count = (labels != IGNORE_INDEX).sum()
@@ -82,18 +91,34 @@ def tag_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions
 # Predictions and metrics
 
 
-def classify_predict(logits: Tensor, batch: Mapping[str, Tensor]) -> tuple[list[int], list[int]]:
+def classify_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) -> tuple[list[int], list[int]]:
     return logits.argmax(-1).tolist(), batch["labels"].tolist()
 
 
-def regress_predict(logits: Tensor, batch: Mapping[str, Tensor]) -> tuple[list[list[float]], list[list[float]]]:
+def regress_predict(logits: Tensor, batch: Mapping[str, Tensor],
+                    model: Any = None) -> tuple[list[list[float]], list[list[float]]]:
     return logits.float().tolist(), batch["labels"].float().tolist()
 
 
-def tag_predict(logits: Tensor, batch: Mapping[str, Tensor]) -> tuple[list[list[int]], list[list[int]]]:
-    """Per example, the predicted and the true tag of each scored position (a word's first sub-token)."""
-    pred = logits.argmax(-1)
+def _unwrapped(model: Any) -> Any:
+    # DDP / torch.compile wrappers keep the model as .module / ._orig_mod; the loss replay has neither
+    for attr in ("module", "_orig_mod"):
+        model = getattr(model, attr, model)
+    return model
+
+
+def tag_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) -> tuple[list[list[int]], list[list[int]]]:
+    """Per example, the predicted and the true tag of each scored position (a word's first sub-token);
+    with a CRF the tags are its Viterbi path over those positions."""
     labels = batch["labels"]
+    crf = getattr(_unwrapped(model), "crf", None)
+    if crf is not None:
+        from ..models.crf import compact
+
+        emissions, tags, mask = compact(logits, labels, IGNORE_INDEX)
+        paths = crf.decode(emissions, mask)
+        return paths, [t[: len(p)].tolist() for t, p in zip(tags, paths)]
+    pred = logits.argmax(-1)
     preds, refs = [], []
     for p, y in zip(pred, labels):
         keep = y != IGNORE_INDEX
