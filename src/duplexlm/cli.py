@@ -334,7 +334,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     real pretrained weights (all-MiniLM-L6-v2) through our own encoder."""
     from .demo import run_demo
 
-    return run_demo(quick=args.quick, out_dir=Path(args.out))
+    return run_demo(quick=args.quick, out_dir=Path(args.out), minutes=args.minutes)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -459,7 +459,9 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="smaller and faster (for tests)")
+    p.add_argument("--quick", action="store_true", help="the same path on small slices, in about a minute (tests)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="the run's budget in minutes (default 15; pretraining gets 45%% of it)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its model directories")
 
 

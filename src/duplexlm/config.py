@@ -196,6 +196,9 @@ class EncoderConfig(BaseConfig):
     dropout: float = 0.1
     attn_dropout: float = 0.1
     pooler: bool = True  # dense + tanh on the first token, as BERT's next-sentence/classifier input
+    # what the classifier reads (and pooled_output holds): "cls", the pooler on the first token (BERT);
+    # "mean", the mean of the last hidden states over the non-padding tokens (no pooler needed)
+    pooling: Literal["cls", "mean"] = "cls"
     head: EncoderHead = "none"
     num_labels: int = 2
     label_names: list[str] | None = None  # classify/tag: the name of each output (id2label in Hugging Face)
@@ -209,6 +212,9 @@ class EncoderConfig(BaseConfig):
         self._positive("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer", "n_head")
         self._check_label_names()
         self._check_crf()
+        if self.head == "classify" and self.pooling == "cls" and not self.pooler:
+            raise ConfigError("EncoderConfig.pooler: head='classify' with pooling='cls' reads the pooled first "
+                              "token; set pooler=True, or pooling='mean' to classify the mean of the tokens")
         if self.d_model % self.n_head:
             raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
         if self.d_ff is None:

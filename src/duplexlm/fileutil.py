@@ -163,8 +163,9 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
             "test_metrics.json", "adapter"),
     "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png"),
-    "demo": ("corpus.txt", "tok-*", "data-*", "gpt2-tiny", "bert-tiny", "llama-tiny", "llama-tiny-hf",
-             "llama-tiny-back"),
+    "demo": ("corpus.txt", "tok", "data", "pretrain", "runs", "labels", "encoder-finetuned", "report.md",
+             "metrics.json", "*.png", "llama-tiny", "llama-tiny-hf", "llama-tiny-back",
+             "tok-*", "data-*", "gpt2-tiny", "bert-tiny"),  # the last: an earlier demo's
 }
 _KIND_WORDS = {"model": "model directory", "tokenizer": "tokenizer directory", "shards": "token-shards directory",
                "run": "training run directory", "demo": "demo output directory",

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from duplexlm.config import EncoderConfig
-from duplexlm.convert.bert import from_hf, to_hf
+from duplexlm.convert.bert import config_to_hf, from_hf, to_hf
+from duplexlm.errors import UnsupportedModelError
 from duplexlm.models.encoder import Encoder
 
 transformers = pytest.importorskip("transformers")
@@ -174,6 +175,33 @@ def test_round_trip_is_exact(head: str) -> None:
     else:
         assert back_config == config
         assert set(sd) == set(back_sd)
+
+
+@pytest.mark.parametrize("head", ["classify", "none"])
+def test_mean_pooling_has_no_bert_counterpart(head: str) -> None:
+    config, ours = ours_model(head, pooling="mean", pooler=False)
+    arch = HF_CLASSES[head]
+    for convert in (lambda: to_hf(config, ours.state_dict()), lambda: config_to_hf(config)):
+        with pytest.raises(UnsupportedModelError, match=rf"pooling='mean' with head='{head}' has no {arch} "
+                                                        r"counterpart.*pooling='cls' with pooler=True"):
+            convert()
+
+
+@pytest.mark.parametrize("head", ["mlm", "tag"])
+def test_mean_pooling_exports_where_nothing_is_pooled(head: str) -> None:
+    """Masked-LM and tagging heads read every token, BERT keeps no pooler there: they export as before."""
+    config, ours = ours_model(head, pooling="mean", pooler=False, num_labels=2 if head == "mlm" else 3)
+    back_config, back_sd = from_hf(*to_hf(config, ours.state_dict()))
+    assert back_config == config.replace(pooling="cls")
+    sd = ours.state_dict()
+    assert all(torch.equal(t, sd[k]) for k, t in back_sd.items())
+
+
+@pytest.mark.parametrize("head", ["none", "mlm", "classify", "tag"])
+def test_from_hf_pools_cls(head: str) -> None:
+    hf = getattr(transformers, HF_CLASSES[head])(hf_tiny_config())
+    config, _ = from_hf({**hf.config.to_dict(), "architectures": [HF_CLASSES[head]]}, hf.state_dict())
+    assert config.pooling == "cls"
 
 
 def minilm_dir() -> Path:

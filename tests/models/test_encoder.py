@@ -1,13 +1,17 @@
-"""The BERT-style encoder on its own: shapes, bidirectionality, eager vs SDPA, input errors."""
+"""The BERT-style encoder on its own: shapes, bidirectionality, eager vs SDPA, pooling, input errors."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from duplexlm.config import ConfigError, EncoderConfig
+from duplexlm.config import ConfigError, EncoderConfig, config_from_dict, load_config
+from duplexlm.io import load, save_model
 from duplexlm.models import build_model
-from duplexlm.models.encoder import Encoder
+from duplexlm.models.encoder import Encoder, mean_pool
 
 
 def tiny(**changes: object) -> EncoderConfig:
@@ -93,6 +97,105 @@ def test_eager_matches_sdpa_and_returns_attentions() -> None:
 def test_classify_needs_pooler() -> None:
     with pytest.raises(ConfigError, match="pooler"):
         Encoder(tiny(head="classify", pooler=False))
+
+
+def test_cls_pooling_without_pooler_fails_in_the_config() -> None:
+    with pytest.raises(ConfigError, match=r"EncoderConfig.pooler: head='classify' with pooling='cls'"):
+        tiny(head="classify", pooling="cls", pooler=False)
+    with pytest.raises(ConfigError, match=r"EncoderConfig.pooling: expected one of \['cls', 'mean'\], found 'max'"):
+        tiny(pooling="max")
+    assert EncoderConfig().pooling == "cls"  # BERT's default
+
+
+def test_mean_pooling_needs_no_pooler() -> None:
+    model = Encoder(tiny(head="classify", pooling="mean", pooler=False, num_labels=3)).eval()
+    assert model.pooler is None and not any(k.startswith("pooler.") for k in model.state_dict())
+    ids, mask, types = batch()
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+    assert out.logits is not None and out.logits.shape == (2, 3)
+    # the pooled vector is the mean of the real tokens' last hidden states, and the classifier reads it
+    h, real = out.last_hidden_state, mask.bool()
+    expected = torch.stack([h[i][real[i]].mean(0) for i in range(2)])
+    torch.testing.assert_close(out.pooled_output, expected)
+    assert model.classifier is not None
+    torch.testing.assert_close(out.logits, model.classifier(expected))
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    """A padded row pools (and classifies) as the same row alone, whatever the padding holds."""
+    torch.manual_seed(0)
+    model = Encoder(tiny(head="classify", pooling="mean", pooler=False, num_labels=3)).eval()
+    ids, mask, types = batch()  # row 1: six real tokens, three padding
+    ids[1, 6:] = torch.tensor([5, 6, 7])  # not even the pad id: only the mask says it is padding
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask, token_type_ids=types)
+        alone = model(ids[1:, :6], attention_mask=mask[1:, :6], token_type_ids=types[1:, :6])
+        no_mask = model(ids[1:, :6], token_type_ids=types[1:, :6])
+    torch.testing.assert_close(padded.pooled_output[1:], alone.pooled_output, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded.logits[1:], alone.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone.pooled_output, no_mask.pooled_output, atol=1e-6, rtol=0)
+    # counting the padding in would move the mean: the test can tell the two apart
+    assert not torch.allclose(padded.pooled_output[1], padded.last_hidden_state[1].mean(0), atol=1e-4)
+
+
+def test_mean_pooling_of_a_row_without_real_tokens_is_zero() -> None:
+    model = Encoder(tiny(pooling="mean")).eval()
+    ids, mask, _ = batch()
+    mask[0] = 0
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+    assert torch.isfinite(out.pooled_output).all() and torch.all(out.pooled_output[0] == 0)
+
+
+def test_cls_pooling_is_the_pooler_on_the_first_token() -> None:
+    model = Encoder(tiny(head="classify", num_labels=3)).eval()
+    ids, mask, types = batch()
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+        assert model.pooler is not None
+        torch.testing.assert_close(out.pooled_output, torch.tanh(model.pooler(out.last_hidden_state[:, 0])))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_gradients_reach_the_encoder(pooling: str) -> None:
+    torch.manual_seed(0)
+    model = Encoder(tiny(head="classify", pooling=pooling, pooler=pooling == "cls", num_labels=3))
+    ids, mask, types = batch()
+    out = model(ids, attention_mask=mask, token_type_ids=types)
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])).backward()
+    for name in ("embed.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.down.weight", "classifier.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # mean pooling: every real token of a row gets a gradient, padding none (its rows of the output
+    # are read by nothing)
+    if pooling == "mean":
+        h = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        h.retain_grad()
+        model.classifier(mean_pool(h, mask)).sum().backward()
+        assert h.grad is not None
+        assert torch.all(h.grad[1, 6:] == 0) and torch.all(h.grad[1, :6].abs().sum(-1) > 0)
+
+
+def test_pooling_round_trips_through_a_model_directory(tmp_path: Path) -> None:
+    config = tiny(head="classify", pooling="mean", pooler=False, num_labels=2, label_names=["neg", "pos"])
+    model = Encoder(config).eval()
+    save_model(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["pooling"] == "mean"
+    assert load_config(tmp_path / "m" / "config.json") == config
+    loaded, _ = load(tmp_path / "m")
+    assert isinstance(loaded, Encoder) and loaded.config == config
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
+
+
+def test_config_without_pooling_loads_as_cls() -> None:
+    """A config.json written before the field existed still loads: pooling is no shape field."""
+    old = {k: v for k, v in tiny(head="classify").to_dict().items() if k != "pooling"}
+    assert "pooling" not in EncoderConfig.SHAPE_FIELDS
+    config = config_from_dict(old, require_shapes=True)
+    assert isinstance(config, EncoderConfig) and config.pooling == "cls" and config.pooler
 
 
 def test_bad_inputs_name_the_tensor() -> None:

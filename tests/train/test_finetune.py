@@ -341,3 +341,79 @@ def test_attention_command_draws_the_finetuned_encoder(sentiment_model, tmp_path
     assert main(["attention", "--model", str(sentiment_model / "model"), "--text", "好", "--out", str(png),
                  "--layer", "9"]) == 2
     assert "layer: expected an integer in" in capsys.readouterr().err
+
+
+AUGMENT = ["augment.p=0.8", "augment.delete=0.1", "augment.swap=0.1", "augment.insert=0.1", "augment.synonym=0.1"]
+
+
+def test_resume_with_augmentation_repeats_the_run_exactly(review_files, pd_corpus, tmp_path, monkeypatch):
+    from duplexlm.train.data import TextAugmenter
+
+    # every sample the hook makes, per run: (global index) -> (example, ids)
+    seen: dict[str, dict[int, tuple[int, list[int]]]] = {"full": {}, "part": {}}
+    current = ["full"]
+    call = TextAugmenter.__call__
+
+    def spy(self, i, g):
+        ids = call(self, i, g)
+        seen[current[0]][g] = (i, ids)
+        return ids
+
+    monkeypatch.setattr(TextAugmenter, "__call__", spy)
+    args = ["max_steps=6", "save_every=3", "eval_every=3", "keep_last=3", *AUGMENT]
+    full = tmp_path / "full"
+    finetune(_cfg(review_files, pd_corpus / "tok", full, *args))
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000006")
+    shutil.rmtree(part / "model")
+    current[0] = "part"
+    finetune(_cfg(review_files, pd_corpus / "tok", part, *args), resume=True)
+    losses = lambda out: [(r["step"], r.get("loss"), r.get("val_loss")) for r in _records(out)]  # noqa: E731
+    assert losses(part) == losses(full)
+    # the resumed run augmented samples 24..47 (steps 3..5 of 8) exactly as the full run did, and
+    # nothing else (setup's trial batch reads sample 0; evaluation reads the stored ids)
+    assert set(seen["full"]) == set(range(48)) and set(seen["part"]) == {0, *range(24, 48)}
+    assert all(seen["part"][g] == seen["full"][g] for g in seen["part"])
+    a, b = duplexlm.load(full / "model")[0], duplexlm.load(part / "model")[0]
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=k)
+
+
+def test_augmentation_changes_training_batches_never_validation(review_files, pd_corpus, tmp_path):
+    from duplexlm.train.loop import evaluate
+
+    plain = setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "a", "max_steps=2"))
+    aug = setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "b", "max_steps=2", "augment.p=1",
+                     "augment.delete=0.3", "augment.swap=0.2", "augment.insert=0.1"))
+    assert plain.train.augment is None and aug.train.augment is not None
+    assert aug.val.augment is None and aug.test is not None and aug.test.augment is None
+    x, y = plain.train.batch(0, 8), aug.train.batch(0, 8)
+    assert torch.equal(x["labels"], y["labels"])  # the same examples, the same labels
+    changed = [not torch.equal(x["input_ids"][r][x["attention_mask"][r].bool()],
+                               y["input_ids"][r][y["attention_mask"][r].bool()]) for r in range(8)]
+    assert sum(changed) >= 6, changed
+    assert all(torch.equal(v, aug.train.batch(0, 8)[k]) for k, v in y.items())  # a function of (seed, g)
+    # another epoch, another variant of the same example
+    n, hook = aug.train.n, aug.train.augment
+    assert sum(hook(i, i) != hook(i, i + n) for i in range(20)) >= 15
+    # validation reads the stored ids: the same batches and (same initial weights) the same metrics
+    rows = list(range(aug.val.n))
+    assert all(torch.equal(v, plain.val.collate(rows)[k]) for k, v in aug.val.collate(rows).items())
+    assert evaluate(aug) == evaluate(plain)
+
+
+def test_augment_config_errors(review_files, pd_corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"augment\.delete: expected a probability in \[0, 1\], found 1\.5"):
+        _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "augment.p=0.5", "augment.delete=1.5")
+    with pytest.raises(ConfigError, match=r"augment\.level: expected one of"):
+        _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "augment.level=sentence")
+    with pytest.raises(ConfigError, match=r"unknown config key 'augment\.dlete'; did you mean 'augment\.delete'"):
+        _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "augment.dlete=0.1")
+    with pytest.raises(ConfigError, match=r"augment\.p=0\.5: text augmentation is for task=classify or regress, "
+                                          r"found 'tag' \(deleting or inserting a token would misalign the tags\)"):
+        _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "task=tag", "augment.p=0.5")
+    with pytest.raises(ConfigError, match=r"found 'mlm' \(pretraining reads token shards"):
+        load_train_config(None, ["objective=mlm", "augment.p=0.1"])
+    assert _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "task=tag").augment.p == 0.0  # off by default
+    assert not (tmp_path / "a").exists()

@@ -118,6 +118,7 @@ def config_from_hf(hf: dict, has_pooler: bool = True) -> EncoderConfig:
         attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         # a sequence classifier always has a pooler; let a missing one fail as a missing tensor
         pooler=has_pooler or head == "classify", head=head,
+        pooling="cls",  # BERT's classifier reads [CLS] through the pooler; it has no other pooling
         num_labels=num_labels, label_names=label_names,
         classifier_dropout=hf.get("classifier_dropout"),
         pad_token_id=hf["pad_token_id"] if hf.get("pad_token_id") is not None else 0,
@@ -208,9 +209,23 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[EncoderConf
     return config, independent(out)
 
 
+def _check_representable(config: EncoderConfig) -> None:
+    """Refuse what BERT cannot hold: its classifier (and BertModel's ``pooler_output``) always read the
+    [CLS] token through the pooler, so mean pooling would export as a different model."""
+    if config.pooling != "cls" and config.head in ("none", "classify"):
+        arch = _HEAD_TO_ARCH[config.head]
+        raise UnsupportedModelError(
+            f"EncoderConfig.pooling={config.pooling!r} with head={config.head!r} has no {arch} counterpart: "
+            "Hugging Face BERT pools only the [CLS] token through its pooler (dense + tanh), which is "
+            "pooling='cls' with pooler=True; keep this model in duplexlm format, or train it with pooling='cls'"
+        )
+
+
 def config_to_hf(config: EncoderConfig) -> dict:
-    """The BERT ``config.json`` dict for our config (``architectures`` picked from ``head``)."""
+    """The BERT ``config.json`` dict for our config (``architectures`` picked from ``head``);
+    :class:`UnsupportedModelError` for ``pooling='mean'`` with a classifier or pooled output."""
     c = config
+    _check_representable(c)
     hf: dict = {
         "model_type": "bert", "architectures": [_HEAD_TO_ARCH[c.head]],
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
@@ -233,6 +248,9 @@ def to_hf(config: EncoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     Headed models prefix the backbone with ``bert.``; BertModel does not. BertForMaskedLM and
     BertForTokenClassification have no pooler, so a pooler is left out there; the tied decoder
     weight is left out too (transformers ties it to the word embedding on load).
+
+    ``pooling='mean'`` with ``head='classify'`` or ``'none'`` raises :class:`UnsupportedModelError`: BERT
+    pools only [CLS]. Masked-LM and tagging heads pool nothing, so they export (and come back as 'cls').
     """
     c = config
     hf = config_to_hf(c)

@@ -115,20 +115,40 @@ class AugmentConfig:
     level: Level = "auto"
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "level":
-                if value not in LEVELS:
-                    raise ConfigError(f"{type(self).__name__}.level: expected one of {', '.join(LEVELS)}, "
-                                      f"found {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{type(self).__name__}.{f.name}: expected a probability in [0, 1], "
-                                  f"found {value!r}")
+        _check_values({f.name: getattr(self, f.name) for f in fields(self)}, type(self).__name__)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "augment") -> AugmentConfig:
+        """A config from a mapping such as a training config's section; an error names the field as
+        ``where.field``.
+
+        >>> AugmentConfig.from_dict({"p": 1.0, "delete": 0.2}).delete
+        0.2
+        >>> AugmentConfig.from_dict({"p": 0.5, "swap": -1})
+        Traceback (most recent call last):
+        ...
+        duplexlm.errors.ConfigError: augment.swap: expected a probability in [0, 1], found -1
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field; expected one of {', '.join(names)}")
+        _check_values(values, where)
+        return cls(**values)
 
     @property
     def enabled(self) -> bool:
         """Whether any text can change at all."""
         return self.p > 0 and any((self.delete, self.swap, self.insert, self.synonym))
+
+
+def _check_values(values: Mapping[str, Any], where: str) -> None:
+    for name, value in values.items():
+        if name == "level":
+            if value not in LEVELS:
+                raise ConfigError(f"{where}.level: expected one of {', '.join(LEVELS)}, found {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{where}.{name}: expected a probability in [0, 1], found {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A bidirectional Transformer encoder in the style of BERT.
 
-Read top to bottom: block (post-norm attention + MLP) → heads (masked LM, classifier) → the model
-(word + position + token-type embeddings, blocks, optional pooler, head).
+Read top to bottom: block (post-norm attention + MLP) → heads (masked LM, classifier) → pooling
+([CLS] through the pooler, or the mean over real tokens) → the model (word + position + token-type
+embeddings, blocks, optional pooler, head).
 
 >>> import torch
 >>> from duplexlm.config import EncoderConfig
@@ -65,21 +66,50 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(x))))
 
 
+def mean_pool(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The mean of ``x`` (B, T, C) over the positions where ``attention_mask`` (B, T) is non-zero → (B, C).
+
+    Padding adds nothing, so a padded row pools exactly as the same row alone would; a row with no real
+    token pools to zeros rather than NaN.
+
+    >>> x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    >>> mean_pool(x, torch.tensor([[1, 1, 0]]))
+    tensor([[2., 3.]])
+    """
+    if attention_mask is None:
+        return x.mean(dim=1)
+    keep = attention_mask.bool()[..., None]  # (B, T, 1)
+    # masked_fill, not a product: a padded position's value never reaches the sum, whatever it holds
+    total = x.masked_fill(~keep, 0.0).sum(dim=1)  # (B, C)
+    count = keep.sum(dim=1).clamp(min=1).to(x.dtype)  # (B, 1)
+    return total / count
+
+
 class Encoder(nn.Module):
     """Word + learned position + token-type embeddings → LayerNorm → N post-norm blocks →
-    optional pooler (dense + tanh on the first token) → optional head.
+    pooling → optional head.
 
     ``head='mlm'`` gives vocabulary logits (B, T, V); ``'classify'`` gives (B, num_labels) from the
-    pooled first token; ``'tag'`` gives per-token logits (B, T, num_labels); ``'none'`` gives hidden
-    states only.
+    pooled vector; ``'tag'`` gives per-token logits (B, T, num_labels); ``'none'`` gives hidden
+    states only. ``pooling='cls'`` pools with the pooler (dense + tanh on the first token, as BERT),
+    ``pooling='mean'`` with the mean of the last hidden states over the non-padding tokens;
+    ``pooled_output`` holds that vector (None for ``'cls'`` without a pooler).
+
+    >>> import torch
+    >>> from duplexlm.config import EncoderConfig
+    >>> cfg = EncoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=4,
+    ...                     head="classify", pooling="mean", pooler=False, num_labels=3)
+    >>> out = Encoder(cfg).eval()(torch.randint(1, 64, (2, 8)), attention_mask=torch.ones(2, 8))
+    >>> out.logits.shape, out.pooled_output.shape
+    (torch.Size([2, 3]), torch.Size([2, 32]))
     """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = c = config
-        if c.head == "classify" and not c.pooler:
-            raise ConfigError("EncoderConfig.pooler: head='classify' reads the pooled first token; "
-                              "set pooler=True")
+        if c.head == "classify" and c.pooling == "cls" and not c.pooler:  # a config changed after its checks
+            raise ConfigError("EncoderConfig.pooler: head='classify' with pooling='cls' reads the pooled first "
+                              "token; set pooler=True, or pooling='mean'")
         if not 0 <= c.pad_token_id < c.vocab_size:
             raise ConfigError(f"EncoderConfig.pad_token_id: expected an id in [0, {c.vocab_size}), "
                               f"found {c.pad_token_id}")
@@ -152,6 +182,12 @@ class Encoder(nn.Module):
                 raise ValueError(f"{name}: values must lie in [0, {high}), "
                                  f"found min {int(t.min())}, max {int(t.max())} (shape {tuple(t.shape)})")
 
+    def _pool(self, x: Tensor, attention_mask: Tensor | None) -> Tensor | None:
+        """x (B, T, C) → the pooled vector (B, C) the classifier reads, as ``config.pooling`` says."""
+        if self.config.pooling == "mean":
+            return mean_pool(x, attention_mask)
+        return torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # [CLS], as BERT
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
@@ -177,7 +213,7 @@ class Encoder(nn.Module):
             if weights is not None:
                 attentions.append(weights)
 
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, C)
+        pooled = self._pool(x, attention_mask)  # (B, C) or None
         logits = None
         if self.mlm_head is not None:
             logits = self.mlm_head(x)  # (B, T, V)
@@ -191,4 +227,4 @@ class Encoder(nn.Module):
         )
 
 
-__all__ = ["Block", "Encoder", "MLMHead"]
+__all__ = ["Block", "Encoder", "MLMHead", "mean_pool"]

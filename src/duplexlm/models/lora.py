@@ -427,7 +427,10 @@ def export_peft(model: nn.Module, directory: str | Path, base_hf_config: dict[st
     config, model_type = getattr(model, "config", None), base_hf_config.get("model_type")
     if config is None:
         raise UnsupportedModelError(f"{type(model).__name__} has no config; expected a duplexlm model")
-    ours = adapter_for_config(config).__name__.rpartition(".")[2]  # raises for families without HF
+    adapter = adapter_for_config(config)  # raises for families without HF
+    if hasattr(adapter, "config_to_hf"):
+        adapter.config_to_hf(config)  # raises where the config has no HF form (mean pooling, say)
+    ours = adapter.__name__.rpartition(".")[2]
     if HF_MODEL_TYPES.get(model_type) != ours:
         raise UnsupportedModelError(f"base_hf_config: model_type {model_type!r} does not fit this "
                                     f"{config.family} model, which converts to {ours!r}")

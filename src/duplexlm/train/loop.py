@@ -109,7 +109,9 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
     if head is not None:
         base.update(head)
         if base["family"] == "encoder":
-            base["pooler"] = head["head"] == "classify"  # [CLS] through the pooler, as BERT classifies
+            # [CLS] through the pooler, as BERT classifies; mean pooling needs none (and DDP rejects
+            # parameters that get no gradient)
+            base["pooler"] = head["head"] == "classify" and base.get("pooling", "cls") == "cls"
     elif base["family"] == "encoder":
         base["head"] = "mlm"
         if "pooler" not in spec:
@@ -165,7 +167,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 # what a resumed run must share with the run that wrote the checkpoint: anything else would change
 # the model or which data the remaining steps read
-_RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed")
+_RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed",
+                "tokenizer", "method", "method_args", "augment", "crf", "class_weights", "label_smoothing")
 
 
 def _check_resumable(saved: dict[str, Any] | None, cfg: TrainConfig, ckpt: Path) -> None:
@@ -251,9 +254,10 @@ def _shards_source(cfg: TrainConfig) -> _Source:
 
 
 def _examples_source(cfg: TrainConfig) -> _Source:
-    """Labelled examples: loaded, split, encoded with the model's tokenizer, into samplers."""
+    """Labelled examples: loaded, split, encoded with the model's tokenizer, into samplers; with
+    ``augment.p > 0`` the training sampler (only) augments each sample's text."""
     from ..data.tasks import load_task_data
-    from .data import encode_examples
+    from .data import TextAugmenter, encode_examples
 
     if cfg.init_from:
         tok_dir = cfg.init_from
@@ -279,9 +283,13 @@ def _examples_source(cfg: TrainConfig) -> _Source:
     encoded = {k: encode_examples(v, tokenizer, cfg.objective, cfg.data.seq_len, names, split=k)
                for k, v in splits.items()}
     num_labels = len(names) if names else task.num_targets
+    augment = cfg.augment.config()
+    # a function of (seed, global sample index): a resumed run reads the variants the uninterrupted one read
+    augmenter = (TextAugmenter([e.text for e in splits["train"]], tokenizer, cfg.data.seq_len, augment, cfg.seed,
+                               ids=encoded["train"][0]) if augment.enabled else None)
     return _Source(
         tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size,
-        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train"),
+        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train", augment=augmenter),
         val=ExampleSampler(*encoded["validation"], seed=cfg.seed, pad_id=pad, shuffle=False, name="validation"),
         test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
               if "test" in encoded else None),
@@ -317,7 +325,7 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> n
         return model
     changes = dict(head)
     if config.family == "encoder":
-        changes["pooler"] = spec.head == "classify"
+        changes["pooler"] = spec.head == "classify" and getattr(config, "pooling", "cls") == "cls"
     if config.family == "decoder" and config.pad_token_id is None:
         changes["pad_token_id"] = source.tokenizer.pad_token_id
     torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
