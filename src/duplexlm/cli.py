@@ -461,7 +461,7 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the same path on small slices, in about a minute (tests)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="the run's budget in minutes (default 15; pretraining gets 45%% of it)")
+                   help="the run's budget in minutes (default 15; pretraining gets 40%% of it)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its model directories")
 
 
