@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_decoder.py
 	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
 	rm -rf $(VENV)
