@@ -80,9 +80,10 @@ def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretok
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # every text encoded in one call: the truncating tokenizer is built once, not once per batch
+    everything = encode_texts(tokenizer, list(texts), _max_length(model, max_length), pretokenized=pretokenized)
     out = []
-    for chunk in _batches(list(texts), batch_size):
-        encodings = encode_texts(tokenizer, chunk, _max_length(model, max_length), pretokenized=pretokenized)
+    for encodings in _batches(everything, batch_size):
         ids, mask = _pad(encodings, pad, device)
         logits = model(ids, attention_mask=mask).logits.float().cpu()
         out.extend(zip(encodings, logits))
