@@ -747,19 +747,23 @@ def save(run: Run) -> Path | None:
     return path
 
 
-def _full_states(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _full_model_state(run: Run) -> dict[str, torch.Tensor]:
+    """The model's full state on the CPU (FSDP: every rank takes part in the gather)."""
     if run.cfg.fsdp and run.info.enabled:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(run.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in own_state_dict(run.raw_model).items()}
+
+
+def _full_states(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model's and the optimizer's full states, for a checkpoint."""
+    if run.cfg.fsdp and run.info.enabled:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return (get_model_state_dict(run.raw_model, options=opts),
-                get_optimizer_state_dict(run.raw_model, run.optimizer, options=opts))
-    own = {k: v.detach().cpu() for k, v in own_state_dict(run.raw_model).items()}
-    return own, run.optimizer.state_dict()
+        return _full_model_state(run), get_optimizer_state_dict(run.raw_model, run.optimizer, options=opts)
+    return _full_model_state(run), run.optimizer.state_dict()
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -901,7 +905,7 @@ def _save_best(run: Run) -> None:
     from ..convert.common import independent
     from ..fileutil import atomic_write
 
-    weights = _full_states(run)[0]  # every rank takes part (FSDP gathers)
+    weights = _full_model_state(run)  # every rank takes part (FSDP gathers)
     if run.info.is_main:
         atomic_write(run.out_dir / "best.safetensors",
                      lambda tmp: save_file(independent(weights), str(tmp), metadata={"step": str(run.state["step"])}))
@@ -927,7 +931,7 @@ def _finish(run: Run) -> dict[str, Any]:
         out.update(scores)
         if info.is_main:
             write_json(run.out_dir / "test_metrics.json", full)
-    model_state = _full_states(run)[0] if cfg.fsdp and info.enabled else None  # every rank gathers
+    model_state = _full_model_state(run) if cfg.fsdp and info.enabled else None  # every rank gathers
     if info.is_main:
         model = finalize_method(run.raw_model, cfg, run.out_dir)
         save_model(model, run.out_dir / "model", tokenizer=run.tokenizer,
