@@ -8,11 +8,13 @@
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
-    duplex eval --model DIR --data NAME_OR_FILE [--split test] [--out DIR]   metrics, report and plots
+    duplex finetune task=multi tasks.NAME.task=... tasks.NAME.train=... ...   several heads, one encoder
+    duplex eval --model DIR --data NAME_OR_FILE [--split S] [--out DIR]   task metrics, or perplexity and
+                                                                bits per byte for a language model
     duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
     duplex tag --model DIR --text ...                             entities (BIO taggers)
     duplex attention --model DIR --text ... --out x.png [--layer L] [--head H]   attention heat map
-    duplex demo [--quick]              the main job: tokenizer → pretraining → samples, on People's Daily
+    duplex demo [--quick] [--minutes M]   the main job: does pretraining pay? (reviews-zh, People's Daily)
 """
 
 from __future__ import annotations
@@ -209,10 +211,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .train.loop import finetune
 
     cfg = _train_config(args, default_objective="classify")
-    if cfg.objective not in ("classify", "regress", "tag"):
+    if cfg.objective not in ("classify", "regress", "tag", "multi"):
         from .errors import ConfigError
 
-        raise ConfigError(f"task: expected classify, regress or tag, found {cfg.objective!r} (pretraining "
+        raise ConfigError(f"task: expected classify, regress, tag or multi, found {cfg.objective!r} (pretraining "
                           "objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
@@ -221,19 +223,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         from .train.loop import SHOWN_METRICS
 
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
-                           and k.split("_", 1)[0] in ("val", "test", "best") and k.split("_", 1)[1] in SHOWN_METRICS)
+                           and k.split("_", 1)[0] in ("val", "test", "best")
+                           and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
         print(f"done: step {result['step']}; {scores}; model in {cfg.out_dir}/model")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score a fine-tuned model on a labelled split (accuracy, per-class precision/recall/F1, confusion
-    matrix; entity F1 for taggers; MSE/MAE/correlations for regressors); --out writes metrics.json,
-    predictions.jsonl, report.md and plots."""
+    """Score a model: a language model on text, token shards or a built-in corpus (perplexity and bits per
+    byte; masked-token perplexity for an MLM encoder, span-corruption loss for T5), or a fine-tuned model
+    on a labelled split (accuracy, per-class precision/recall/F1, confusion matrix; entity F1 for taggers;
+    MSE/MAE/correlations for regressors); --out writes metrics.json, report.md (and predictions, plots)."""
     from .eval.evaluate import evaluate_model
 
     m = evaluate_model(args.model, args.data, split=args.split, out=args.out, text_field=args.text_field,
-                       label_field=args.label_field, batch_size=args.batch_size, overwrite=args.overwrite)
+                       label_field=args.label_field, batch_size=args.batch_size, overwrite=args.overwrite,
+                       context=args.context, stride=args.stride, max_tokens=args.max_tokens, seed=args.seed,
+                       task=args.task)
+    if m["task"] == "lm":
+        print(f"{m['objective']} on {m['data']} ({m['split']}, {m['tokens']} tokens): "
+              + ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "perplexity", "bits_per_byte") if k in m)
+              + (f"; report in {args.out}" if args.out else ""))
+        return 0
     shown = ("accuracy", "macro_f1", "micro_f1", "precision", "recall", "f1", "mse", "mae", "pearson", "spearman")
     print(f"{m['task']} on {m['data']} ({m['split']}, {m['examples']} examples): "
           + ", ".join(f"{k} {m[k]:.4f}" for k in shown if k in m) + (f"; report in {args.out}" if args.out else ""))
@@ -276,7 +287,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     texts = _texts(args)
     model, tokenizer = _loaded(args.model)
-    for text, p in zip(texts, classify(model, tokenizer, texts, batch_size=args.batch_size)):
+    for text, p in zip(texts, classify(model, tokenizer, texts, batch_size=args.batch_size, task=args.task)):
         if args.json:
             print(json.dumps({"text": text, **p}, ensure_ascii=False))
         elif "values" in p:
@@ -295,7 +306,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     texts = _texts(args)
     model, tokenizer = _loaded(args.model)
-    for text, p in zip(texts, tag(model, tokenizer, texts, batch_size=args.batch_size)):
+    for text, p in zip(texts, tag(model, tokenizer, texts, batch_size=args.batch_size, task=args.task)):
         if args.json:
             print(json.dumps({"text": text, **p}, ensure_ascii=False))
         else:
@@ -425,13 +436,27 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a model directory written by `duplex finetune`")
-    p.add_argument("--data", required=True, help="a built-in task (reviews-zh, peoples-daily-ner) or a labelled file")
-    p.add_argument("--split", default="test", help="the built-in's split to score (a file is scored whole)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--model", required=True, help="a model directory written by `duplex pretrain` or `duplex finetune`")
+    p.add_argument("--data", required=True,
+                   help="a labelled file or built-in task (reviews-zh, peoples-daily-ner); for a language model a "
+                        ".txt/.jsonl file, a `duplex data prepare` directory or a built-in corpus (peoples-daily)")
+    p.add_argument("--split", default=None,
+                   help="the split to score: test for tasks, val (held out) for token shards and built-in corpora "
+                        "(default); a file is scored whole")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
     p.add_argument("--label-field", default="label")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
-    p.add_argument("--out", default=None, help="write metrics.json, predictions.jsonl, report.md and plots here")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="examples per batch (default 32), or language-model windows (default 8)")
+    p.add_argument("--context", type=_int_at_least(2), default=None,
+                   help="language models: tokens per window (default: the model's max_seq_len, else 512)")
+    p.add_argument("--stride", type=_int_at_least(1), default=None,
+                   help="causal LMs: tokens between window starts (default context/2; = context: disjoint windows)")
+    p.add_argument("--max-tokens", type=_int_at_least(0), default=0,
+                   help="language models: score at most this many tokens (default 0: all)")
+    p.add_argument("--seed", type=_int_at_least(0), default=1234,
+                   help="built-in splits and MLM/T5 masks (1234 matches `duplex data prepare`)")
+    p.add_argument("--out", default=None, help="write metrics.json, report.md (predictions.jsonl, plots) here")
+    p.add_argument("--task", help="a multi-task model's head to score (duplex info lists them)")
     _overwrite_arg(p)
 
 
@@ -441,6 +466,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every probability")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    p.add_argument("--task", help="a multi-task model's head to use (duplex info lists them)")
 
 
 def _attention_args(p: argparse.ArgumentParser) -> None:

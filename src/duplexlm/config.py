@@ -12,12 +12,11 @@ strings resolved to modules in one place (``models/layers.py``); the config stay
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_type_hints
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 Family = Literal["encoder", "decoder", "seq2seq", "rnn"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -29,11 +28,6 @@ Seq2SeqHead = Literal["none", "lm"]
 RNNHead = Literal["none", "classify", "tag", "lm"]
 
 
-
-
-def _nearest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 @dataclass
@@ -92,7 +86,7 @@ class BaseConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}{_nearest(key, names)}")
+                raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}{did_you_mean(key, names)}")
         if require_shapes:
             absent = [k for k in cls.SHAPE_FIELDS if k not in data]
             if absent:
@@ -179,7 +173,7 @@ class DecoderConfig(BaseConfig):
 
 @dataclass
 class EncoderConfig(BaseConfig):
-    """A bidirectional BERT-style encoder (post-LayerNorm, learned positions, token types)."""
+    """A bidirectional BERT-style encoder (post- or pre-LayerNorm, learned positions, token types)."""
 
     family: ClassVar[str] = "encoder"
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer",
@@ -193,6 +187,9 @@ class EncoderConfig(BaseConfig):
     d_ff: int | None = None
     activation: Activation = "gelu"
     norm_eps: float = 1e-12
+    # "post": x = norm(x + f(x)), BERT's residual blocks (and Hugging Face's); "pre": x = x + f(norm(x))
+    # with a final norm, which trains stably at a higher learning rate without warm-up tricks
+    norm_position: Literal["post", "pre"] = "post"
     dropout: float = 0.1
     attn_dropout: float = 0.1
     pooler: bool = True  # dense + tanh on the first token, as BERT's next-sentence/classifier input
@@ -206,6 +203,9 @@ class EncoderConfig(BaseConfig):
     classifier_dropout: float | None = None
     pad_token_id: int = 0
     init_std: float = 0.02
+    # multi-task: named heads over the shared encoder, {name: {head: classify|tag, num_labels,
+    # label_names, crf}}; the model's own head is then "none" (see duplexlm.models.heads)
+    tasks: dict[str, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self._check_literals()
@@ -217,6 +217,16 @@ class EncoderConfig(BaseConfig):
                               "token; set pooler=True, or pooling='mean' to classify the mean of the tokens")
         if self.d_model % self.n_head:
             raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
+        if self.tasks is not None:
+            from .models.heads import check_task_heads
+
+            check_task_heads(self.tasks, "EncoderConfig.tasks")
+            if self.head != "none":
+                raise ConfigError(f"EncoderConfig.head: a multi-task model (tasks set) has head='none' and its heads "
+                                  f"in tasks, found head={self.head!r}")
+            if self.pooling == "cls" and not self.pooler and any(t["head"] == "classify" for t in self.tasks.values()):
+                raise ConfigError("EncoderConfig.pooler: a classify task with pooling='cls' reads the pooled first "
+                                  "token; set pooler=True, or pooling='mean'")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         self._positive("d_ff", "num_labels")

@@ -175,6 +175,11 @@ class _Plan:
     seq_len: int = 128
     layers: int = 4
     width: int = 128
+    norm_position: str = "pre"  # pre-norm trains stably at a high learning rate in a short budget
+    pooling: str = "mean"
+    finetune_dropout: float = 0.1
+    pretrain_lr: float = 2e-3
+    finetune_lr: float = 5e-4
     pretrain_seconds: float = 0.0
     finetune_epochs: float = 1.5
     train_labels: int | None = None  # fine-tuning with all labels (None) or the first n
@@ -257,7 +262,13 @@ def _unigram_entropy(data: Path) -> float:
 
 def _encoder_args(plan: _Plan) -> list[str]:
     return ["model.preset=bert-tiny", f"model.n_layer={plan.layers}", f"model.d_model={plan.width}",
-            f"model.n_head={max(2, plan.width // 32)}", f"model.max_seq_len={plan.seq_len}"]
+            f"model.n_head={max(2, plan.width // 32)}", f"model.max_seq_len={plan.seq_len}",
+            f"model.norm_position={plan.norm_position}"]
+
+
+def _finetune_model_args(plan: _Plan) -> list[str]:
+    """What fine-tuning sets on every encoder alike, pretrained or not (init_from takes these too)."""
+    return [f"model.dropout={plan.finetune_dropout}", "model.attn_dropout=0.0", f"model.pooling={plan.pooling}"]
 
 
 def _steps_for(cfg_args: list[str], seconds: float, out: Path) -> int:
@@ -285,7 +296,7 @@ def _pretrain(out: Path, plan: _Plan, data: Path) -> tuple[Path, dict[str, Any]]
 
     args = ["objective=mlm", f"data.path={data}", f"data.seq_len={plan.seq_len}", *_encoder_args(plan),
             "model.dropout=0.0", "model.attn_dropout=0.0", "objective_args.mask_prob=0.3", "batch_size=32",
-            "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_steps=30", "eval_batches=8", "log_every=10",
+            f"optim.lr={plan.pretrain_lr}", f"optim.min_lr={plan.pretrain_lr / 10}", "optim.warmup_steps=50", "eval_batches=8", "log_every=10",
             f"progress={not plan.quick}"]
     steps = _steps_for(args, plan.pretrain_seconds, out / "pretrain")
     tok = Tokenizer.from_dir(data)
@@ -350,8 +361,8 @@ def _finetune(out: Path, plan: _Plan, name: str, train: str, n: int, model_args:
     result = finetune(load_train_config(None, [
         "task=classify", f"data.train={train}", f"data.validation={plan.validation}", f"data.test={plan.test}",
         f"data.seq_len={plan.seq_len}", f"batch_size={batch}", f"max_steps={steps}",
-        f"eval_every={math.ceil(steps / plan.evals)}", f"save_every={steps}", "patience=2", "optim.lr=5e-4",
-        "optim.min_lr=5e-5", f"optim.warmup_steps={max(steps // 10, 5)}", "optim.weight_decay=0.01",
+        f"eval_every={math.ceil(steps / plan.evals)}", f"save_every={steps}", "patience=2",
+        f"optim.lr={plan.finetune_lr}", f"optim.min_lr={plan.finetune_lr / 10}", f"optim.warmup_steps={max(steps // 10, 5)}", "optim.weight_decay=0.01",
         "log_every=10", "progress=false", f"out_dir={run_dir}", *model_args]), overwrite=True)
     test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
     row = {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "labels": n, "steps": result["step"],
@@ -421,9 +432,11 @@ def _study(out: Path, plan: _Plan) -> dict[str, Any]:
     _rule("3. fine-tuning on reviews-zh sentiment, and the baselines (test accuracy)")
     n = plan.train_labels or n_all
     train = _subset(reviews, plan.train_labels, out)
-    scratch_args = [f"tokenizer={tok_dir}", *_encoder_args(plan)]
+    tuned = _finetune_model_args(plan)
+    pre_args = [f"init_from={pre_dir}", *tuned]
+    scratch_args = [f"tokenizer={tok_dir}", *_encoder_args(plan), *tuned]
     systems = {
-        "pretrained + fine-tuned": _finetune(out, plan, "pretrained", train, n, [f"init_from={pre_dir}"]),
+        "pretrained + fine-tuned": _finetune(out, plan, "pretrained", train, n, pre_args),
         "same encoder from scratch": _finetune(out, plan, "scratch", train, n, scratch_args),
         "BiGRU + attention pooling": _finetune(out, plan, "bigru", train, n, [
             f"tokenizer={tok_dir}", "model.preset=lstm-tiny", "model.cell=gru", "model.d_embed=128",
@@ -439,7 +452,7 @@ def _study(out: Path, plan: _Plan) -> dict[str, Any]:
                                                   "TF-IDF char 1-3 + LR": []}
     for k in plan.curve:
         sub = _subset(reviews, k, out)
-        rows = {"pretrained + fine-tuned": _finetune(out, plan, f"pretrained-{k}", sub, k, [f"init_from={pre_dir}"],
+        rows = {"pretrained + fine-tuned": _finetune(out, plan, f"pretrained-{k}", sub, k, pre_args,
                                                      quiet=True),
                 "same encoder from scratch": _finetune(out, plan, f"scratch-{k}", sub, k, scratch_args, quiet=True),
                 "TF-IDF char 1-3 + LR": _tfidf(reviews, sub, k)}

@@ -15,6 +15,9 @@ ConfigError True
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class DuplexError(Exception):
     """A user's input is wrong; the message says where and what was expected."""
@@ -49,6 +52,27 @@ class OutputError(DuplexError, FileExistsError):
     directory, or an input of the same command."""
 
 
+def did_you_mean(name: str, options: Iterable[str], *, prefix: str = "", cutoff: float = 0.5,
+                 clause: bool = False) -> str:
+    """The hint an unknown-name error ends with: ``" (did you mean 'a', 'b'?)"`` naming up to three of
+    ``options`` closest to ``name`` (each written with ``prefix`` before it), or ``""`` when none is
+    close (``difflib`` similarity below ``cutoff``). ``clause=True`` gives ``"; did you mean 'a'?"``
+    for messages that read better with a clause than a parenthesis.
+
+    >>> did_you_mean("n_layers", ["n_layer", "n_head", "d_model"])
+    " (did you mean 'n_layer'?)"
+    >>> did_you_mean("bach_size", ["batch_size", "seed"], prefix="optim.", clause=True)
+    "; did you mean 'optim.batch_size'?"
+    >>> did_you_mean("zzz", ["n_layer"])
+    ''
+    """
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=cutoff)
+    if not close:
+        return ""
+    names = ", ".join(repr(prefix + c) for c in close)
+    return f"; did you mean {names}?" if clause else f" (did you mean {names}?)"
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -58,4 +82,5 @@ __all__ = [
     "ModelError",
     "OutputError",
     "UnsupportedModelError",
+    "did_you_mean",
 ]

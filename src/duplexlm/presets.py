@@ -9,10 +9,10 @@ architectures so their checkpoints convert one-to-one.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
 from .config import AnyConfig, ConfigError, DecoderConfig, EncoderConfig, RNNConfig, Seq2SeqConfig
+from .errors import did_you_mean
 
 # -- decoders -------------------------------------------------------------------------------------
 
@@ -147,7 +147,6 @@ PRESETS: dict[str, Callable[[], AnyConfig]] = {
 def get_preset(name: str) -> AnyConfig:
     """The config of a named preset; an unknown name suggests the nearest ones."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.4)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(name, PRESETS, cutoff=0.4)
         raise ConfigError(f"unknown preset {name!r}{hint}; known: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -210,3 +210,63 @@ def test_bad_inputs_name_the_tensor() -> None:
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
     with pytest.raises(ValueError, match="input_ids: expected shape"):
         model(torch.ones(4, dtype=torch.long))
+
+
+def _pre_ln(**kw) -> EncoderConfig:
+    return EncoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=2, n_head=4, dropout=0.0,
+                         attn_dropout=0.0, norm_position="pre", **kw)
+
+
+def test_pre_norm_block_is_the_pre_norm_formula() -> None:
+    torch.manual_seed(0)
+    model = Encoder(_pre_ln(head="none", pooler=False)).eval()
+    ids = torch.randint(1, 64, (2, 7))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        x = model.embed_norm(model.embed(ids) + model.type_embed(torch.zeros_like(ids)) + model.pos_embed.weight[:7])
+        for block in model.blocks:
+            x = x + block.attn(block.norm_1(x), mask=None, impl="eager")[0]
+            x = x + block.mlp(block.norm_2(x))
+        expected = model.final_norm(x)
+    torch.testing.assert_close(out.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert Encoder(EncoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=4)).final_norm is None
+
+
+def test_pre_norm_round_trips_and_has_no_hf_counterpart(tmp_path: Path) -> None:
+    from duplexlm.errors import UnsupportedModelError
+    from duplexlm.io import convert_to_hf
+
+    torch.manual_seed(0)
+    model = Encoder(_pre_ln(head="mlm", pooler=False)).eval()
+    save_model(model, tmp_path / "m")
+    back, _ = load(tmp_path / "m")
+    ids = torch.randint(1, 64, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, back(ids).logits)
+    assert back.config.norm_position == "pre"
+    with pytest.raises(UnsupportedModelError, match="norm_position='pre' has no Hugging Face BERT counterpart"):
+        convert_to_hf(tmp_path / "m", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(ConfigError, match="norm_position"):
+        EncoderConfig(norm_position="middle")
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_logits_at_masked_positions_equal_the_full_logits(norm_position: str) -> None:
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=2, n_head=4, head="mlm", pooler=False,
+                        norm_position=norm_position)
+    model = Encoder(cfg).eval()
+    ids = torch.randint(1, 64, (3, 10))
+    attention_mask = torch.ones(3, 10, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    at = torch.rand(3, 10) < 0.3
+    at[0, 0] = True
+    with torch.no_grad():
+        full = model(ids, attention_mask=attention_mask).logits
+        some = model(ids, attention_mask=attention_mask, logits_at=at).logits
+    assert some.shape == (int(at.sum()), 64)
+    torch.testing.assert_close(some, full[at], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"logits_at: expected shape \(3, 10\)"):
+        model(ids, logits_at=at[:, :5])

@@ -277,7 +277,9 @@ def test_model_section_rules():
     cfg = load_train_config(None, ["objective=mlm", "model.family=encoder", "model.d_model=64", "model.n_head=4"])
     assert "preset" not in cfg.model
     with pytest.raises(ConfigError, match="init_from loads the model's own config"):
-        load_train_config(None, ["init_from=some/dir", "model.n_layer=2"])
+        load_train_config(None, ["init_from=some/dir", "model.preset=bert-tiny"])
+    # other model keys are kept, and checked against the loaded config (test_init_from_model_overrides)
+    assert load_train_config(None, ["init_from=some/dir", "model.dropout=0.2"]).model == {"dropout": 0.2}
 
 
 def test_resume_falls_back_past_a_corrupt_checkpoint_and_init_from(pd_data, tmp_path, capsys):
@@ -295,6 +297,24 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_init_from(pd_data, tmp_
                                     "data.seq_len=32", "batch_size=4", "max_steps=2", "eval_every=2", "save_every=2",
                                     "progress=false", "precision=fp32"])
     assert pretrain(cont)["step"] == 2
+
+
+def test_init_from_model_overrides(pd_data, tmp_path):
+    """With init_from, the model section changes what keeps the weights' shapes (dropout here) and
+    refuses what would not fit them, naming the field."""
+    out = tmp_path / "run"
+    pretrain(_cfg(pd_data, out, "max_steps=2", "save_every=2", "eval_every=2", "model.dropout=0.0"))
+    base = [f"data.path={pd_data}", f"init_from={out / 'model'}", "data.seq_len=32", "batch_size=4",
+            "max_steps=1", "eval_every=1", "save_every=1", "progress=false", "precision=fp32"]
+    cfg = load_train_config(None, [*base, f"out_dir={tmp_path / 'a'}", "model.dropout=0.3"])
+    pretrain(cfg)
+    saved = json.loads((tmp_path / "a" / "model" / "config.json").read_text())
+    assert saved["dropout"] == 0.3 and saved["d_model"] == json.loads((out / "model" / "config.json").read_text())["d_model"]
+    with pytest.raises(ConfigError, match=r"model.n_layer=3: init_from=.* has n_layer=\d"):
+        pretrain(load_train_config(None, [*base, f"out_dir={tmp_path / 'b'}", "model.n_layer=3"]))
+    with pytest.raises(ConfigError, match=r"model\.dropuot: not a field of .*did you mean 'dropout'"):
+        pretrain(load_train_config(None, [*base, f"out_dir={tmp_path / 'c'}", "model.dropuot=0.3"]))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_more_processes_than_gpus_is_a_named_error(monkeypatch):

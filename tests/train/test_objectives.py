@@ -495,3 +495,31 @@ def test_loop_batches_do_not_depend_on_the_split(objective: str, args: list[str]
     if objective != "clm":  # another stream (evaluation's) corrupts the same samples differently
         other = loop.make_batch(run, sampler, 0, 4, (cfg.seed, 999_983))  # type: ignore[arg-type]
         assert not torch.equal(other["labels"], whole["labels"])
+
+
+def test_mlm_loss_on_masked_positions_equals_the_full_logits_loss():
+    """compute_loss asks the encoder for logits at the masked positions only; the loss and its
+    gradients are those of the full (B, T, V) logits."""
+    import torch.nn.functional as F
+
+    from duplexlm.config import EncoderConfig
+    from duplexlm.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(EncoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=4, head="mlm",
+                                      pooler=False, dropout=0.0, attn_dropout=0.0))
+    ids = torch.randint(5, 64, (3, 12))
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, ::3] = ids[:, ::3]
+    batch = {"input_ids": ids, "labels": labels}
+    loss, n = compute_loss(model, batch, "mlm")
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(ids).logits
+    ref = F.cross_entropy(logits.reshape(-1, 64), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    ref.backward()
+    assert n == 12
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)

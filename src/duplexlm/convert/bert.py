@@ -211,7 +211,16 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[EncoderConf
 
 def _check_representable(config: EncoderConfig) -> None:
     """Refuse what BERT cannot hold: its classifier (and BertModel's ``pooler_output``) always read the
-    [CLS] token through the pooler, so mean pooling would export as a different model."""
+    [CLS] token through the pooler, so mean pooling would export as a different model; its blocks are
+    post-norm, so a pre-norm encoder has no BERT counterpart at all."""
+    if config.tasks:
+        raise UnsupportedModelError(
+            f"EncoderConfig.tasks: a multi-task encoder ({', '.join(config.tasks)}) has no Hugging Face BERT "
+            "counterpart (a BERT checkpoint holds one head); keep this model in duplexlm format")
+    if config.norm_position != "post":
+        raise UnsupportedModelError(
+            f"EncoderConfig.norm_position={config.norm_position!r} has no Hugging Face BERT counterpart: BERT's "
+            "blocks normalise after the residual sum (norm_position='post'); keep this model in duplexlm format")
     if config.pooling != "cls" and config.head in ("none", "classify"):
         arch = _HEAD_TO_ARCH[config.head]
         raise UnsupportedModelError(

@@ -1,13 +1,21 @@
-"""``duplex eval``: score a fine-tuned model on a labelled split and write a report a person can read.
+"""``duplex eval``: score a model and write a report a person can read.
 
-``out`` receives ``metrics.json`` (every score, per class or entity type too), ``predictions.jsonl``
-(each example with its label and the prediction), ``report.md`` and, for classification, a
-confusion-matrix PNG. The task follows from the model (:func:`duplexlm.infer.predict.task_of`); the
-data is a built-in task name or a file, as for ``duplex finetune``.
+A language model (a decoder or one-directional RNN with an ``lm`` head, an encoder with an ``mlm``
+head, a T5) is scored on text, token shards or a built-in corpus: perplexity and bits per byte, or a
+masked-token / span-corruption perplexity (:mod:`duplexlm.eval.lm`); ``out`` receives ``metrics.json``
+and ``report.md``.
+
+A fine-tuned model is scored on a labelled split: ``out`` receives ``metrics.json`` (every score,
+per class or entity type too), ``predictions.jsonl`` (each example with its label and the
+prediction), ``report.md`` and, for classification, a confusion-matrix PNG. The task follows from
+the model (:func:`duplexlm.infer.predict.task_of`); the data is a built-in task name or a file, as
+for ``duplex finetune``.
 
 >>> metrics = evaluate_model("runs/sentiment/model", "reviews-zh", out="runs/sentiment/eval")  # doctest: +SKIP
 >>> metrics["accuracy"]  # doctest: +SKIP
 0.83
+>>> evaluate_model("runs/gpt/model", "peoples-daily")["bits_per_byte"]  # doctest: +SKIP
+1.52
 """
 
 from __future__ import annotations
@@ -16,32 +24,63 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fileutil import atomic_directory, check_output_dir, write_json
 
 
-def evaluate_model(model_dir: str | Path, data: str, *, split: str = "test", out: str | Path | None = None,
-                   text_field: str = "text", label_field: str = "label", batch_size: int = 32,
-                   overwrite: bool = False, seed: int = 1234) -> dict[str, Any]:
-    """Score the model in ``model_dir`` on ``split`` of ``data``; with ``out``, write the report there."""
+def evaluate_model(model_dir: str | Path, data: str, *, split: str | None = None, out: str | Path | None = None,
+                   text_field: str = "text", label_field: str = "label", batch_size: int | None = None,
+                   overwrite: bool = False, seed: int = 1234, context: int | None = None,
+                   stride: int | None = None, max_tokens: int = 0, device: str | None = None,
+                   task: str | None = None) -> dict[str, Any]:
+    """Score the model in ``model_dir`` on ``split`` of ``data``; with ``out``, write the report there.
+
+    ``split`` defaults to ``test`` for a labelled task and ``val`` for language modelling, ``batch_size``
+    to 32 examples and 8 windows (a window's logits are context × vocabulary floats); ``context``,
+    ``stride`` and ``max_tokens`` apply to language models only (:func:`duplexlm.eval.lm.evaluate_lm`).
+    ``device`` defaults to CUDA when there is one. ``task``: which head of a multi-task model scores.
+    """
+    import torch
+
     from ..data.tasks import load_task_data
     from ..infer.predict import classify, tag, task_of
     from ..io import load
+    from .lm import evaluate_lm, is_shards_dir, lm_objective, write_lm_report
     from .metrics import classification_metrics, entity_metrics, regression_metrics
 
     if out is not None:
         check_output_dir(out, "eval", overwrite=overwrite, flag="--out", inputs=[model_dir])
-    model, tokenizer = load(model_dir)
+    model, tokenizer = load(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if tokenizer is None:
         raise DataError(f"--model: {model_dir} has no tokenizer.json; evaluate a directory written by "
-                        "`duplex finetune`")
-    task = task_of(model)
+                        "`duplex pretrain` or `duplex finetune`")
+    objective = lm_objective(model)
+    if objective is not None:
+        metrics = evaluate_lm(model, tokenizer, data, objective=objective, split=split, text_field=text_field,
+                              context=context, stride=stride, max_tokens=max_tokens, batch_size=batch_size or 8,
+                              seed=seed, model_dir=model_dir)
+        if out is not None:
+            write_lm_report(out, metrics, model_dir)
+        return metrics
+    c = model.config
+    if getattr(c, "head", "none") not in ("classify", "tag") and not getattr(c, "tasks", None):
+        raise ConfigError(f"--model: {model_dir} ({c.family}, head={getattr(c, 'head', 'none')!r}) has nothing "
+                          "to score; expected a language-model head (decoder lm, encoder mlm, T5 lm) or a task "
+                          "head (classify, tag)")
+    head = task
+    task = task_of(model, head)
+    if is_shards_dir(data) or (task != "tag" and Path(data).suffix.lower() == ".txt"):
+        raise DataError(f"--data: {data} is {'token shards' if is_shards_dir(data) else 'a text file'}, data for a "
+                        f"language model, but {model_dir} is a {task} model; give it a labelled "
+                        ".csv/.tsv/.jsonl/.parquet file or a built-in task")
+    split = split or "test"
+    batch_size = batch_size or 32
     loaded = load_task_data(task, data, text_field=text_field, label_field=label_field, seed=seed)
     part = split if split in loaded.splits else "train"  # a single file is its own split
     if split not in loaded.splits and len(loaded.splits) > 1:
         raise DataError(f"--split: {data} has splits {sorted(loaded.splits)}, found {split!r}")
     examples = loaded.splits[part]
-    names = model.config.label_names
+    names = model.config.tasks[head].get("label_names") if head else model.config.label_names
     if task != "regress":
         known = set(names)
         for e in examples:
@@ -50,13 +89,13 @@ def evaluate_model(model_dir: str | Path, data: str, *, split: str = "test", out
                 raise DataError(f"{e.source}: label {bad[0]!r} is not one the model knows ({', '.join(names)})")
     rows: list[dict[str, Any]] = []
     if task == "tag":
-        preds = tag(model, tokenizer, [list(e.text) for e in examples], batch_size=batch_size)
+        preds = tag(model, tokenizer, [list(e.text) for e in examples], batch_size=batch_size, task=head)
         metrics = entity_metrics([list(e.label) for e in examples], [p["tags"] for p in preds])
         for e, p in zip(examples, preds):
             rows.append({"source": e.source, "text": " ".join(e.text), "gold": list(e.label), "predicted": p["tags"],
                          "entities": p["entities"]})
     else:
-        preds = classify(model, tokenizer, [e.text for e in examples], batch_size=batch_size)
+        preds = classify(model, tokenizer, [e.text for e in examples], batch_size=batch_size, task=head)
         if task == "classify":
             index = {n: i for i, n in enumerate(names)}
             metrics = classification_metrics([index[e.label] for e in examples],
@@ -65,7 +104,8 @@ def evaluate_model(model_dir: str | Path, data: str, *, split: str = "test", out
             metrics = regression_metrics([list(e.label) for e in examples], [p["values"] for p in preds])
         for e, p in zip(examples, preds):
             rows.append({"source": e.source, "text": e.text, "gold": e.label, **p})
-    metrics = {"task": task, "data": data, "split": part, "examples": len(examples), **metrics}
+    metrics = {"task": task, **({"head": head} if head else {}), "data": data, "split": part,
+               "examples": len(examples), **metrics}
     if out is not None:
         _write_report(Path(out), metrics, rows, names, model_dir)
     return metrics

@@ -19,14 +19,13 @@ sum, which gives exactly what one process would have computed on all the predict
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, did_you_mean
 
 # ----------------------------------------------------------------------------------------------------
 # Small helpers
@@ -530,8 +529,7 @@ def higher_is_better(name: str) -> bool:
     if bare in METRICS_HIGHER_IS_BETTER:
         return METRICS_HIGHER_IS_BETTER[bare]
     known = sorted(METRICS_HIGHER_IS_BETTER)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    hint = did_you_mean(name, known)
     raise ConfigError(f"metric: unknown metric {name!r}{hint}; expected one of {', '.join(known)}, "
                       f"optionally prefixed by {', '.join(_PREFIXES_ALLOWED)}")
 

@@ -30,9 +30,17 @@ from ..errors import ConfigError
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
 
 
-def task_of(model: nn.Module) -> str:
-    """``classify``, ``regress`` or ``tag``, from the model's head (see the module's docstring)."""
+def task_of(model: nn.Module, task: str | None = None) -> str:
+    """``classify``, ``regress`` or ``tag``, from the model's head (see the module's docstring); a
+    multi-task model's from the head named ``task``."""
     c = model.config
+    if getattr(c, "tasks", None):
+        from ..models.heads import task_head_kind
+
+        kind, spec = task_head_kind(c, task)
+        return "tag" if kind == "tag" else "classify" if spec.get("label_names") else "regress"
+    if task is not None:
+        raise ConfigError(f"--task: {task!r} names a head of a multi-task model; this {c.family} has one head")
     head = getattr(c, "head", "none")
     if head == "tag":
         return "tag"
@@ -73,7 +81,8 @@ def _pad(encodings: list[Any], pad_id: int, device: torch.device) -> tuple[torch
 
 @torch.no_grad()
 def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretokenized: bool = False,
-               batch_size: int = 32, max_length: int | None = None) -> list[tuple[Any, torch.Tensor]]:
+               batch_size: int = 32, max_length: int | None = None,
+               task: str | None = None) -> list[tuple[Any, torch.Tensor]]:
     """``(encoding, logits)`` per text, run in batches padded to their longest row."""
     from ..train.data import encode_texts
 
@@ -85,21 +94,35 @@ def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretok
     out = []
     for encodings in _batches(everything, batch_size):
         ids, mask = _pad(encodings, pad, device)
-        logits = model(ids, attention_mask=mask).logits.float().cpu()
+        extra = {"task": task} if task is not None else {}  # a multi-task model's head
+        logits = model(ids, attention_mask=mask, **extra).logits.float().cpu()
         out.extend(zip(encodings, logits))
     return out
 
 
+def _head(model: nn.Module, task: str | None, want: str) -> tuple[str, list[str] | None, Any]:
+    """(the task, its label names, its CRF) of the head that ``task`` names (single-task: the one)."""
+    kind = task_of(model, task)
+    if (kind == "tag") != (want == "tag"):
+        what = f"task {task!r} of this model" if task else "this model"
+        raise ConfigError(f"--model: {what} is a {kind} head; use `duplex {'tag' if kind == 'tag' else 'classify'}`")
+    if task is None:
+        return kind, model.config.label_names, getattr(model, "crf", None)
+    spec = model.config.tasks[task]
+    return kind, spec.get("label_names"), model.task_heads[task].crf
+
+
 def classify(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
-             max_length: int | None = None) -> list[dict[str, Any]]:
+             max_length: int | None = None, task: str | None = None) -> list[dict[str, Any]]:
     """Per text: ``label`` (the most probable), ``score`` (its probability) and ``probs`` (every
-    label's); a regressor gives ``values`` (one per target) instead."""
+    label's); a regressor gives ``values`` (one per target) instead. ``task``: which head of a
+    multi-task model."""
     if not texts:
         raise ConfigError("texts: expected at least one text")
-    regress = task_of(model) == "regress"
-    names = model.config.label_names
+    kind, names, _ = _head(model, task, "classify")
+    regress = kind == "regress"
     results = []
-    for _, logits in logits_for(model, tokenizer, texts, batch_size=batch_size, max_length=max_length):
+    for _, logits in logits_for(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, task=task):
         if regress:
             results.append({"values": logits.tolist()})
             continue
@@ -111,24 +134,26 @@ def classify(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_si
 
 
 def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], *, batch_size: int = 32,
-        max_length: int | None = None) -> list[dict[str, Any]]:
+        max_length: int | None = None, task: str | None = None) -> list[dict[str, Any]]:
     """Per text (a string, split by :func:`words`, or a list of words already): ``words`` with their ``tags`` (words past the model's context get ``O``), and the
     ``entities`` read from the BIO tags as ``{"type", "text", "start", "end"}`` (word indices, end
-    exclusive)."""
+    exclusive). ``task``: which head of a multi-task model."""
     from ..eval.metrics import extract_entities
 
     if not texts:
         raise ConfigError("texts: expected at least one text")
-    names = model.config.label_names or [str(i) for i in range(model.config.num_labels)]
+    _, names, crf = _head(model, task, "tag")
+    if not names:
+        count = model.config.tasks[task]["num_labels"] if task else model.config.num_labels
+        names = [str(i) for i in range(count)]
     split = [words(t) if isinstance(t, str) else list(t) for t in texts]
     results = []
     for ws, (enc, logits) in zip(split, logits_for(model, tokenizer, split, pretokenized=True,
-                                                   batch_size=batch_size, max_length=max_length)):
+                                                   batch_size=batch_size, max_length=max_length, task=task)):
         first: dict[int, int] = {}  # word → the position of its first sub-token, which carries its tag
         for pos, w in enumerate(enc.word_ids):
             if w is not None and w not in first:
                 first[w] = pos
-        crf = getattr(model, "crf", None)
         if crf is not None and first:  # the best tag sequence over the words, not each word alone
             path = crf.decode(logits[list(first.values())][None])[0]
         else:

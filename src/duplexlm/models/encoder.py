@@ -22,17 +22,20 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, EncoderConfig
 from .crf import crf_for
-from .layers import ACTIVATIONS, MLP, Attention, build_norm, make_mask
+from .heads import MLMHead, build_task_heads
+from .layers import MLP, Attention, build_norm, make_mask
 from .outputs import ModelOutput
 
 
 class Block(nn.Module):
-    """Post-norm residual block, as in the original Transformer and BERT:
-    x = norm_1(x + attn(x)), then x = norm_2(x + mlp(x))."""
+    """A residual block. Post-norm, as in the original Transformer and BERT:
+    x = norm_1(x + attn(x)), then x = norm_2(x + mlp(x)). Pre-norm (``norm_position='pre'``):
+    x = x + attn(norm_1(x)), then x = x + mlp(norm_2(x)), the residual stream never normalised."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         c = config
+        self.pre_norm = c.norm_position == "pre"
         self.attn = Attention(c.d_model, c.n_head, attn_dropout=c.attn_dropout)
         self.norm_1 = build_norm("layernorm", c.d_model, c.norm_eps)
         self.mlp = MLP(c.d_model, c.d_ff, c.activation)
@@ -40,30 +43,14 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, impl: str) -> tuple[Tensor, Tensor | None]:
+        if self.pre_norm:
+            h, weights = self.attn(self.norm_1(x), mask=mask, impl=impl)
+            x = x + self.dropout(h)
+            return x + self.dropout(self.mlp(self.norm_2(x))), weights
         h, weights = self.attn(x, mask=mask, impl=impl)  # (B, T, C), (B, nh, T, T) or None
         x = self.norm_1(x + self.dropout(h))
         x = self.norm_2(x + self.dropout(self.mlp(x)))
         return x, weights
-
-
-class MLMHead(nn.Module):
-    """Masked-LM head: dense → activation → LayerNorm → decoder onto the vocabulary.
-
-    The decoder's weight is the word embedding (tied by :meth:`Encoder.tie_weights`); its bias is
-    the head's own.
-    """
-
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        c = config
-        self.dense = nn.Linear(c.d_model, c.d_model)
-        self.act = ACTIVATIONS[c.activation]
-        self.norm = build_norm("layernorm", c.d_model, c.norm_eps)
-        self.decoder = nn.Linear(c.d_model, c.vocab_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, C) → logits (B, T, V)."""
-        return self.decoder(self.norm(self.act(self.dense(x))))
 
 
 def mean_pool(x: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -119,8 +106,10 @@ class Encoder(nn.Module):
         self.embed_norm = build_norm("layernorm", c.d_model, c.norm_eps)
         self.dropout = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        # pre-norm leaves the residual stream unnormalised: one last norm before pooling and heads
+        self.final_norm = build_norm("layernorm", c.d_model, c.norm_eps) if c.norm_position == "pre" else None
         self.pooler = nn.Linear(c.d_model, c.d_model) if c.pooler else None
-        self.mlm_head = MLMHead(c) if c.head == "mlm" else None
+        self.mlm_head = MLMHead(c.d_model, c.vocab_size, c.activation, c.norm_eps) if c.head == "mlm" else None
         self.classifier: nn.Linear | None = None
         if c.head in ("classify", "tag"):
             p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
@@ -129,6 +118,9 @@ class Encoder(nn.Module):
         # tags scored as a sequence: transitions between tags, decoded with Viterbi (BIO-constrained
         # when the tag names are known)
         self.crf = crf_for(c) if c.crf else None
+        # multi-task: several named heads over the one encoder (``forward(..., task=name)`` picks one)
+        p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
+        self.task_heads = build_task_heads(c.tasks, c.d_model, p) if c.tasks else None
         self.apply(self._init_weights)
         self.tie_weights()
         # A state dict may leave out the tied decoder weight (from_hf does, safetensors files often
@@ -190,9 +182,18 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                logits_at: Tensor | None = None, task: str | None = None) -> ModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = real token, 0 = padding; token_type_ids
-        (B, T) segment ids (default 0); position_ids (B, T) (default 0..T-1)."""
+        (B, T) segment ids (default 0); position_ids (B, T) (default 0..T-1).
+
+        ``logits_at`` (B, T) bool, masked LM only: compute the vocabulary logits at those positions
+        alone, as (N, V) in row-major order of the True entries. Masked-LM training scores only the
+        masked ~15-30% of tokens, and the projection onto the vocabulary is the largest matrix
+        multiply of a small encoder, so this saves most of it.
+
+        ``task``: a multi-task model's head to run (``config.tasks`` names them); without it a
+        multi-task model returns hidden states only."""
         self._check_input(input_ids, attention_mask, token_type_ids, position_ids)
         B, T = input_ids.shape
         if position_ids is None:
@@ -213,10 +214,24 @@ class Encoder(nn.Module):
             if weights is not None:
                 attentions.append(weights)
 
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if output_hidden_states:
+                hidden_states[-1] = x  # the last hidden state as the heads read it (as Hugging Face reports it)
         pooled = self._pool(x, attention_mask)  # (B, C) or None
         logits = None
         if self.mlm_head is not None:
-            logits = self.mlm_head(x)  # (B, T, V)
+            if logits_at is not None:
+                if tuple(logits_at.shape) != (B, T):
+                    raise ValueError(f"logits_at: expected shape {(B, T)} (as input_ids), found {tuple(logits_at.shape)}")
+                logits = self.mlm_head(x[logits_at.bool()])  # (N, V)
+            else:
+                logits = self.mlm_head(x)  # (B, T, V)
+        elif task is not None:
+            if self.task_heads is None or task not in self.task_heads:
+                have = ", ".join(self.task_heads) if self.task_heads is not None else "none (a single-task model)"
+                raise ValueError(f"task: no head {task!r}; this model's task heads: {have}")
+            logits = self.task_heads[task](x, pooled)  # (B, K) or (B, T, K)
         elif self.classifier is not None:
             features = pooled if self.config.head == "classify" else x  # (B, C) or (B, T, C)
             logits = self.classifier(self.classifier_dropout(features))  # (B, [T,] num_labels)

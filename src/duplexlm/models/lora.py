@@ -140,6 +140,8 @@ class LoRALinear(nn.Module):
 def task_head_names(model: nn.Module) -> list[str]:
     """The model's task head (classifier, tagger): trained in full beside LoRA, as peft's
     ``modules_to_save``. LM heads are not task heads (they are usually tied to the embedding)."""
+    if isinstance(getattr(model, "task_heads", None), nn.Module):  # multi-task: every named head
+        return ["task_heads", *(["pooler"] if isinstance(getattr(model, "pooler", None), nn.Module) else [])]
     head = getattr(getattr(model, "config", None), "head", None)
     if head in (None, "none", "lm", "mlm"):
         return []

@@ -12,7 +12,6 @@ fields of that family's config), checked when the model config is built.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -24,10 +23,11 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from ..data.augment import AugmentConfig, Level
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span", "classify", "regress", "tag"]
+Objective = Literal["clm", "mlm", "span", "classify", "regress", "tag", "multi"]
+TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
 
@@ -42,6 +42,22 @@ class DataSection:
     test: str = ""
     text_field: str = "text"
     label_field: str = "label"
+
+
+@dataclass
+class TaskSection:
+    """One task of a multi-task run (``task=multi``): its kind, its data (as the data section names
+    it for a single task), and its share of the training steps."""
+
+    task: TaskKind = "classify"
+    train: str = ""  # a built-in task or a CSV/TSV/JSONL/Parquet (tag: also CoNLL) file
+    validation: str = ""
+    test: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    weight: float = 1.0  # steps are drawn from the tasks in proportion to their weights
+    crf: bool = False  # tag: a CRF over this head's tag scores
+    class_weights: bool = False  # classify: weight this task's classes by inverse frequency
 
 
 @dataclass
@@ -116,6 +132,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # classify / tag
     class_weights: bool = False  # classify: weight classes by inverse frequency (imbalanced labels)
     crf: bool = False  # tag: a CRF layer over the tag scores (BERT-CRF), Viterbi decoding
+    # task=multi: named tasks trained together on one encoder, one head each (tasks.NAME.task, .train, ...)
+    tasks: dict[str, TaskSection] = field(default_factory=dict)
     eval_batches: int = 10
     save_every: int = 200
     keep_last: int = 3  # complete checkpoints kept
@@ -135,7 +153,9 @@ class TrainConfig:
                 raise ConfigError(f"task={self.task!r} and objective={self.objective!r}: give one of them")
             self.objective = self.task
         if self.crf and self.objective != "tag":
-            raise ConfigError(f"crf: a CRF layer is for task=tag, found {self.objective!r}")
+            why = "; give a multi-task run's tagger tasks.NAME.crf=true" if self.objective == "multi" else ""
+            raise ConfigError(f"crf: a CRF layer is for task=tag, found {self.objective!r}{why}")
+        self._check_tasks()
         if self.augment.config().p > 0 and self.objective not in ("classify", "regress"):
             why = ("deleting or inserting a token would misalign the tags" if self.objective == "tag"
                    else "pretraining reads token shards, not texts")
@@ -181,6 +201,34 @@ class TrainConfig:
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {self.device!r}")
         if not self.out_dir.strip():
             raise ConfigError("out_dir: expected a directory for the run, found an empty value")
+
+    def _check_tasks(self) -> None:
+        if self.objective != "multi":
+            if self.tasks:
+                raise ConfigError(f"tasks: several tasks are trained together with task=multi, found "
+                                  f"task={self.objective!r}")
+            return
+        if len(self.tasks) < 2:
+            raise ConfigError("tasks: task=multi trains two or more tasks on one encoder; name each, e.g. "
+                              "tasks.sentiment.train=reviews-zh tasks.ner.task=tag tasks.ner.train=peoples-daily-ner")
+        if self.data.train or self.data.validation or self.data.test:
+            raise ConfigError("data.train: with task=multi each task names its own data (tasks.NAME.train)")
+        if self.class_weights:
+            raise ConfigError("class_weights: with task=multi set it per task (tasks.NAME.class_weights=true)")
+        from ..models.heads import _NAME
+
+        for name, t in self.tasks.items():
+            if not _NAME.match(name):
+                raise ConfigError(f"tasks.{name}: a task name is letters, digits, '_' or '-', starting with a "
+                                  "letter or '_'")
+            if not t.train:
+                raise ConfigError(f"tasks.{name}.train: name a built-in task or a data file")
+            if not (t.weight > 0 and math.isfinite(t.weight)):
+                raise ConfigError(f"tasks.{name}.weight: expected a positive number, found {t.weight!r}")
+            if t.crf and t.task != "tag":
+                raise ConfigError(f"tasks.{name}.crf: a CRF layer is for task tag, found {t.task!r}")
+            if t.class_weights and t.task != "classify":
+                raise ConfigError(f"tasks.{name}.class_weights: for task classify, found {t.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,12 +288,18 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+            hint = did_you_mean(key, names, prefix=prefix, clause=True)
             raise ConfigError(f"unknown config key {where!r}{hint}")
         tp = hints[key]
+        args = get_args(tp)
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value, prefix=f"{where}.")
+        elif get_origin(tp) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            # a mapping of named sections (tasks.NAME.field)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of names to sections, found {value!r}")
+            kwargs[key] = {str(k): build(args[1], v if v is not None else {}, prefix=f"{where}.{k}.")
+                           for k, v in value.items()}
         else:
             kwargs[key] = _check_type(value, tp, where)
     return cls(**kwargs)
@@ -303,10 +357,12 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         data["objective"] = default_objective
     model = data.get("model")
     if data.get("init_from"):
-        if model:
-            raise ConfigError("model: init_from loads the model's own config; drop the model section "
-                              f"(found {sorted(model)})")
-        data["model"] = {}
+        # init_from brings its own architecture; the model section may only change what leaves the
+        # weights' shapes alone (dropout, pooling, ...), checked against the loaded config later
+        if isinstance(model, dict) and ("preset" in model or "family" in model):
+            raise ConfigError("model: init_from loads the model's own config; model.preset/model.family "
+                              f"cannot change it (found {sorted(model)})")
+        data["model"] = dict(model or {})
     elif isinstance(model, dict) and "preset" not in model and "family" not in model:
         data["model"] = {"preset": "gpt2-tiny", **model}  # fields without a base apply to the default preset
     return build(TrainConfig, data)

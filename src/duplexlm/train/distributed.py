@@ -77,8 +77,9 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Module:
-    """DDP (or FSDP2 ``fully_shard`` of every block, then the root) when distributed."""
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, find_unused: bool = False) -> nn.Module:
+    """DDP (or FSDP2 ``fully_shard`` of every block, then the root) when distributed; ``find_unused``:
+    some parameters get no gradient in a step (a multi-task model trains one head at a time)."""
     if not info.enabled:
         return model
     if fsdp:
@@ -95,7 +96,8 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -76,6 +76,7 @@ class Run:
     loss_options: obj.LossOptions = field(default_factory=obj.LossOptions)
     test: ExampleSampler | None = None  # tasks: the test split, scored once at the end
     max_steps: int = 0  # cfg.max_steps, or what cfg.max_epochs makes of it
+    multi: Any = None  # task=multi: a multitask.MultiTask (each task's data, objective and schedule)
 
 
 def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -111,7 +112,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
         if base["family"] == "encoder":
             # [CLS] through the pooler, as BERT classifies; mean pooling needs none (and DDP rejects
             # parameters that get no gradient)
-            base["pooler"] = head["head"] == "classify" and base.get("pooling", "cls") == "cls"
+            base["pooler"] = _reads_pooled(head) and base.get("pooling", "cls") == "cls"
     elif base["family"] == "encoder":
         base["head"] = "mlm"
         if "pooler" not in spec:
@@ -168,7 +169,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 # what a resumed run must share with the run that wrote the checkpoint: anything else would change
 # the model or which data the remaining steps read
 _RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed",
-                "tokenizer", "method", "method_args", "augment", "crf", "class_weights", "label_smoothing")
+                "tokenizer", "method", "method_args", "augment", "crf", "class_weights", "label_smoothing", "tasks")
 
 
 def _check_resumable(saved: dict[str, Any] | None, cfg: TrainConfig, ckpt: Path) -> None:
@@ -186,8 +187,9 @@ def _check_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """The run directory: new, empty, or an earlier run of ours to ``resume`` or ``overwrite``."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite: pick one (continue the run in out_dir, or start it over)")
-    inputs = [p for p in (cfg.data.path, cfg.init_from, cfg.tokenizer, cfg.data.train, cfg.data.validation,
-                          cfg.data.test) if p and Path(p).exists()]
+    named = [cfg.data.path, cfg.init_from, cfg.tokenizer, cfg.data.train, cfg.data.validation, cfg.data.test]
+    named += [p for t in cfg.tasks.values() for p in (t.train, t.validation, t.test)]
+    inputs = [p for p in named if p and Path(p).exists()]
     out = check_output_dir(cfg.out_dir, "run", overwrite=True, flag="out_dir", inputs=inputs)
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         what = ("checkpoints of an earlier run" if list_checkpoints(out / "checkpoints")
@@ -253,11 +255,16 @@ def _shards_source(cfg: TrainConfig) -> _Source:
                    bytes_per_token=val_shards.bytes_per_token)
 
 
-def _examples_source(cfg: TrainConfig) -> _Source:
+def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = None) -> _Source:
     """Labelled examples: loaded, split, encoded with the model's tokenizer, into samplers; with
-    ``augment.p > 0`` the training sampler (only) augments each sample's text."""
+    ``augment.p > 0`` the training sampler (only) augments each sample's text. ``objective`` and
+    ``data`` (the fields train, validation, test, text_field, label_field): one task of a multi-task
+    run (default: the run's own)."""
     from ..data.tasks import load_task_data
     from .data import TextAugmenter, encode_examples
+
+    objective = objective or cfg.objective
+    data = data if data is not None else cfg.data
 
     if cfg.init_from:
         tok_dir = cfg.init_from
@@ -269,8 +276,8 @@ def _examples_source(cfg: TrainConfig) -> _Source:
     if not (Path(tok_dir) / "tokenizer.json").is_file():
         raise ConfigError(f"{'init_from' if cfg.init_from else 'tokenizer'}: {tok_dir} has no tokenizer.json")
     tokenizer = Tokenizer.from_dir(tok_dir)
-    task = load_task_data(cfg.objective, cfg.data.train, cfg.data.validation or None, cfg.data.test or None,
-                          text_field=cfg.data.text_field, label_field=cfg.data.label_field, seed=cfg.seed)
+    task = load_task_data(objective, data.train, data.validation or None, data.test or None,
+                          text_field=data.text_field, label_field=data.label_field, seed=cfg.seed)
     splits = dict(task.splits)
     if "validation" not in splits:
         # early stopping and the best checkpoint need held-out data: a seeded tenth of the training split
@@ -280,7 +287,7 @@ def _examples_source(cfg: TrainConfig) -> _Source:
         splits["train"] = [splits["train"][i] for i in sorted(order[n_val:])]
     names = task.label_names
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = {k: encode_examples(v, tokenizer, cfg.objective, cfg.data.seq_len, names, split=k)
+    encoded = {k: encode_examples(v, tokenizer, objective, cfg.data.seq_len, names, split=k)
                for k, v in splits.items()}
     num_labels = len(names) if names else task.num_targets
     augment = cfg.augment.config()
@@ -296,15 +303,59 @@ def _examples_source(cfg: TrainConfig) -> _Source:
         label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
 
 
+def _multi_source(cfg: TrainConfig) -> tuple[_Source, Any]:
+    """Every task of ``task=multi``: its own examples and objective, one shared tokenizer."""
+    from .multitask import MultiTask, TaskData, TaskSchedule
+
+    items = []
+    for name, t in cfg.tasks.items():
+        try:
+            src = _examples_source(cfg, t.task, t)
+        except DuplexError as e:
+            raise type(e)(f"tasks.{name}: {e}") from e
+        options = obj.LossOptions(
+            label_smoothing=cfg.label_smoothing,
+            class_weights=tasks.class_weights(src.train_labels, src.num_labels) if t.class_weights else None)
+        items.append((src, TaskData(name=name, spec=obj.get_objective(t.task), train=src.train, val=src.val,
+                                    test=src.test, label_names=src.label_names, num_labels=src.num_labels,
+                                    options=options, weight=t.weight)))
+    first = items[0][0]
+    multi = MultiTask(tasks=[d for _, d in items], schedule=TaskSchedule([d.weight for _, d in items]))
+    return dataclasses.replace(first, label_names=None, num_labels=0, train_labels=[], test=None), multi
+
+
 # a task head replaces whatever head the starting model had; these names are heads (and the
 # encoder's pooler, which masked-LM pretraining leaves out and classification adds)
-_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.")
+_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "task_heads.")
 
 
-def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> nn.Module:
+def _override_loaded(config: Any, changes: dict[str, Any], source: str) -> Any:
+    """``init_from``'s config with the model section's changes: fields that leave every weight's
+    shape as it is (dropout, attention dropout, pooling, ...); a shape field is an error."""
+    from ..errors import did_you_mean as _nearest
+
+    fields = type(config).__dataclass_fields__
+    for key, value in changes.items():
+        if key not in fields:
+            raise ConfigError(f"model.{key}: not a field of {type(config).__name__}{_nearest(key, list(fields))}")
+        shape = set(getattr(config, "SHAPE_FIELDS", ())) | {"vocab_size", "family", "head", "num_labels"}
+        if key in shape and value != getattr(config, key):
+            raise ConfigError(f"model.{key}={value!r}: init_from={source} has {key}={getattr(config, key)!r} and "
+                              "its weights are that shape; only fields that keep the shapes can change")
+    return config.replace(**changes)
+
+
+def _reads_pooled(head: dict[str, Any]) -> bool:
+    """Whether a head (or any head of a multi-task model) classifies the pooled vector."""
+    return head["head"] == "classify" or any(t["head"] == "classify" for t in (head.get("tasks") or {}).values())
+
+
+def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, multi: Any = None) -> nn.Module:
     """The model to train: ``init_from`` (re-headed for a task) or a fresh one from the model section."""
     head = None
-    if spec.data == "examples":
+    if multi is not None:
+        head = {"head": "none", "tasks": multi.heads({n: t.crf for n, t in cfg.tasks.items()})}
+    elif spec.data == "examples":
         head = {"head": spec.head, "num_labels": source.num_labels, "label_names": source.label_names}
         if spec.name == "tag":
             head["crf"] = cfg.crf
@@ -317,6 +368,8 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> n
     if config.family not in spec.families:
         raise ConfigError(f"init_from: {cfg.init_from} holds a {config.family}, objective {cfg.objective!r} needs "
                           f"a {' or '.join(spec.families)}")
+    if cfg.model:
+        config = _override_loaded(config, cfg.model, cfg.init_from)
     if hasattr(config, "max_seq_len"):
         _check_context(cfg.data.seq_len, config.max_seq_len, f"{cfg.init_from}'s max_seq_len")
     if head is None:
@@ -325,7 +378,7 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source) -> n
         return model
     changes = dict(head)
     if config.family == "encoder":
-        changes["pooler"] = spec.head == "classify" and getattr(config, "pooling", "cls") == "cls"
+        changes["pooler"] = _reads_pooled(head) and getattr(config, "pooling", "cls") == "cls"
     if config.family == "decoder" and config.pad_token_id is None:
         changes["pad_token_id"] = source.tokenizer.pad_token_id
     torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
@@ -352,7 +405,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         higher_is_better(cfg.eval_metric)  # an unknown name: a ConfigError naming the nearest known ones
     if spec.data == "shards" and not cfg.data.path:
         raise ConfigError("data.path: name a directory written by `duplex data prepare`")
-    if spec.data == "examples" and not cfg.data.train:
+    if spec.data == "examples" and spec.name != "multi" and not cfg.data.train:
         raise ConfigError("data.train: name a built-in task (reviews-zh, peoples-daily-ner) or a CSV/TSV/JSONL/"
                           "Parquet file")
     if spec.data == "shards" and cfg.method != "full":
@@ -360,8 +413,15 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     out_dir = _check_out_dir(cfg, resume, overwrite)
     if not cfg.init_from:
         _model_section(cfg)  # the model section's own rules, before any data is read
+    if spec.name == "multi" and cfg.fsdp:
+        raise ConfigError("fsdp: task=multi trains one head per step, and FSDP needs every parameter in every "
+                          "step; use DDP (fsdp=false)")
     info = init_distributed(cfg.device)
-    source = _shards_source(cfg) if spec.data == "shards" else _examples_source(cfg)
+    multi = None
+    if spec.name == "multi":
+        source, multi = _multi_source(cfg)
+    else:
+        source = _shards_source(cfg) if spec.data == "shards" else _examples_source(cfg)
     tokenizer = source.tokenizer
     if cfg.init_from and spec.data == "shards":
         init_tok = Tokenizer.from_dir(cfg.init_from) if (Path(cfg.init_from) / "tokenizer.json").is_file() else None
@@ -369,7 +429,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
             # same ids must mean the same tokens, or the pretrained embeddings are noise
             raise ConfigError(f"init_from: {cfg.init_from} was trained with another tokenizer than the data in "
                               f"{cfg.data.path}; prepare the data with --tokenizer {cfg.init_from}")
-    model = _model_from(cfg, spec, source)
+    model = _model_from(cfg, spec, source, multi)
     if model.config.vocab_size < source.vocab_size:
         raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
                           f"tokenizer's ({source.vocab_size})")
@@ -400,7 +460,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
             if info.is_main:
                 print(f"resumed from {ckpt} (step {state['step']})")
     # FSDP replaces the parameters with shards: wrap first, then build the optimizer over what trains
-    wrapped = wrap_model(model, info, fsdp=cfg.fsdp)
+    # multi-task: a step trains one head, so DDP must expect parameters without gradients
+    wrapped = wrap_model(model, info, fsdp=cfg.fsdp, find_unused=multi is not None)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
         eps=cfg.optim.eps, fused=info.device.type == "cuda" or None,
@@ -428,12 +489,13 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         tokens=source.tokens, train=source.train, val=source.val, bytes_per_token=source.bytes_per_token,
         amp_dtype=amp, out_dir=out_dir, flops_per_token=flops, peak_flops=matmul_peak(info.device, amp),
         state=state, scaler=scaler, spec=spec, label_names=source.label_names, loss_options=options,
-        test=source.test,
+        test=source.test, multi=multi,
     )
     run.max_steps = _max_steps(run)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
     # a problem in the data or the objective's settings surfaces before anything is written
-    make_batch(run, run.train, 0, 1, (cfg.seed, 7_919))
+    for sampler in [t.train for t in multi.tasks] if multi is not None else [run.train]:
+        make_batch(run, sampler, 0, 1, (cfg.seed, 7_919))
     if overwrite and info.is_main:
         _clear(out_dir)  # every entry was checked to be an earlier run's
     barrier(info)
@@ -446,7 +508,8 @@ def _max_steps(run: Run) -> int:
     if cfg.max_epochs is None:
         return cfg.max_steps
     per_step = cfg.batch_size * cfg.grad_accum * run.info.world_size
-    return max(1, math.ceil(cfg.max_epochs * run.train.n / per_step))
+    n = run.multi.n_train if run.multi is not None else run.train.n  # multi-task: every task's examples
+    return max(1, math.ceil(cfg.max_epochs * n / per_step))
 
 
 def _clear(directory: Path) -> None:
@@ -529,11 +592,19 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     # dropout draws from the global RNG: seed it from (seed, step, rank) so a resumed run, and every
     # rank, draws exactly what the uninterrupted run drew
     torch.manual_seed(_seed(cfg.seed, step, info.rank, 17))
+    sampler, loss_fn, model, options, own_step = run.train, run.spec.loss, run.model, run.loss_options, step
+    if run.multi is not None:  # this step trains one task: its data, its loss, its head
+        from .multitask import TaskView
+
+        k, own_step = run.multi.schedule.at(step)
+        task = run.multi.tasks[k]
+        sampler, loss_fn, options = task.train, task.spec.loss, task.options
+        model = TaskView(run.model, run.raw_model, task.name)
     batches = []
     for m in range(cfg.grad_accum):
-        start = (step * cfg.grad_accum + m) * B * world + info.rank * B
+        start = (own_step * cfg.grad_accum + m) * B * world + info.rank * B
         # masks and spans are seeded per global sample, not per rank or micro-batch
-        batches.append(make_batch(run, run.train, start, B, (cfg.seed,)))
+        batches.append(make_batch(run, sampler, start, B, (cfg.seed,)))
     local_targets = sum(_target_count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
     loss_sum = 0.0
@@ -544,7 +615,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             else contextlib.nullcontext()
         with sync:
             with autocast(info.device, run.amp_dtype):
-                loss, n = run.spec.loss(run.model, batch, run.loss_options)
+                loss, n = loss_fn(model, batch, options)
             # DDP averages gradients over ranks: multiply by world so the result is the global token mean
             weight = n / max(global_targets, 1.0) * world
             scaled = loss * weight
@@ -575,13 +646,18 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     n_tokens = sum(b["input_ids"].numel() for b in batches) * world
     run.state["tokens"] += n_tokens
-    return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "finite": finite, "tokens_step": n_tokens}
+    out = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "finite": finite, "tokens_step": n_tokens}
+    if run.multi is not None:
+        out["task"] = task.name
+    return out
 
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
     """Validation scores: loss per target token, perplexity and (clm) bits per byte on a fixed set
     of batches; for tasks the loss and the task's metrics over the whole validation split."""
+    if run.multi is not None:
+        return _evaluate_tasks(run, "val")[0]
     if isinstance(run.val, ExampleSampler):
         return evaluate_examples(run, run.val, "val")[0]
     cfg, info = run.cfg, run.info
@@ -613,21 +689,46 @@ def evaluate(run: Run) -> dict[str, float]:
 class _Replay:
     """Stands in for the model in a loss function, handing back the output already computed."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, crf: Any = None) -> None:
         self.out = out
+        if crf is not None:  # a multi-task tagger's CRF, which the loss finds on the model
+            self.crf = crf
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.out
 
 
-@torch.no_grad()
-def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every example of ``sampler``, in order (ranks take alternate batches): the mean loss and the
-    objective's metrics → (``{prefix}_name``: scalar, ..., the full metrics with per-class detail)."""
-    from .distributed import all_gather_objects
+def _evaluate_tasks(run: Run, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Multi-task: every task's ``split`` (val or test) → (``{split}_{task}_{metric}`` scalars and
+    ``{split}_loss``, the mean of the tasks' losses; ``{task: full metrics}``)."""
+    flat: dict[str, float] = {}
+    full: dict[str, Any] = {}
+    losses = []
+    for task in run.multi.tasks:
+        sampler = task.val if split == "val" else task.test
+        if sampler is None:
+            continue
+        scores, full[task.name] = evaluate_examples(run, sampler, f"{split}_{task.name}", task)
+        losses.append(scores[f"{split}_{task.name}_loss"])
+        flat.update(scores)
+    return {f"{split}_loss": sum(losses) / max(len(losses), 1), **flat}, full
 
-    cfg, info, spec = run.cfg, run.info, run.spec
+
+@torch.no_grad()
+def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
+                      task: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every example of ``sampler``, in order (ranks take alternate batches): the mean loss and the
+    objective's metrics → (``{prefix}_name``: scalar, ..., the full metrics with per-class detail).
+    ``task``: one task of a multi-task run (its objective, label names, loss options and head)."""
+    from .distributed import all_gather_objects
+    from .multitask import TaskView
+
+    cfg, info = run.cfg, run.info
+    spec = task.spec if task is not None else run.spec
+    label_names = task.label_names if task is not None else run.label_names
+    options = task.options if task is not None else run.loss_options
     model = unwrap(run.model) if not cfg.fsdp else run.model
+    reader = TaskView(model, run.raw_model, task.name) if task is not None else model
     model.eval()
     loss_sum, count, preds, refs = 0.0, 0, [], []
     B = cfg.batch_size
@@ -641,20 +742,20 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str) -> tuple[d
             rows = list(range(i * B, min(sampler.n, (i + 1) * B)))
             batch = _to_device(sampler.collate(rows), info.device)
             with autocast(info.device, run.amp_dtype):
-                out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss, n = spec.loss(_Replay(out), batch, run.loss_options)
+                out = reader(batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss, n = spec.loss(_Replay(out, getattr(reader, "crf", None)), batch, options)
             if cfg.fsdp and i % info.world_size != info.rank:
                 continue
             loss_sum += loss.item() * n
             count += n
-            p, r = spec.predict(out.logits.float(), batch, model)
+            p, r = spec.predict(out.logits.float(), batch, reader)
             preds.extend(p)
             refs.extend(r)
     finally:
         run.model.train()
     loss_sum, total = all_reduce_sum([loss_sum, float(count)], info)
     preds, refs = all_gather_objects(preds, info), all_gather_objects(refs, info)
-    full = spec.metrics(preds, refs, run.label_names)
+    full = spec.metrics(preds, refs, label_names)
     flat = {f"{prefix}_loss": loss_sum / max(total, 1.0)}
     flat.update({f"{prefix}_{k}": float(v) for k, v in full.items() if isinstance(v, (int, float))})
     return flat, full
@@ -819,6 +920,8 @@ def fit(run: Run) -> dict[str, Any]:
                           "tokens": state["tokens"], "tok_per_s": tps,
                           "mfu": tps * run.flops_per_token / (run.peak_flops * info.world_size),
                           "nonfinite": state["nonfinite"]}
+                if "task" in out:  # multi-task: which task this step trained
+                    record["task"] = out["task"]
                 log.write(record)
                 t_window, tok_window = time.perf_counter(), 0
                 if bar is not None:
@@ -868,7 +971,16 @@ def _eval_metric(run: Run) -> str:
     from ..eval.metrics import higher_is_better
 
     name = run.cfg.eval_metric or run.spec.default_metric
-    higher_is_better(name)  # an unknown name: a ConfigError with the nearest known ones
+    higher_is_better(_metric_kind(run, name))  # an unknown name: a ConfigError with the nearest known ones
+    return name
+
+
+def _metric_kind(run: Run, name: str) -> str:
+    """The metric a (multi-task: ``TASK_metric``) name scores, which says whether higher is better."""
+    if run.multi is not None:
+        for task in run.multi.tasks:
+            if name.startswith(task.name + "_"):
+                return name[len(task.name) + 1:]
     return name
 
 
@@ -882,7 +994,7 @@ def _track_best(run: Run, metric: str, scores: dict[str, float], step: int) -> s
     if value is None:
         raise ConfigError(f"eval_metric: {metric!r} is not among the validation scores "
                           f"({', '.join(k.removeprefix('val_') for k in scores)})")
-    improved = state["best_metric"] is None or is_better(metric, value, state["best_metric"])
+    improved = state["best_metric"] is None or is_better(_metric_kind(run, metric), value, state["best_metric"])
     if improved:
         state["best_metric"], state["best_step"], state["bad_evals"] = value, step, 0
         if run.spec.data == "examples" or cfg.patience:
@@ -926,8 +1038,12 @@ def _finish(run: Run) -> dict[str, Any]:
 
         _load_full_state(run, load_file(str(best)))
         out["best_step"], out[f"best_{_eval_metric(run)}"] = run.state["best_step"], run.state["best_metric"]
-    if run.test is not None:
-        scores, full = evaluate_examples(run, run.test, "test")
+    tested = run.test is not None or (run.multi is not None and any(t.test is not None for t in run.multi.tasks))
+    if tested:
+        if run.multi is not None:  # one entry per task
+            scores, full = _evaluate_tasks(run, "test")
+        else:
+            scores, full = evaluate_examples(run, run.test, "test")
         out.update(scores)
         if info.is_main:
             write_json(run.out_dir / "test_metrics.json", full)
@@ -968,6 +1084,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             trainable = sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad)
             what = (f"{run.train.n} training sequences of {run.train.chunk_len} tokens"
                     if isinstance(run.train, ChunkSampler) else
+                    "tasks " + ", ".join(f"{t.name} ({t.spec.name}: {t.train.n} training / {t.val.n} validation"
+                                         + (f" / {t.test.n} test" if t.test is not None else "") + ")"
+                                         for t in run.multi.tasks)
+                    if run.multi is not None else
                     f"{run.train.n} training / {run.val.n} validation examples"
                     + (f" / {run.test.n} test" if run.test is not None else ""))
             print(f"{run.raw_model.config.family} {n / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained, "

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from .config import TrainConfig
 
 # the task heads (trainable under freeze and lora) and the embeddings, by parameter name
-_HEADS = ("classifier.", "head.", "attention_pool.", "pooler.", "crf.")
+_HEADS = ("classifier.", "head.", "attention_pool.", "pooler.", "crf.", "task_heads.")
 _EMBEDDINGS = ("embed.", "pos_embed.", "type_embed.", "embed_norm.", "shared.")
 
 

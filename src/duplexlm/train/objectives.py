@@ -624,6 +624,11 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Tensor], objective: Objec
         out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                     decoder_input_ids=batch["decoder_input_ids"],
                     decoder_attention_mask=batch.get("decoder_attention_mask"))
+    elif objective == "mlm":
+        # the vocabulary logits at the masked positions only: the same loss, most of the head's cost saved
+        scored = labels != IGNORE_INDEX
+        out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), logits_at=scored)
+        labels = labels[scored]
     else:
         out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
     logits = out.logits

@@ -161,6 +161,15 @@ TAG = register(ObjectiveSpec(
     predict=tag_predict, metrics=tag_metrics))
 
 
+def _multi_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
+    raise RuntimeError("task=multi: each step uses one task's own loss (see duplexlm.train.multitask)")
+
+
+# several tasks on one encoder: the loop draws each step's task and uses that task's entry above
+MULTI = register(ObjectiveSpec(
+    name="multi", families=("encoder",), head="none", data="examples", loss=_multi_loss, default_metric="loss"))
+
+
 def class_weights(labels: list[int], num_labels: int) -> torch.Tensor:
     """Inverse-frequency weights ``n / (K * count_k)`` (sklearn's "balanced"); an absent class gets 0.
 
@@ -172,4 +181,4 @@ def class_weights(labels: list[int], num_labels: int) -> torch.Tensor:
     return torch.where(counts > 0, weights, torch.zeros_like(weights))
 
 
-__all__ = ["CLASSIFY", "REGRESS", "TAG", "class_weights", "classify_loss", "regress_loss", "tag_loss"]
+__all__ = ["CLASSIFY", "MULTI", "REGRESS", "TAG", "class_weights", "classify_loss", "regress_loss", "tag_loss"]
