@@ -184,15 +184,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Pretrain a model (clm: decoder, mlm: encoder, span: encoder-decoder) from a YAML config plus
+    """Pretrain a model (clm: decoder, mlm or rtd: encoder, span: encoder-decoder) from a YAML config plus
     key=value overrides; --resume continues from the newest complete checkpoint."""
     from .train.loop import pretrain
 
     cfg = _train_config(args)
-    if cfg.objective not in ("clm", "mlm", "span"):
+    if cfg.objective not in ("clm", "mlm", "span", "rtd"):
         from .errors import ConfigError
 
-        raise ConfigError(f"objective: expected clm, mlm or span, found {cfg.objective!r} (tasks run with "
+        raise ConfigError(f"objective: expected clm, mlm, span or rtd, found {cfg.objective!r} (tasks run with "
                           "`duplex finetune`)")
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):

@@ -22,7 +22,7 @@ Family = Literal["encoder", "decoder", "seq2seq", "rnn"]
 Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 Positions = Literal["learned", "rope", "relative", "none"]
-EncoderHead = Literal["none", "mlm", "classify", "tag"]
+EncoderHead = Literal["none", "mlm", "classify", "tag", "rtd"]
 DecoderHead = Literal["none", "lm", "classify"]
 Seq2SeqHead = Literal["none", "lm"]
 RNNHead = Literal["none", "classify", "tag", "lm"]
@@ -206,6 +206,9 @@ class EncoderConfig(BaseConfig):
     # multi-task: named heads over the shared encoder, {name: {head: classify|tag, num_labels,
     # label_names, crf}}; the model's own head is then "none" (see duplexlm.models.heads)
     tasks: dict[str, dict[str, Any]] | None = None
+    # head "rtd" (ELECTRA's replaced-token detection): blocks of the small masked-LM generator that
+    # shares the embeddings and proposes the replacements; dropped when the encoder is fine-tuned
+    generator_layers: int = 1
 
     def __post_init__(self) -> None:
         self._check_literals()
@@ -229,7 +232,7 @@ class EncoderConfig(BaseConfig):
                                   "token; set pooler=True, or pooling='mean'")
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        self._positive("d_ff", "num_labels")
+        self._positive("d_ff", "num_labels", "generator_layers")
         self._probability("dropout", "attn_dropout")
 
     @property

@@ -179,6 +179,8 @@ class _Plan:
     pooling: str = "mean"
     finetune_dropout: float = 0.1
     pretrain_lr: float = 2e-3
+    objective: str = "mlm"  # mlm (BERT) or rtd (ELECTRA's replaced-token detection)
+    mask_prob: float = 0.3
     finetune_lr: float = 5e-4
     pretrain_seconds: float = 0.0
     finetune_epochs: float = 1.5
@@ -294,22 +296,24 @@ def _pretrain(out: Path, plan: _Plan, data: Path) -> tuple[Path, dict[str, Any]]
     from .train.config import load_train_config
     from .train.loop import model_config_for, pretrain
 
-    args = ["objective=mlm", f"data.path={data}", f"data.seq_len={plan.seq_len}", *_encoder_args(plan),
-            "model.dropout=0.0", "model.attn_dropout=0.0", "objective_args.mask_prob=0.3", "batch_size=32",
+    args = [f"objective={plan.objective}", f"data.path={data}", f"data.seq_len={plan.seq_len}", *_encoder_args(plan),
+            "model.dropout=0.0", "model.attn_dropout=0.0", f"objective_args.mask_prob={plan.mask_prob}", "batch_size=32",
             f"optim.lr={plan.pretrain_lr}", f"optim.min_lr={plan.pretrain_lr / 10}", "optim.warmup_steps=50", "eval_batches=8", "log_every=10",
             f"progress={not plan.quick}"]
     steps = _steps_for(args, plan.pretrain_seconds, out / "pretrain")
     tok = Tokenizer.from_dir(data)
     torch.manual_seed(1337)
     fresh = build_model(model_config_for(load_train_config(None, args), tok.vocab_size, tok)).eval()
-    _fill(fresh, tok, "before")
+    if plan.objective == "mlm":
+        _fill(fresh, tok, "before")
     t0 = time.perf_counter()
     result = pretrain(load_train_config(None, [*args, f"out_dir={out / 'pretrain'}", f"max_steps={steps}",
                                                f"eval_every={max(steps // 4, 1)}", f"save_every={steps}"]),
                       overwrite=True)
     seconds = time.perf_counter() - t0
     model, tok = load(out / "pretrain" / "model")
-    _fill(model, tok, "after")
+    if plan.objective == "mlm":
+        _fill(model, tok, "after")
     rows = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     tokens = max(r.get("tokens", 0) for r in rows)
     info = {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens, "val_loss": result["val_loss"],
@@ -354,15 +358,17 @@ def _finetune(out: Path, plan: _Plan, name: str, train: str, n: int, model_args:
 
     batch = 32
     steps = max(30, math.ceil(plan.finetune_epochs * n / batch))
-    if n <= 3000 and not plan.quick:
-        steps = max(steps, 100)  # small label sets: several passes, the best evaluation is kept
+    if n <= 1000 and not plan.quick:
+        # small label sets: several passes (100 labels: 13 epochs, 1,000: 4), the best evaluation kept
+        steps = min(max(40, math.ceil(8 * n / batch)), 125)
     run_dir = out / "runs" / name
     t0 = time.perf_counter()
     result = finetune(load_train_config(None, [
         "task=classify", f"data.train={train}", f"data.validation={plan.validation}", f"data.test={plan.test}",
-        f"data.seq_len={plan.seq_len}", f"batch_size={batch}", f"max_steps={steps}",
+        f"data.seq_len={plan.seq_len}", "data.group_by_length=true", f"batch_size={batch}", f"max_steps={steps}",
         f"eval_every={math.ceil(steps / plan.evals)}", f"save_every={steps}", "patience=2",
-        f"optim.lr={plan.finetune_lr}", f"optim.min_lr={plan.finetune_lr / 10}", f"optim.warmup_steps={max(steps // 10, 5)}", "optim.weight_decay=0.01",
+        f"optim.lr={plan.finetune_lr}", f"optim.min_lr={plan.finetune_lr / 10}",
+        f"optim.warmup_steps={max(steps // 10, 5)}", "optim.weight_decay=0.01",
         "log_every=10", "progress=false", f"out_dir={run_dir}", *model_args]), overwrite=True)
     test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
     row = {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "labels": n, "steps": result["step"],

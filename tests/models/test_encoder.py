@@ -270,3 +270,15 @@ def test_logits_at_masked_positions_equal_the_full_logits(norm_position: str) ->
     torch.testing.assert_close(some, full[at], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"logits_at: expected shape \(3, 10\)"):
         model(ids, logits_at=at[:, :5])
+
+
+def test_flops_per_token_count_the_heads_where_they_run() -> None:
+    cfg = EncoderConfig(vocab_size=1000, max_seq_len=64, d_model=32, n_layer=2, n_head=4, head="mlm", pooler=False)
+    model = Encoder(cfg)
+    blocks = 6 * 2 * (sum(p.numel() for p in model.blocks[0].parameters() if p.dim() == 2) + 2 * 32 * 64)
+    head = 6 * (32 * 32 + 1000 * 32)
+    assert model.num_flops_per_token(64) == pytest.approx(blocks + head)
+    assert model.num_flops_per_token(64, head_fraction=0.25) == pytest.approx(blocks + head / 4)
+    rtd = Encoder(EncoderConfig(vocab_size=1000, max_seq_len=64, d_model=32, n_layer=2, n_head=4, head="rtd",
+                                pooler=False, generator_layers=1))
+    assert rtd.num_flops_per_token(64, 0.25) > blocks * 1.4  # the generator's block and head cost too

@@ -93,8 +93,10 @@ def test_early_stopping_stops_and_restores_the_best(review_files, pd_corpus, tmp
     assert state["stopped_early"] and state["best_step"] == 5
 
 
-def test_resume_after_a_kill_repeats_the_run_exactly(review_files, pd_corpus, tmp_path):
-    args = ["max_steps=20", "save_every=10", "eval_every=10", "keep_last=3", "model.dropout=0.1"]
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resume_after_a_kill_repeats_the_run_exactly(review_files, pd_corpus, tmp_path, grouped):
+    args = ["max_steps=20", "save_every=10", "eval_every=10", "keep_last=3", "model.dropout=0.1",
+            f"data.group_by_length={str(grouped).lower()}"]
     full = tmp_path / "full"
     finetune(_cfg(review_files, pd_corpus / "tok", full, *args))
     part = tmp_path / "part"

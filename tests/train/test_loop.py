@@ -59,7 +59,7 @@ def _bytes_per_token(data: Path) -> float:
     return val["bytes"] / val["tokens"]
 
 
-@pytest.mark.parametrize("objective,preset", [("mlm", "bert-tiny"), ("span", "t5-tiny")])
+@pytest.mark.parametrize("objective,preset", [("mlm", "bert-tiny"), ("span", "t5-tiny"), ("rtd", "bert-tiny")])
 def test_other_objectives_train(pd_data, tmp_path, objective, preset):
     out = tmp_path / objective
     cfg = load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", f"objective={objective}",
@@ -248,9 +248,10 @@ def test_tensorboard_logging(pd_data, tmp_path):
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
 
 
-def test_resume_is_exact_with_dropout_and_masking(pd_data, tmp_path):
-    """Dropout and MLM masks draw random numbers: a resumed run must draw the same ones."""
-    args = ["objective=mlm", "model.preset=bert-tiny", "model.n_layer=1", "model.d_model=64", "model.dropout=0.1",
+@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+def test_resume_is_exact_with_dropout_and_masking(pd_data, tmp_path, objective):
+    """Dropout, MLM masks and RTD replacements draw random numbers: a resumed run must draw the same ones."""
+    args = [f"objective={objective}", "model.preset=bert-tiny", "model.n_layer=1", "model.d_model=64", "model.dropout=0.1",
             "max_steps=8", "save_every=4", "keep_last=3", "eval_every=8"]
     full = tmp_path / "full"
     pretrain(_cfg(pd_data, full, *args))
@@ -329,3 +330,23 @@ def test_more_processes_than_gpus_is_a_named_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match=r"process 1 on this machine, but it has 1 GPU; use --nproc-per-node 1"):
         init_distributed("auto")
+
+
+@pytest.mark.parametrize("objective,preset", [("clm", "gpt2-tiny"), ("mlm", "bert-tiny"), ("rtd", "bert-tiny"),
+                                              ("span", "t5-tiny")])
+def test_the_logged_step_loss_is_the_objectives_loss_on_that_batch(pd_data, tmp_path, objective, preset):
+    """The loss a step reports (and weights micro-batches and ranks by) is the objective's own mean:
+    the count read off the batch before the forward pass agrees with the loss's."""
+    from duplexlm.train.loop import cleanup, make_batch, setup, train_step
+
+    no_dropout = ["model.dropout=0.0"] + (["model.attn_dropout=0.0"] if preset == "bert-tiny" else [])
+    run = setup(_cfg(pd_data, tmp_path / "r", f"objective={objective}", f"model.preset={preset}", *no_dropout,
+                     "grad_accum=2", "max_steps=2"))
+    try:
+        batches = [make_batch(run, run.train, m * 4, 4, (run.cfg.seed,)) for m in range(2)]
+        with torch.no_grad():
+            parts = [run.spec.loss(run.raw_model, b, run.loss_options) for b in batches]
+        expected = sum(loss.item() * n for loss, n in parts) / sum(n for _, n in parts)
+        assert train_step(run, 0)["loss"] == pytest.approx(expected, rel=1e-5)
+    finally:
+        cleanup(run.info)

@@ -523,3 +523,78 @@ def test_mlm_loss_on_masked_positions_equals_the_full_logits_loss():
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_rtd_batch_masks_every_chosen_position_and_rows_are_independent():
+    from duplexlm.train.objectives import rtd_batch
+
+    kw = dict(mask_token_id=4, vocab_size=100, special_ids={0, 1, 2, 3, 4}, cls_token_id=2, sep_token_id=3,
+              mask_prob=0.3)
+    chunk = torch.randint(5, 100, (3, 20), generator=torch.Generator().manual_seed(0))
+    gens = lambda *s: [torch.Generator().manual_seed(x) for x in s]  # noqa: E731
+    both = rtd_batch(chunk, generator=gens(1, 2, 3), **kw)
+    alone = rtd_batch(chunk[2:], generator=gens(3), **kw)
+    chosen = both["labels"] != IGNORE_INDEX
+    assert torch.equal(chosen, both["input_ids"] == 4)  # every chosen position is [MASK], no other
+    assert both["replace_u"].shape == (3, 22) and 0 <= float(both["replace_u"].min()) < 1
+    for key in ("input_ids", "labels", "replace_u"):
+        assert torch.equal(both[key][2:], alone[key]), key
+
+
+def _rtd_model(**kw):
+    from duplexlm.config import EncoderConfig
+
+    torch.manual_seed(0)
+    return build_model(EncoderConfig(vocab_size=50, max_seq_len=16, d_model=32, n_layer=2, n_head=4, head="rtd",
+                                     pooler=False, dropout=0.0, attn_dropout=0.0, **kw))
+
+
+def test_rtd_generator_samples_by_inverse_cdf():
+    """The replacement at a position is the first id whose cumulative generator probability exceeds
+    u: with all mass on two ids, u below their split gives the first, above it the second, and an id
+    without mass is never drawn (u = 0 included)."""
+    model = _rtd_model()
+    head = model.generator["head"]
+    with torch.no_grad():  # the generator's logits: ln 3 for id 7, 0 for id 9, -inf elsewhere → p = 0.75, 0.25
+        head.dense.weight.zero_()
+        head.decoder.bias.fill_(-1e9)
+        head.decoder.bias[7], head.decoder.bias[9] = math.log(3.0), 0.0
+        model.embed.weight.zero_()  # the tied decoder's weights: the logits are the bias alone
+    ids = torch.full((1, 6), 4)
+    at = torch.tensor([[False, True, True, True, True, False]])
+    u = torch.tensor([[0.5, 0.0, 0.74, 0.76, 0.999, 0.5]])
+    out = model(ids, replace_at=at, replace_u=u)
+    assert out.aux["sampled"].tolist() == [7, 7, 9, 9]
+    assert out.logits.shape == (1, 6) and out.aux["generator_logits"].shape == (4, 50)
+    mlm = build_model(dataclasses.replace(model.config, head="mlm"))
+    with pytest.raises(ValueError, match="replace_at: replaced-token detection needs head='rtd'"):
+        mlm(ids, replace_at=at, replace_u=u)
+
+
+def test_rtd_loss_learns_and_fine_tuning_drops_the_generator(tmp_path):
+    from duplexlm.io import save_model
+    from duplexlm.train.objectives import rtd_batch, rtd_loss
+
+    model = _rtd_model(norm_position="pre")
+    batch = rtd_batch(torch.randint(5, 50, (8, 14), generator=torch.Generator().manual_seed(1)),
+                      generator=[torch.Generator().manual_seed(s) for s in range(8)], mask_token_id=4,
+                      vocab_size=50, special_ids={0, 1, 2, 3, 4}, cls_token_id=2, sep_token_id=3, mask_prob=0.3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, n = rtd_loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert n == 8 * 16 and losses[-1] < losses[0] / 2
+    save_model(model, tmp_path / "rtd")
+    from duplexlm.io import load_config_and_weights
+
+    config, sd = load_config_and_weights(tmp_path / "rtd")
+    assert config.head == "rtd" and any(k.startswith("generator.") for k in sd)
+    from duplexlm.errors import UnsupportedModelError
+    from duplexlm.io import convert_to_hf
+
+    with pytest.raises(UnsupportedModelError):
+        convert_to_hf(tmp_path / "rtd", tmp_path / "hf")

@@ -91,12 +91,16 @@ def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretok
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # every text encoded in one call: the truncating tokenizer is built once, not once per batch
     everything = encode_texts(tokenizer, list(texts), _max_length(model, max_length), pretokenized=pretokenized)
-    out = []
-    for encodings in _batches(everything, batch_size):
+    # batched by length (little padding), answered in the order given
+    order = sorted(range(len(everything)), key=lambda i: len(everything[i].ids))
+    out: list[Any] = [None] * len(everything)
+    for rows in _batches(order, batch_size):
+        encodings = [everything[i] for i in rows]
         ids, mask = _pad(encodings, pad, device)
         extra = {"task": task} if task is not None else {}  # a multi-task model's head
         logits = model(ids, attention_mask=mask, **extra).logits.float().cpu()
-        out.extend(zip(encodings, logits))
+        for i, enc, row in zip(rows, encodings, logits):
+            out[i] = (enc, row)
     return out
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, EncoderConfig
 from .crf import crf_for
-from .heads import MLMHead, build_task_heads
+from .heads import MLMHead, RTDHead, build_task_heads
 from .layers import MLP, Attention, build_norm, make_mask
 from .outputs import ModelOutput
 
@@ -121,6 +121,16 @@ class Encoder(nn.Module):
         # multi-task: several named heads over the one encoder (``forward(..., task=name)`` picks one)
         p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
         self.task_heads = build_task_heads(c.tasks, c.d_model, p) if c.tasks else None
+        # ELECTRA: the discriminator's head, and a small masked-LM generator over the same embeddings
+        self.rtd_head = RTDHead(c.d_model, c.activation) if c.head == "rtd" else None
+        self.generator: nn.ModuleDict | None = None
+        if c.head == "rtd":
+            self.generator = nn.ModuleDict({
+                "blocks": nn.ModuleList(Block(c) for _ in range(c.generator_layers)),
+                "head": MLMHead(c.d_model, c.vocab_size, c.activation, c.norm_eps),
+            })
+            if c.norm_position == "pre":
+                self.generator["final_norm"] = build_norm("layernorm", c.d_model, c.norm_eps)
         self.apply(self._init_weights)
         self.tie_weights()
         # A state dict may leave out the tied decoder weight (from_hf does, safetensors files often
@@ -145,14 +155,18 @@ class Encoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def tie_weights(self) -> None:
-        """Share the word embedding with the masked-LM decoder."""
+        """Share the word embedding with the masked-LM decoder (and the RTD generator's)."""
         if self.mlm_head is not None:
             self.mlm_head.decoder.weight = self.embed.weight
+        if self.generator is not None:
+            self.generator["head"].decoder.weight = self.embed.weight
 
     def _fill_tied_weight(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        tied, source = prefix + "mlm_head.decoder.weight", prefix + "embed.weight"
-        if self.mlm_head is not None and tied not in state_dict and source in state_dict:
-            state_dict[tied] = state_dict[source]
+        source = prefix + "embed.weight"
+        for head, tied in ((self.mlm_head, "mlm_head.decoder.weight"),
+                           (self.generator, "generator.head.decoder.weight")):
+            if head is not None and prefix + tied not in state_dict and source in state_dict:
+                state_dict[prefix + tied] = state_dict[source]
 
     def _check_input(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
                      position_ids: Tensor | None) -> None:
@@ -183,7 +197,8 @@ class Encoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False,
-                logits_at: Tensor | None = None, task: str | None = None) -> ModelOutput:
+                logits_at: Tensor | None = None, task: str | None = None,
+                replace_at: Tensor | None = None, replace_u: Tensor | None = None) -> ModelOutput:
         """input_ids (B, T); attention_mask (B, T) of 1 = real token, 0 = padding; token_type_ids
         (B, T) segment ids (default 0); position_ids (B, T) (default 0..T-1).
 
@@ -193,17 +208,29 @@ class Encoder(nn.Module):
         multiply of a small encoder, so this saves most of it.
 
         ``task``: a multi-task model's head to run (``config.tasks`` names them); without it a
-        multi-task model returns hidden states only."""
+        multi-task model returns hidden states only.
+
+        ``replace_at`` (B, T) bool and ``replace_u`` (B, T) in [0, 1), head ``rtd`` (ELECTRA
+        pretraining): the generator reads ``input_ids`` (masked there), proposes a token at each
+        ``replace_at`` position — drawn from its softmax by inverse CDF with ``replace_u`` as the
+        uniform draw, so the sample is a pure function of the batch — and the discriminator reads
+        the corrupted input. ``logits`` are then the discriminator's (B, T) and ``aux`` holds the
+        generator's ``generator_logits`` (N, V) and its ``sampled`` ids (N,), in row-major order of
+        the ``replace_at`` positions."""
         self._check_input(input_ids, attention_mask, token_type_ids, position_ids)
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(position_ids)  # (B, T, C)
-        x = self.dropout(self.embed_norm(x))
         mask = make_mask(attention_mask, T, T, causal=False)  # (B, 1, 1, T) or None: every token sees all
         impl = "eager" if output_attentions else "sdpa"
+        aux = None
+        if replace_at is not None:
+            if self.generator is None or replace_u is None:
+                raise ValueError("replace_at: replaced-token detection needs head='rtd' and replace_u")
+            input_ids, aux = self._corrupt(input_ids, replace_at, replace_u, token_type_ids, position_ids, mask)
+        x = self._embed(input_ids, token_type_ids, position_ids)  # (B, T, C)
 
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         attentions: list[Tensor] = []
@@ -235,11 +262,59 @@ class Encoder(nn.Module):
         elif self.classifier is not None:
             features = pooled if self.config.head == "classify" else x  # (B, C) or (B, T, C)
             logits = self.classifier(self.classifier_dropout(features))  # (B, [T,] num_labels)
+        elif self.rtd_head is not None:
+            logits = self.rtd_head(x)  # (B, T): was this token replaced?
         return ModelOutput(
             last_hidden_state=x, logits=logits, pooled_output=pooled,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
+            attentions=tuple(attentions) if output_attentions else None, aux=aux,
         )
+
+    def num_flops_per_token(self, seq_len: int | None = None, head_fraction: float = 1.0) -> float:
+        """Forward+backward FLOPs per token: 6 × the blocks' matmul weights + attention (PaLM
+        appendix B), plus the heads; a masked-LM head (and the RTD generator's) runs at
+        ``head_fraction`` of the positions, the masked ones."""
+        c = self.config
+        T = seq_len or c.max_seq_len
+
+        def matmul(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters() if p.dim() == 2)
+
+        per_layer = matmul(self.blocks[0]) + 2 * c.d_model * T  # weights + scores and weighted values
+        flops = 6.0 * c.n_layer * per_layer
+        vocab_head = c.d_model * c.d_model + c.vocab_size * c.d_model  # dense + decoder onto the vocabulary
+        if self.mlm_head is not None:
+            flops += 6.0 * vocab_head * head_fraction
+        if self.generator is not None:
+            flops += 6.0 * (c.generator_layers * per_layer + vocab_head * head_fraction) + 6.0 * matmul(self.rtd_head)
+        flops += 6.0 * (matmul(self.classifier) + matmul(self.pooler))
+        return flops
+
+    def _embed(self, input_ids: Tensor, token_type_ids: Tensor, position_ids: Tensor) -> Tensor:
+        x = self.embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(position_ids)  # (B, T, C)
+        return self.dropout(self.embed_norm(x))
+
+    def _corrupt(self, input_ids: Tensor, replace_at: Tensor, replace_u: Tensor, token_type_ids: Tensor,
+                 position_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's pass (see ``forward``): → (the corrupted ids, ``aux``)."""
+        assert self.generator is not None
+        B, T = input_ids.shape
+        for name, t in (("replace_at", replace_at), ("replace_u", replace_u)):
+            if tuple(t.shape) != (B, T):
+                raise ValueError(f"{name}: expected shape {(B, T)} (as input_ids), found {tuple(t.shape)}")
+        at = replace_at.bool()
+        h = self._embed(input_ids, token_type_ids, position_ids)
+        for block in self.generator["blocks"]:
+            h, _ = block(h, mask, "sdpa")
+        if "final_norm" in self.generator:
+            h = self.generator["final_norm"](h)
+        gen_logits = self.generator["head"](h[at])  # (N, V)
+        with torch.no_grad():  # the sample is not differentiated (ELECTRA trains the two losses apart)
+            cdf = gen_logits.float().softmax(-1).cumsum(-1)
+            u = replace_u[at].to(cdf.dtype)[:, None] * cdf[:, -1:]  # scaled: the last cdf entry may round below 1
+            # the first id whose cumulative probability exceeds u: never one the generator gives no mass
+            sampled = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+        return input_ids.masked_scatter(at, sampled), {"generator_logits": gen_logits, "sampled": sampled}
 
 
 __all__ = ["Block", "Encoder", "MLMHead", "mean_pool"]

@@ -53,6 +53,21 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(x))))
 
 
+class RTDHead(nn.Module):
+    """ELECTRA's discriminator head: dense → activation → one logit per token, "was this token
+    replaced?"."""
+
+    def __init__(self, d_model: int, activation: str) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = ACTIVATIONS[activation]
+        self.out = nn.Linear(d_model, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, C) → logits (B, T)."""
+        return self.out(self.act(self.dense(x))).squeeze(-1)
+
+
 class TaskHead(nn.Module):
     """One named task's head: dropout and a linear layer; ``tag`` heads may add a CRF."""
 
@@ -129,4 +144,4 @@ def task_head_kind(config: Any, task: str | None) -> tuple[str, dict[str, Any]]:
     return spec["head"], spec
 
 
-__all__ = ["TASK_HEAD_KINDS", "MLMHead", "TaskHead", "build_task_heads", "check_task_heads", "task_head_kind"]
+__all__ = ["TASK_HEAD_KINDS", "MLMHead", "RTDHead", "TaskHead", "build_task_heads", "check_task_heads", "task_head_kind"]

@@ -23,3 +23,6 @@ class ModelOutput:
     attentions: tuple[Tensor, ...] | None = None  # (B, nh, Tq, Tk) per layer when asked for; RNN pooling: (B, T)
     encoder_last_hidden_state: Tensor | None = None  # seq2seq only
     kv_cache: Any = None  # the cache passed in, advanced past this call's tokens
+    # what one objective's forward adds (ELECTRA pretraining: the generator's logits at the masked
+    # positions, the corrupted input and which of its tokens were replaced)
+    aux: dict[str, Tensor] | None = None

@@ -26,7 +26,7 @@ from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span", "classify", "regress", "tag", "multi"]
+Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi"]
 TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
@@ -42,6 +42,9 @@ class DataSection:
     test: str = ""
     text_field: str = "text"
     label_field: str = "label"
+    # fine-tuning: batches of similar lengths (groups of 50 global batches sorted by length): less
+    # padding, faster steps; which examples meet in a group stays random
+    group_by_length: bool = False
 
 
 @dataclass
@@ -80,6 +83,7 @@ class ObjectiveSection:
     whole_word: bool = False  # mlm: mask every token of a chosen word (needs word boundaries in the data)
     noise_density: float = 0.15  # span
     mean_span_length: float = 3.0  # span
+    rtd_weight: float = 50.0  # rtd: weight of the discriminator's loss against the generator's (ELECTRA's 50)
 
 
 @dataclass
@@ -184,6 +188,7 @@ class TrainConfig:
             ("objective_args.mask_prob", a.mask_prob, 0.0 < a.mask_prob <= 1.0, "a probability in (0, 1]"),
             ("objective_args.noise_density", a.noise_density, 0.0 < a.noise_density < 1.0, "a fraction in (0, 1)"),
             ("objective_args.mean_span_length", a.mean_span_length, a.mean_span_length >= 1.0, "a length >= 1"),
+            ("objective_args.rtd_weight", a.rtd_weight, a.rtd_weight > 0.0, "a positive number"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
             ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),

@@ -28,10 +28,18 @@ from ..errors import DataError
 
 
 class _Shuffled:
-    """Index ``g`` → a position in ``[0, n)``: epoch by epoch, each a seeded permutation."""
+    """Index ``g`` → a position in ``[0, n)``: epoch by epoch, each a seeded permutation.
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+    With ``lengths`` and ``group`` > 1 each run of ``group`` consecutive positions of the permutation
+    is sorted by length, longest first (Hugging Face's ``group_by_length``): consecutive samples —
+    a batch — have similar lengths and little padding, while which examples meet in a group stays
+    random. Still a function of (seed, ``g``) alone."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, lengths: Sequence[int] | None = None,
+                 group: int = 0) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.lengths = torch.tensor(lengths, dtype=torch.long) if lengths is not None and group > 1 else None
+        self.group = group
         self._perms: dict[int, Tensor] = {}
 
     def index(self, g: int) -> int:
@@ -39,8 +47,11 @@ class _Shuffled:
         if not self.shuffle:
             return i
         if epoch not in self._perms:  # keep one epoch's permutation: steps walk forwards
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + epoch))}
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            if self.lengths is not None:
+                perm = torch.cat([part[torch.sort(self.lengths[part], descending=True, stable=True).indices]
+                                  for part in perm.split(self.group)])
+            self._perms = {epoch: perm}
         return int(self._perms[epoch][i])
 
 
@@ -79,6 +90,9 @@ class ExampleSampler:
     :meth:`batch` reads for sample ``g`` instead of the stored ones. Only :meth:`batch` calls it;
     :meth:`collate` (evaluation) always reads the stored ids. Not for tags, whose labels follow the ids.
 
+    ``group_by_length``: groups of that many consecutive samples sorted by length (0: off), so
+    batches waste little compute on padding (see ``_Shuffled``).
+
     >>> s = ExampleSampler([[5, 6, 7], [8, 9]], [1, 0], seed=0, pad_id=0, shuffle=False,
     ...                    augment=lambda i, g: [5 + g])
     >>> s.batch(2, 2)["input_ids"].tolist(), s.collate([0, 1])["input_ids"].tolist()
@@ -87,7 +101,7 @@ class ExampleSampler:
 
     def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[Any], seed: int, pad_id: int,
                  shuffle: bool = True, name: str = "train",
-                 augment: Callable[[int, int], list[int]] | None = None) -> None:
+                 augment: Callable[[int, int], list[int]] | None = None, group_by_length: int = 0) -> None:
         if len(ids) != len(labels):
             raise ValueError(f"ids and labels: expected as many, found {len(ids)} and {len(labels)}")
         if not ids:
@@ -98,7 +112,7 @@ class ExampleSampler:
         if augment is not None and not isinstance(first, int) and len(first) and isinstance(first[0], int):
             raise ValueError(f"{name} split: augment changes the ids, and tags per token would no longer align")
         self.augment = augment
-        self._order = _Shuffled(self.n, seed, shuffle)
+        self._order = _Shuffled(self.n, seed, shuffle, [len(x) for x in self.ids], group_by_length)
 
     def indices(self, start: int, count: int) -> list[int]:
         return [self._order.index(g) for g in range(start, start + count)]

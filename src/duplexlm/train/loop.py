@@ -114,7 +114,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
             # parameters that get no gradient)
             base["pooler"] = _reads_pooled(head) and base.get("pooling", "cls") == "cls"
     elif base["family"] == "encoder":
-        base["head"] = "mlm"
+        base["head"] = "rtd" if cfg.objective == "rtd" else "mlm"
         if "pooler" not in spec:
             base["pooler"] = False  # masked LM never uses it (and DDP rejects parameters without gradients)
     if base["family"] == "decoder":
@@ -203,13 +203,14 @@ def _check_objective_data(cfg: TrainConfig, shards: Any, tokens: obj.ObjectiveTo
     """What the objective needs from the data and its tokenizer, checked before anything is written."""
     where = f"data.path={cfg.data.path}"
     if cfg.objective_args.whole_word:
-        if cfg.objective != "mlm":
-            raise ConfigError(f"objective_args.whole_word: applies to objective 'mlm' only, found {cfg.objective!r}")
+        if cfg.objective not in ("mlm", "rtd"):
+            raise ConfigError(f"objective_args.whole_word: applies to objectives 'mlm' and 'rtd' only, found "
+                              f"{cfg.objective!r}")
         if shards.ws_files is None:
             raise ConfigError(f"objective_args.whole_word: {where} was prepared without word boundaries; prepare "
                               "it again with `duplex data prepare ... --word-boundaries`")
-    if cfg.objective == "mlm" and tokens.mask_token_id is None:
-        raise ConfigError(f"objective mlm: the tokenizer in {where} has no mask token; train one with "
+    if cfg.objective in ("mlm", "rtd") and tokens.mask_token_id is None:
+        raise ConfigError(f"objective {cfg.objective}: the tokenizer in {where} has no mask token; train one with "
                           "`duplex tokenizer train --kind wordpiece` (or add [MASK] to its special tokens)")
     if cfg.objective == "span":
         if tokens.eos_token_id is None or not tokens.sentinel_ids:
@@ -296,11 +297,20 @@ def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any =
                                ids=encoded["train"][0]) if augment.enabled else None)
     return _Source(
         tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size,
-        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train", augment=augmenter),
+        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train", augment=augmenter,
+                             group_by_length=50 * cfg.batch_size * cfg.grad_accum * _world_size()
+                             if cfg.data.group_by_length else 0),
         val=ExampleSampler(*encoded["validation"], seed=cfg.seed, pad_id=pad, shuffle=False, name="validation"),
         test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
               if "test" in encoded else None),
         label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
+
+
+def _world_size() -> int:
+    """Processes of this run (torchrun's WORLD_SIZE; 1 alone), known before the process group is up."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _multi_source(cfg: TrainConfig) -> tuple[_Source, Any]:
@@ -326,7 +336,8 @@ def _multi_source(cfg: TrainConfig) -> tuple[_Source, Any]:
 
 # a task head replaces whatever head the starting model had; these names are heads (and the
 # encoder's pooler, which masked-LM pretraining leaves out and classification adds)
-_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "task_heads.")
+_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "task_heads.", "rtd_head.",
+                  "generator.")
 
 
 def _override_loaded(config: Any, changes: dict[str, Any], source: str) -> Any:
@@ -478,10 +489,14 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     amp = resolve_autocast_dtype(cfg.precision, info.device)
     # fp16 has too little range for gradients: scale the loss up and unscale before clipping
     scaler = torch.amp.GradScaler(info.device.type) if amp == torch.float16 else None
-    flops = (model.num_flops_per_token(cfg.data.seq_len) if hasattr(model, "num_flops_per_token")
-             else 6 * count_parameters(model))
+    if not hasattr(model, "num_flops_per_token"):
+        flops = 6 * count_parameters(model)
+    elif cfg.objective in ("mlm", "rtd"):  # the vocabulary head runs at the masked positions only
+        flops = model.num_flops_per_token(cfg.data.seq_len, head_fraction=cfg.objective_args.mask_prob)
+    else:
+        flops = model.num_flops_per_token(cfg.data.seq_len)
     options = obj.LossOptions(
-        label_smoothing=cfg.label_smoothing,
+        label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -537,7 +552,7 @@ def _generator(*keys: int) -> torch.Generator:
 
 def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     a = cfg.objective_args
-    if cfg.objective == "mlm":
+    if cfg.objective in ("mlm", "rtd"):
         return {"mask_prob": a.mask_prob}
     if cfg.objective == "span":
         return {"noise_density": a.noise_density, "mean_span_length": a.mean_span_length}
@@ -605,7 +620,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         start = (own_step * cfg.grad_accum + m) * B * world + info.rank * B
         # masks and spans are seeded per global sample, not per rank or micro-batch
         batches.append(make_batch(run, sampler, start, B, (cfg.seed,)))
-    local_targets = sum(_target_count(b) for b in batches)
+    count = (task.spec if run.multi is not None else run.spec).count or _target_count
+    local_targets = sum(count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
     loss_sum = 0.0
     for m, batch in enumerate(batches):
@@ -679,7 +695,9 @@ def evaluate(run: Run) -> dict[str, float]:
         run.model.train()
     loss_sum, targets = all_reduce_sum([loss_sum, targets], info)
     val_loss = loss_sum / max(targets, 1.0)
-    out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    out = {"val_loss": val_loss}
+    if cfg.objective != "rtd":  # RTD's loss mixes two losses: no perplexity to read off it
+        out["val_ppl"] = math.exp(min(val_loss, 50.0))
     if cfg.objective == "clm":
         # bits per byte: every byte of the text is predicted once, so it compares across tokenizers
         out["val_bpb"] = val_loss / math.log(2) / run.bytes_per_token
@@ -733,13 +751,15 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
     loss_sum, count, preds, refs = 0.0, 0, [], []
     B = cfg.batch_size
     n_batches = math.ceil(sampler.n / B)
+    # batches of similar lengths pad little; the scores do not depend on the order
+    order = sorted(range(sampler.n), key=lambda i: len(sampler.ids[i]))
     try:
         # FSDP: every rank takes part in every forward, so each reads every batch (and keeps its own)
         for i in range(n_batches):
             mine = cfg.fsdp or i % info.world_size == info.rank
             if not mine:
                 continue
-            rows = list(range(i * B, min(sampler.n, (i + 1) * B)))
+            rows = order[i * B:(i + 1) * B]
             batch = _to_device(sampler.collate(rows), info.device)
             with autocast(info.device, run.amp_dtype):
                 out = reader(batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -9,6 +9,9 @@ name      builder                                    model family
 ``clm``   :func:`clm_batch` — next-token prediction   decoder (GPT-2, Llama, Qwen2)
 ``mlm``   :func:`mlm_batch` — BERT masking            encoder with ``head="mlm"``
 ``span``  :func:`span_batch` — T5 span corruption     encoder-decoder (T5)
+``rtd``   :func:`rtd_batch` — ELECTRA replaced-token  encoder with ``head="rtd"`` (a small
+          detection: masked positions filled by a      generator inside, sharing the embeddings)
+          generator, every token judged
 ========  =========================================  ==========================================
 
 then :func:`compute_loss`, which returns the mean cross-entropy over the labelled positions and
@@ -44,7 +47,7 @@ from torch import Tensor, nn
 
 from ..models.seq2seq import shift_right
 
-Objective = Literal["clm", "mlm", "span"]
+Objective = Literal["clm", "mlm", "span", "rtd"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 # one generator for the whole batch, or one per row (row i draws from generator i)
 Generators = torch.Generator | Sequence[torch.Generator]
@@ -259,6 +262,49 @@ def mlm_batch(
         input_ids = torch.cat([cls, input_ids, sep], dim=1)  # (B, L + 2)
         labels = torch.cat([ignore, labels, ignore], dim=1)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def rtd_batch(chunk: Tensor, *, generator: Generators, **kw: Any) -> dict[str, Tensor]:
+    """ELECTRA's replaced-token detection input: :func:`mlm_batch` with every chosen position set to
+    ``[MASK]`` (the generator fills them; ``kw`` as for :func:`mlm_batch`, ``mask_prob`` included),
+    plus ``replace_u`` ``(B, L')``: the uniform draw with which the generator samples each position's
+    replacement, made after the masking draws from the same generator(s) — so a row stays the same
+    alone or in any batch.
+
+    >>> g = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    >>> b = rtd_batch(torch.randint(5, 50, (2, 6)), generator=g, mask_token_id=4, vocab_size=50,
+    ...               special_ids={0, 1, 2, 3, 4})
+    >>> sorted(b), bool(((b["labels"] != -100) == (b["input_ids"] == 4)).all())
+    (['input_ids', 'labels', 'replace_u'], True)
+    """
+    kw = {**kw, "replace_prob": 1.0, "random_prob": 0.0}
+    batch = mlm_batch(chunk, generator=generator, **kw)
+    batch["replace_u"] = _rand(tuple(batch["input_ids"].shape), generator, chunk.device)
+    return batch
+
+
+def rtd_loss(model: nn.Module, batch: Mapping[str, Tensor], weight: float = 50.0) -> tuple[Tensor, int]:
+    """ELECTRA's loss: the generator's masked-LM cross-entropy plus ``weight`` times the
+    discriminator's binary cross-entropy ("replaced or original?") over every real token; a sampled
+    token that equals the original counts as original. Returns ``(loss, tokens judged)``."""
+    labels = batch["labels"]
+    at = labels != IGNORE_INDEX
+    attention_mask = batch.get("attention_mask")
+    out = model(batch["input_ids"], attention_mask=attention_mask, replace_at=at, replace_u=batch["replace_u"])
+    target = labels[at]
+    gen_loss = F.cross_entropy(out.aux["generator_logits"].float(), target)
+    replaced = torch.zeros_like(at)
+    replaced[at] = out.aux["sampled"] != target
+    judged = attention_mask.bool() if attention_mask is not None else torch.ones_like(at)
+    disc_loss = F.binary_cross_entropy_with_logits(out.logits.float()[judged], replaced[judged].float())
+    return gen_loss + weight * disc_loss, rtd_count(batch)
+
+
+def rtd_count(batch: Mapping[str, Tensor]) -> int:
+    """What :func:`rtd_loss` is a mean over, for weighting micro-batches and ranks: every real token
+    (the discriminator judges them all)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -540,7 +586,7 @@ def chunk_length(objective: Objective, seq_len: int, *, tokens: ObjectiveTokens 
         raise ValueError(f"seq_len: expected at least 2, found {seq_len}")
     if objective == "clm":
         return seq_len + 1
-    if objective == "mlm":
+    if objective in ("mlm", "rtd"):
         wrap = tokens is not None and tokens.cls_token_id is not None and tokens.sep_token_id is not None
         if wrap and seq_len < 3:
             raise ValueError(f"seq_len: [CLS] and [SEP] take 2 positions, so at least 3 are needed, found {seq_len}")
@@ -574,15 +620,16 @@ def make_batch(objective: Objective, chunk: Tensor, *, tokens: ObjectiveTokens |
         if kw:
             raise TypeError(f"clm_batch: takes no options, found {sorted(kw)}")
         return clm_batch(chunk)
-    if objective == "mlm":
+    if objective in ("mlm", "rtd"):
         if tokens.mask_token_id is None:
-            raise ValueError("tokens.mask_token_id: the mlm objective needs a mask token, found None")
+            raise ValueError(f"tokens.mask_token_id: the {objective} objective needs a mask token, found None")
         options: dict[str, Any] = {"cls_token_id": tokens.cls_token_id, "sep_token_id": tokens.sep_token_id}
         if options["cls_token_id"] is None or options["sep_token_id"] is None:
             options = {}
         options.update(kw)
-        return mlm_batch(chunk, mask_token_id=tokens.mask_token_id, vocab_size=tokens.vocab_size,
-                         special_ids=tokens.special_ids, generator=generator, word_starts=word_starts, **options)
+        build = rtd_batch if objective == "rtd" else mlm_batch
+        return build(chunk, mask_token_id=tokens.mask_token_id, vocab_size=tokens.vocab_size,
+                     special_ids=tokens.special_ids, generator=generator, word_starts=word_starts, **options)
     if tokens.eos_token_id is None:
         raise ValueError("tokens.eos_token_id: the span objective ends inputs and targets with EOS, found None")
     if not tokens.sentinel_ids:
@@ -653,6 +700,7 @@ class LossOptions:
 
     label_smoothing: float = 0.0
     class_weights: Tensor | None = None  # (num_labels,) for classify
+    rtd_weight: float = 50.0  # rtd: the discriminator's loss weight against the generator's (ELECTRA: 50)
 
 
 @dataclass(frozen=True)
@@ -675,6 +723,9 @@ class ObjectiveSpec:
     default_metric: str = "loss"
     predict: Callable[[Tensor, Mapping[str, Tensor], Any], tuple[list[Any], list[Any]]] | None = None
     metrics: Callable[[list[Any], list[Any], list[str] | None], dict[str, float]] | None = None
+    # what the loss of a batch is a mean over, read off the batch before the forward pass (None: the
+    # labelled positions, or the examples); it must agree with the count the loss returns
+    count: Callable[[Mapping[str, Tensor]], int] | None = None
 
 
 def _pretraining(name: str, family: str, head: str) -> ObjectiveSpec:
@@ -686,6 +737,9 @@ REGISTRY: dict[str, ObjectiveSpec] = {
     "clm": _pretraining("clm", "decoder", "lm"),
     "mlm": _pretraining("mlm", "encoder", "mlm"),
     "span": _pretraining("span", "seq2seq", "lm"),
+    "rtd": ObjectiveSpec(name="rtd", families=("encoder",), head="rtd", data="shards",
+                         loss=lambda model, batch, options: rtd_loss(model, batch, options.rtd_weight),
+                         count=rtd_count),
 }
 
 
@@ -728,6 +782,9 @@ __all__ = [
     "mlm_batch",
     "random_spans_noise_mask",
     "register",
+    "rtd_batch",
+    "rtd_count",
+    "rtd_loss",
     "span_batch",
     "span_lengths",
 ]
