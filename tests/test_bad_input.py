@@ -160,9 +160,9 @@ def _finetune(*extra: str) -> Callable[[Path, Path], list[str]]:
 CASES = [
     # --- fine-tuning: the task, its data and its settings, all before the run directory exists
     Case("finetune-unknown-task", _finetune("task=translate"), r"task: expected one of \[.*'classify'", _review_csvs),
-    Case("finetune-pretraining-objective", _finetune("task=mlm"), r"task: expected classify, regress or tag",
+    Case("finetune-pretraining-objective", _finetune("task=mlm"), r"task: expected classify, regress, tag or multi",
          _review_csvs),
-    Case("pretrain-a-task", _pretrain("objective=classify"), r"objective: expected clm, mlm or span, found 'classify'"),
+    Case("pretrain-a-task", _pretrain("objective=classify"), r"objective: expected clm, mlm, span or rtd, found 'classify'"),
     Case("finetune-no-tokenizer", lambda i, w: [a for a in _finetune()(i, w) if not a.startswith("tokenizer=")],
          r"tokenizer: fine-tuning from scratch", _review_csvs),
     Case("finetune-missing-file", lambda i, w: [*_finetune()(i, w), f"data.train={w / 'nope.csv'}"], r"nope\.csv",
@@ -274,7 +274,7 @@ CASES = [
          _pretrain("objective=mlm", "model.preset=bert-tiny", "objective_args.whole_word=true"),
          r"objective_args\.whole_word: .* was prepared without word boundaries; .*--word-boundaries"),
     Case("whole-word-with-clm", _pretrain("objective_args.whole_word=true"),
-         r"objective_args\.whole_word: applies to objective 'mlm' only"),
+         r"objective_args\.whole_word: applies to objectives 'mlm' and 'rtd' only"),
     Case("wrong-family", _pretrain("objective=mlm"), r"objective 'mlm' trains a model of family 'encoder'"),
     Case("bad-device", _pretrain("device=gpu"), r"device: expected auto, cpu, cuda or cuda:N, found 'gpu'"),
     Case("data-path-missing", lambda i, w: [*_pretrain()(i, w), f"data.path={w / 'nodata'}"], r"nodata"),
@@ -361,6 +361,9 @@ def test_interrupted_command_stops_and_leaves_nothing(command: str, sig: int, in
         [*_duplex(), *INTERRUPTIBLE[command](inputs, tmp_path / "out")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        # a shell's background job (`pytest ... &`) ignores SIGINT and its children inherit that; a
+        # terminal's command does not: give the command the terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while command == "data-prepare" and not list(tmp_path.glob(".out.tmp-*")) and time.monotonic() < deadline \

@@ -76,7 +76,7 @@ def test_demo_quick(tmp_path, capsys):
     assert model.config.head == "classify" and set(model.config.label_names) == {"negative", "positive"}
     pre = [json.loads(line) for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in pre if "loss" in r]
-    assert train[-1] < train[0]  # the encoder learned something while pretraining
+    assert len(train) >= 10 and sum(train[-3:]) < sum(train[:3])  # the encoder learned something while pretraining
     # running it again replaces its own output; a directory holding anything else is refused
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2

@@ -62,3 +62,12 @@ def test_generate_stops_at_eos_and_context():
     out = generate(model, prompt, max_new_tokens=5, temperature=0, eos_token_id=first)
     assert out.shape[1] == 6  # stopped right after emitting eos
     assert generate(model, prompt, max_new_tokens=50, temperature=0).shape[1] == 12  # context limit
+
+
+def test_generate_keeps_the_training_mode_and_layout():
+    model = build_model(DecoderConfig(vocab_size=40, max_seq_len=16, d_model=16, n_layer=1, n_head=2)).train()
+    strides = {n: p.stride() for n, p in model.named_parameters()}
+    generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3, temperature=0.7,
+             generator=torch.Generator().manual_seed(0))
+    assert model.training
+    assert {n: p.stride() for n, p in model.named_parameters()} == strides

@@ -14,6 +14,10 @@
     duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
     duplex tag --model DIR --text ...                             entities (BIO taggers)
     duplex attention --model DIR --text ... --out x.png [--layer L] [--head H]   attention heat map
+    duplex generate --model DIR --prompt ... [--stream] [--temperature T --top-p P --seed S --stop STR]
+    duplex chat --model DIR [--system TEXT]   multi-turn chat in the terminal, streamed
+    duplex fill-mask --model DIR --text ...   the likeliest tokens for each [MASK]
+    duplex embed --model DIR --text ... | --file F   mean-pooled, L2-normalised embeddings as JSON
     duplex demo [--quick] [--minutes M]   the main job: does pretraining pay? (reviews-zh, People's Daily)
 """
 
@@ -329,6 +333,138 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace, stop: tuple[str, ...] = (), stop_token_ids: tuple[int, ...] = ()):
+    from .infer.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          seed=args.seed, stop=tuple(args.stop or ()) + stop, stop_token_ids=stop_token_ids,
+                          num_beams=getattr(args, "num_beams", 1))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate text: a decoder continues each --prompt, an encoder-decoder (T5) answers it. Greedy at
+    --temperature 0, else sampled (--top-k, --top-p, --min-p, reproducible with --seed); --stream prints
+    the text as it comes; --json prints token ids and the finish reason too."""
+    import json
+
+    from .errors import ConfigError
+    from .infer.engine import Engine
+
+    model, tokenizer = _loaded(args.model)
+    params = _sampling(args)
+    if args.stream and (len(args.prompt) > 1 or args.json or params.num_beams > 1):
+        raise ConfigError("--stream: prints one --prompt's text as it comes; not with several prompts, "
+                          "--json or --num-beams")
+    engine = Engine(model, tokenizer, max_batch_size=len(args.prompt) * params.num_beams)
+    if args.stream:
+        for piece in engine.stream(args.prompt[0], params):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    for prompt, c in zip(args.prompt, engine.generate(args.prompt, params)):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "text": c.text, "token_ids": c.token_ids,
+                              "finish_reason": c.finish_reason}, ensure_ascii=False))
+        else:
+            print(c.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Chat with a decoder in the terminal, one line per turn, the answer streamed: the model's chat
+    template when its tokenizer has one, else plain "User:"/"Assistant:" turns. /reset forgets the
+    conversation, /exit (or end of input) leaves; the oldest turns are dropped when the context fills."""
+    from .errors import ConfigError
+    from .infer.chat import chat_prompt
+    from .infer.engine import Engine
+
+    model, tokenizer = _loaded(args.model)
+    if model.config.family != "decoder":
+        raise ConfigError(f"--model: chat needs a decoder, found a {model.config.family}")
+    engine = Engine(model, tokenizer, max_batch_size=1)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict[str, str]] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() == "/reset":
+            history = []
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        while True:  # drop the oldest turns until the prompt leaves room for the answer
+            prompt = chat_prompt(tokenizer, system + history)
+            ids = tokenizer.encode(prompt.text)
+            if len(ids) + args.max_new_tokens <= engine.runner.context or len(history) == 1:
+                break
+            history = history[2:] if len(history) > 2 else history[-1:]
+        if len(ids) >= engine.runner.context:
+            print(f"duplex chat: this message ({len(ids)} tokens) does not fit the model's context of "
+                  f"{engine.runner.context}", file=sys.stderr)
+            history.pop()
+            continue
+        params = _sampling(args, stop=prompt.stop, stop_token_ids=prompt.stop_token_ids)
+        answer = []
+        for piece in engine.stream(ids, params):
+            answer.append(piece)
+            print(piece, end="", flush=True)
+        print(flush=True)
+        history.append({"role": "assistant", "content": "".join(answer).strip()})
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """Fill each mask token ([MASK]) of --text with a masked-LM encoder: the --top-k likeliest tokens
+    with their probabilities (--json: one object per text)."""
+    import json
+
+    from .errors import ConfigError
+    from .infer.fill_mask import fill_mask
+
+    model, tokenizer = _loaded(args.model)
+    if model.config.family != "encoder" or model.config.head != "mlm":
+        raise ConfigError(f"--model: fill-mask needs an encoder with a masked-LM head, found a "
+                          f"{model.config.family} with head={model.config.head!r}")
+    mask = tokenizer.special_tokens.get("mask_token")
+    if mask is None:
+        raise ConfigError(f"--model: {args.model}'s tokenizer has no mask token")
+    for text in args.text:
+        if mask not in text:
+            raise ConfigError(f"--text: no {mask} in {text!r}")
+    for text in args.text:
+        filled = fill_mask(model, tokenizer, text, top_k=args.top_k)
+        if args.json:
+            print(json.dumps({"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m]
+                                                      for m in filled]}, ensure_ascii=False))
+            continue
+        print(text)
+        for i, m in enumerate(filled):
+            print(f"  {mask} {i + 1}: " + "  ".join(f"{t} {p:.3f}" for t, p in m))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed texts (--text, repeatable, or --file with one per line): each the mean of the model's last
+    hidden states over its tokens, L2-normalised, printed as one JSON object."""
+    import json
+
+    from .infer.embed import embed
+
+    texts = _texts(args)
+    model, tokenizer = _loaded(args.model)
+    vectors = embed(model, tokenizer, texts, batch_size=args.batch_size)
+    print(json.dumps({"model": str(args.model), "dim": vectors.shape[1],
+                      "data": [{"index": i, "text": t, "embedding": [round(x, 7) for x in v.tolist()]}
+                               for i, (t, v) in enumerate(zip(texts, vectors))]}, ensure_ascii=False))
+    return 0
+
+
 def _train_config(args: argparse.Namespace, default_objective: str | None = None):
     from .train.config import load_train_config
 
@@ -361,6 +497,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "classify": (cmd_classify, _predict_args),
         "tag": (cmd_tag, _predict_args),
         "attention": (cmd_attention, _attention_args),
+        "generate": (cmd_generate, _generate_args),
+        "chat": (cmd_chat, _chat_args),
+        "fill-mask": (cmd_fill_mask, _fill_mask_args),
+        "embed": (cmd_embed, _embed_args),
         "demo": (cmd_demo, _demo_args),
     }
     groups = {
@@ -477,6 +617,61 @@ def _attention_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", type=int, default=None, help="head to draw (default: the mean over heads)")
     p.add_argument("--target", default=None,
                    help="T5 only: the decoder's text (default: the decoder start token alone)")
+
+
+def _number_at_least(minimum: float, strict: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+        if not (value > minimum if strict else value >= minimum) or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {minimum:g}, found {text}")
+        return value
+
+    return parse
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=max_new_tokens)
+    p.add_argument("--temperature", type=_number_at_least(0), default=0.8, help="0: greedy (default 0.8)")
+    p.add_argument("--top-k", type=_int_at_least(0), default=0, help="keep the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=_fraction(low_open=True, high_open=False), default=0.95,
+                   help="keep the smallest set of tokens whose probability reaches p (default 0.95)")
+    p.add_argument("--min-p", type=_fraction(low_open=False, high_open=False), default=0.0,
+                   help="drop tokens below min-p times the likeliest one's probability")
+    p.add_argument("--repetition-penalty", type=_number_at_least(0, strict=True), default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    p.add_argument("--stop", action="append", help="stop before this text (repeat for several)")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a decoder or encoder-decoder directory with its tokenizer")
+    p.add_argument("--prompt", action="append", required=True, help="the text to continue (repeat for several)")
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt (text, token ids, finish reason)")
+    p.add_argument("--num-beams", type=_int_at_least(1), default=1, help="beam search with this many beams")
+    _sampling_args(p, max_new_tokens=64)
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a decoder directory with its tokenizer")
+    p.add_argument("--system", default=None, help="a system message to start the conversation with")
+    _sampling_args(p, max_new_tokens=256)
+
+
+def _fill_mask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a masked-LM encoder directory with its tokenizer")
+    p.add_argument("--text", action="append", required=True, help="a text with [MASK] in it (repeat for several)")
+    p.add_argument("--top-k", type=_int_at_least(1), default=5)
+    p.add_argument("--json", action="store_true")
+
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory with its tokenizer (any family)")
+    p.add_argument("--text", action="append", help="a text (repeat for several)")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,24 @@
-"""Inference apart from the model: pure sampling functions and the decoding loop."""
+"""Inference apart from the model: pure sampling functions, streaming text, the decoding engine,
+chat prompts, embeddings."""
 
+from .chat import ChatPrompt, chat_prompt
+from .embed import embed
+from .engine import Completion, Engine, RequestOutput, SamplingParams
 from .fill_mask import fill_mask
 from .sampling import generate, sample_next
+from .stream import IncrementalDetokenizer, TextStream
 
-__all__ = ["fill_mask", "generate", "sample_next"]
+__all__ = [
+    "ChatPrompt",
+    "Completion",
+    "Engine",
+    "IncrementalDetokenizer",
+    "RequestOutput",
+    "SamplingParams",
+    "TextStream",
+    "chat_prompt",
+    "embed",
+    "fill_mask",
+    "generate",
+    "sample_next",
+]

@@ -17,7 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DecoderConfig
-from .layers import MLP, Attention, KVCache, RotaryEmbedding, build_norm, make_mask
+from .layers import (
+    MLP,
+    Attention,
+    KVCache,
+    KVCacheRows,
+    RotaryEmbedding,
+    attention_bias,
+    build_norm,
+    make_mask,
+)
 from .outputs import ModelOutput
 
 
@@ -34,9 +43,11 @@ class Block(nn.Module):
         self.mlp = MLP(c.d_model, c.d_ff, c.activation, gated=c.gated_mlp, bias=c.mlp_bias)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, rope: tuple[Tensor, Tensor] | None,
-                kv_cache: KVCache | None, layer: int, impl: str) -> tuple[Tensor, Tensor | None]:
-        h, weights = self.attn(self.norm_1(x), mask=mask, is_causal=True, rope=rope, kv_cache=kv_cache,
+    def forward(self, x: Tensor, bias: Tensor | None, rope: tuple[Tensor, Tensor] | None,
+                kv_cache: KVCache | KVCacheRows | None, layer: int, impl: str) -> tuple[Tensor, Tensor | None]:
+        """``bias``: the additive attention mask (B, 1, T, S) shared by all layers, or None for plain
+        causality."""
+        h, weights = self.attn(self.norm_1(x), bias=bias, is_causal=bias is None, rope=rope, kv_cache=kv_cache,
                                layer=layer, impl=impl)
         x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.norm_2(x)))
@@ -86,14 +97,18 @@ class Decoder(nn.Module):
         if self.lm_head is not None and self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None,
-                     dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for incremental decoding of up to ``max_len`` positions."""
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for incremental decoding of up to ``max_len`` positions (default: the context).
+
+        The same call on every generative family (:meth:`Seq2Seq.new_cache` too).
+        """
         c = self.config
         max_len = max_len or c.max_seq_len
         dtype = dtype or self.embed.weight.dtype
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim, dtype=dtype,
                        device=self.embed.weight.device)
+
+    new_kv_cache = new_cache  # the older name
 
     def _check_input(self, input_ids: Tensor, past: int) -> None:
         if input_ids.dim() != 2:
@@ -111,30 +126,44 @@ class Decoder(nn.Module):
             )
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, kv_cache: KVCache | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                position_ids: Tensor | None = None, kv_cache: KVCache | KVCacheRows | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                logits_at: Tensor | None = None) -> ModelOutput:
         """input_ids (B, T); attention_mask (B, past + T) of 1 = real token, 0 = padding.
 
         With ``kv_cache``, the call's tokens follow the ``kv_cache.pos`` cached ones, and the cache is
-        advanced by T. ``position_ids`` default to past..past+T-1.
+        advanced by T. ``position_ids`` default to past..past+T-1. With per-row cache rows
+        (:meth:`KVCache.rows`, the decoding engine's), positions and mask come from the rows, and the
+        token ids are taken as checked (the engine checks each prompt once; a check here would wait
+        for the device on every token).
+
+        ``logits_at`` (B,): the one position per row whose logits are wanted (each prompt's last
+        token when prefilling a batch): ``logits`` are then (B, 1, V), and the head skips the rest.
         """
         past = kv_cache.pos if kv_cache is not None else 0
-        self._check_input(input_ids, past)
+        per_row = kv_cache is not None and kv_cache.per_row
+        if not per_row:
+            self._check_input(input_ids, past)
         B, T = input_ids.shape
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
+            position_ids = kv_cache.positions if per_row else \
+                torch.arange(past, past + T, device=input_ids.device)[None].expand(B, T)
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         x = self.dropout(x)
         rope = self.rope(position_ids) if self.rope is not None else None
-        mask = make_mask(attention_mask, T, past + T, causal=True, q_offset=past, device=input_ids.device)
+        if per_row:
+            mask = kv_cache.mask
+        else:
+            mask = make_mask(attention_mask, T, past + T, causal=True, q_offset=past, device=input_ids.device)
+        bias = attention_bias(mask, None, x.dtype)  # once for every layer
         impl = "eager" if output_attentions else "sdpa"
 
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         attentions: list[Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, mask, rope, kv_cache, i, impl)
+            x, weights = block(x, bias, rope, kv_cache, i, impl)
             if output_hidden_states:
                 hidden_states.append(x)
             if weights is not None:
@@ -147,7 +176,8 @@ class Decoder(nn.Module):
 
         logits = None
         if self.lm_head is not None:
-            logits = self.lm_head(x)  # (B, T, V)
+            h = x if logits_at is None else x[torch.arange(B, device=x.device), logits_at][:, None]
+            logits = self.lm_head(h)  # (B, T, V), or (B, 1, V) with logits_at
         elif self.classifier is not None:
             logits = self.classifier(self._last_token(x, attention_mask))  # (B, num_labels)
         return ModelOutput(

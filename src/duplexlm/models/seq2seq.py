@@ -29,8 +29,10 @@ from .layers import (
     MLP,
     Attention,
     KVCache,
+    KVCacheRows,
     RelativePositionBias,
     RMSNorm,
+    attention_bias,
     make_mask,
 )
 from .outputs import ModelOutput
@@ -58,17 +60,30 @@ class Seq2SeqCache:
     (a preallocated :class:`KVCache`), and each decoder layer's cross-attention keys and values,
     projected once from the encoder output at the first call, with the encoder's padding mask.
 
+    With ``max_source_len``, the cross-attention keys and values also get preallocated rows, so that
+    the decoding engine can address the cache per row (:meth:`rows`): sources of different lengths
+    joining and leaving a running batch.
+
     >>> cache = Seq2SeqCache(n_layer=2, batch_size=1, n_head=4, max_len=16, head_dim=8)
     >>> cache.pos, cache.has_cross
     (0, False)
     """
 
+    per_row = False
+
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 max_source_len: int | None = None) -> None:
         self.self_attn = KVCache(n_layer, batch_size, n_head, max_len, head_dim, dtype=dtype, device=device)
         self.batch_size = batch_size
         self.cross: list[tuple[Tensor, Tensor]] = []  # per layer: k, v each (B, nh, S, hs)
         self.encoder_mask: Tensor | None = None  # (B, S) of 1/0, or None when nothing is padded
+        self.max_source_len = max_source_len
+        if max_source_len is not None:  # per-row storage: (n_layer, B, nh, S_max, hs) and (B, S_max)
+            shape = (n_layer, batch_size, n_head, max_source_len, head_dim)
+            self.cross_k = torch.zeros(shape, dtype=dtype, device=device)
+            self.cross_v = torch.zeros(shape, dtype=dtype, device=device)
+            self.source_keep = torch.zeros(batch_size, max_source_len, dtype=torch.bool, device=device)
 
     @property
     def pos(self) -> int:
@@ -84,6 +99,63 @@ class Seq2SeqCache:
         self.self_attn.reset()
         self.cross = []
         self.encoder_mask = None
+
+    # -- per row (continuous batching) ------------------------------------------------------------
+    def _need_rows(self) -> None:
+        if self.max_source_len is None:
+            raise ValueError("Seq2SeqCache: per-row use needs max_source_len (see Seq2Seq.new_cache)")
+
+    def set_source(self, start: int, cross: list[tuple[Tensor, Tensor]], source_mask: Tensor | None) -> None:
+        """Store the cross-attention k, v of new sources (each (n, nh, S, hs), from
+        :meth:`Block.cross_kv`) in rows ``start..start+n-1``, with their padding ``source_mask`` (n, S)."""
+        self._need_rows()
+        n, _, S, _ = cross[0][0].shape
+        if self.max_source_len < S:
+            raise ValueError(f"Seq2SeqCache: a source of {S} tokens but max_source_len={self.max_source_len}")
+        for layer, (k, v) in enumerate(cross):
+            self.cross_k[layer, start:start + n, :, :S] = k
+            self.cross_v[layer, start:start + n, :, :S] = v
+        keep = self.source_keep[start:start + n]
+        keep.zero_()
+        keep[:, :S] = True if source_mask is None else source_mask.bool()
+
+    def rows(self, start: int, positions: Tensor, span: int, mask: Tensor | None, source_span: int,
+             source_padded: bool = True, offset: int | None = None) -> Seq2SeqCacheRows:
+        """Rows ``start..start+B-1`` per row (see :meth:`KVCache.rows`); cross-attention reads the first
+        ``source_span`` source positions, masked by each row's source padding when ``source_padded``."""
+        self._need_rows()
+        return Seq2SeqCacheRows(self, self.self_attn.rows(start, positions, span, mask, offset), source_span,
+                                source_padded)
+
+    def move_rows(self, src: int, dst: int, n: int, length: int, source_length: int) -> None:
+        """Copy rows ``src..src+n-1`` onto ``dst..dst+n-1``: decoder positions up to ``length``, source
+        positions up to ``source_length``."""
+        self._need_rows()
+        if src == dst or n == 0:
+            return
+        self.self_attn.move_rows(src, dst, n, length)
+        for t in (self.cross_k, self.cross_v):
+            t[:, dst:dst + n, :, :source_length] = t[:, src:src + n, :, :source_length].clone()
+        self.source_keep[dst:dst + n] = self.source_keep[src:src + n].clone()
+
+
+class Seq2SeqCacheRows:
+    """A per-row view of a :class:`Seq2SeqCache` for one decoder call (see :meth:`Seq2SeqCache.rows`)."""
+
+    per_row = True
+    has_cross = True
+
+    def __init__(self, cache: Seq2SeqCache, self_attn: KVCacheRows, source_span: int, source_padded: bool) -> None:
+        self.self_attn = self_attn
+        self.batch_size = self_attn.batch_size
+        a, b = self_attn.start, self_attn.stop
+        self.cross = [(cache.cross_k[i, a:b, :, :source_span], cache.cross_v[i, a:b, :, :source_span])
+                      for i in range(cache.cross_k.shape[0])]
+        self.cross_mask = cache.source_keep[a:b, None, None, :source_span] if source_padded else None
+
+    @property
+    def pos(self) -> int:
+        return self.self_attn.pos
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,16 +192,17 @@ class Block(nn.Module):
             raise ValueError("cross_kv: this block has no cross-attention (it belongs to the encoder)")
         return self.cross_attn.project_kv(context)
 
-    def forward(self, x: Tensor, mask: Tensor | None, bias: Tensor, kv_cache: KVCache | None, layer: int,
+    def forward(self, x: Tensor, bias: Tensor, kv_cache: KVCache | KVCacheRows | None, layer: int,
                 impl: str, cross_kv: tuple[Tensor, Tensor] | None = None,
-                cross_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, C) → (B, T, C) and the self-attention weights (B, nh, T, S) when ``impl='eager'``."""
-        causal = self.cross_attn is not None  # decoder blocks look only back
-        h, weights = self.attn(self.norm_1(x), mask=mask, bias=bias, is_causal=causal, kv_cache=kv_cache,
-                               layer=layer, impl=impl)
+                cross_bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) → (B, T, C) and the self-attention weights (B, nh, T, S) when ``impl='eager'``.
+
+        ``bias``: the additive self-attention bias, position bias and mask together (causality
+        included); ``cross_bias``: the additive mask of the source's padding, or None."""
+        h, weights = self.attn(self.norm_1(x), bias=bias, kv_cache=kv_cache, layer=layer, impl=impl)
         x = x + self.dropout(h)
         if self.norm_cross is not None and cross_kv is not None:
-            h, _ = self.cross_attn(self.norm_cross(x), mask=cross_mask, context_kv=cross_kv, impl=impl)
+            h, _ = self.cross_attn(self.norm_cross(x), bias=cross_bias, context_kv=cross_kv, impl=impl)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.norm_2(x)))
         return x, weights
@@ -165,15 +238,27 @@ class Stack(nn.Module):
         T = x.shape[1]
         past = kv_cache.pos if kv_cache is not None else 0
         S = past + T
-        if self.decoder:
+        per_row = kv_cache is not None and kv_cache.per_row
+        q_positions = None
+        if self.decoder and per_row:  # the engine's rows: each its own positions, mask and source
+            mask = kv_cache.self_attn.mask
+            if mask is None and T > 1:  # rows prefilled from 0 together: plain causality
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)[None, None]
+            q_positions = kv_cache.self_attn.positions
+            cross_kv, cross_mask = kv_cache.cross, kv_cache.cross_mask
+        elif self.decoder:
             mask = make_mask(attention_mask, T, S, causal=True, q_offset=past, device=x.device)
             cross_kv = self._cross_kv(context, context_mask, kv_cache)
             cross_mask = make_mask(kv_cache.encoder_mask if kv_cache is not None else context_mask,
                                    T, cross_kv[0][0].shape[2], causal=False)
+            if mask is None and T > 1:  # causality with a position bias is spelt out: once, here
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)[None, None]
         else:
             mask = make_mask(attention_mask, T, S, causal=False)
             cross_kv, cross_mask = [None] * len(self.blocks), None
-        bias = self.rel_bias(T, S, q_offset=past)  # (1, nh, T, S), shared by all layers
+        # position bias (1 or B, nh, T, S) and masks folded into one additive bias, shared by all layers
+        bias = attention_bias(mask, self.rel_bias(T, S, q_offset=past, q_positions=q_positions), x.dtype)
+        cross_bias = attention_bias(cross_mask, None, x.dtype)
         impl = "eager" if output_attentions else "sdpa"
         self_cache = kv_cache.self_attn if kv_cache is not None else None
 
@@ -181,7 +266,7 @@ class Stack(nn.Module):
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         attentions: list[Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, mask, bias, self_cache, i, impl, cross_kv[i], cross_mask)
+            x, weights = block(x, bias, self_cache, i, impl, cross_kv[i], cross_bias)
             if output_hidden_states:
                 hidden_states.append(x)
             if weights is not None:
@@ -272,11 +357,16 @@ class Seq2Seq(nn.Module):
         """Decoder inputs from ``labels`` (B, T) with this config's start and pad tokens."""
         return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
 
-    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> Seq2SeqCache:
-        """An empty cache for decoding up to ``max_len`` target positions of ``batch_size`` sources."""
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+                  max_source_len: int | None = None) -> Seq2SeqCache:
+        """An empty cache for decoding up to ``max_len`` target positions of ``batch_size`` sources
+        (with ``max_source_len``, preallocated per-row source rows too, as the engine uses)."""
         c = self.config
         return Seq2SeqCache(c.n_decoder_layer, batch_size, c.n_head, max_len, c.head_dim,
-                            dtype=dtype or self.embed.weight.dtype, device=self.embed.weight.device)
+                            dtype=dtype or self.embed.weight.dtype, device=self.embed.weight.device,
+                            max_source_len=max_source_len)
+
+    new_kv_cache = new_cache  # the name decoders had first
 
     def _check_ids(self, ids: Tensor, name: str) -> None:
         if ids.dim() != 2:
@@ -317,7 +407,8 @@ class Seq2Seq(nn.Module):
                 "decoder_input_ids: required by Seq2Seq.forward; build them from the labels with "
                 "shift_right(labels), or call encode() to run the encoder alone"
             )
-        self._check_ids(decoder_input_ids, "decoder_input_ids")
+        if kv_cache is None or not kv_cache.per_row:  # the engine checks its prompts once
+            self._check_ids(decoder_input_ids, "decoder_input_ids")
         if kv_cache is not None and kv_cache.batch_size != decoder_input_ids.shape[0]:
             raise ValueError(
                 f"kv_cache: built for batch size {kv_cache.batch_size}, "
@@ -343,4 +434,4 @@ class Seq2Seq(nn.Module):
         return out
 
 
-__all__ = ["Block", "Seq2Seq", "Seq2SeqCache", "Stack", "shift_right"]
+__all__ = ["Block", "Seq2Seq", "Seq2SeqCache", "Seq2SeqCacheRows", "Stack", "shift_right"]
