@@ -25,26 +25,12 @@ from duplexlm.infer.sampling import (
 from duplexlm.infer.stream import IncrementalDetokenizer
 from duplexlm.io import convert_to_hf, save_model
 from duplexlm.models import build_model
-from duplexlm.tokenizer import Tokenizer, train_tokenizer
+from duplexlm.tokenizer import Tokenizer
 
-LINES = ["我爱北京天安门", "北京欢迎你", "今天天气很好", "你好，世界", "hello world", "the cat sat on the mat",
-         "表情 🙂 和 👍 都很好", "emoji 🎉 party"] * 20
 RICH = "你好，世界！🙂👍 hello 中文 🎉"  # Chinese, emoji: characters spelt over several byte tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # models this small run fastest on one thread, and on a busy 2-core machine much faster than on two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bpe() -> Tokenizer:
-    # a small vocabulary, so that most Chinese characters and every emoji take several tokens
-    return train_tokenizer(LINES, "bpe", vocab_size=300, num_sentinels=2)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixtures: tests/infer/conftest.py
 
 
 def _decoder(kind: str, vocab: int, **kw) -> nn.Module:

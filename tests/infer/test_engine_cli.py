@@ -18,20 +18,10 @@ from duplexlm.io import load, save_model
 from duplexlm.models import build_model
 from duplexlm.tokenizer import Tokenizer, train_tokenizer
 
-from .test_engine import LINES, RICH, _scripted
+from .conftest import LINES
+from .test_engine import RICH, _scripted
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bpe() -> Tokenizer:
-    return train_tokenizer(LINES, "bpe", vocab_size=300, num_sentinels=2)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixtures: tests/infer/conftest.py
 
 
 @pytest.fixture(scope="module")

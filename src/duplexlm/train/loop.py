@@ -343,13 +343,13 @@ _HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "t
 def _override_loaded(config: Any, changes: dict[str, Any], source: str) -> Any:
     """``init_from``'s config with the model section's changes: fields that leave every weight's
     shape as it is (dropout, attention dropout, pooling, ...); a shape field is an error."""
-    from ..errors import did_you_mean as _nearest
+    from ..errors import did_you_mean
 
     fields = type(config).__dataclass_fields__
+    shape = set(getattr(config, "SHAPE_FIELDS", ())) | {"vocab_size", "family", "head", "num_labels"}
     for key, value in changes.items():
         if key not in fields:
-            raise ConfigError(f"model.{key}: not a field of {type(config).__name__}{_nearest(key, list(fields))}")
-        shape = set(getattr(config, "SHAPE_FIELDS", ())) | {"vocab_size", "family", "head", "num_labels"}
+            raise ConfigError(f"model.{key}: not a field of {type(config).__name__}{did_you_mean(key, list(fields))}")
         if key in shape and value != getattr(config, key):
             raise ConfigError(f"model.{key}={value!r}: init_from={source} has {key}={getattr(config, key)!r} and "
                               "its weights are that shape; only fields that keep the shapes can change")
