@@ -111,15 +111,14 @@ class Encoder(nn.Module):
         self.pooler = nn.Linear(c.d_model, c.d_model) if c.pooler else None
         self.mlm_head = MLMHead(c.d_model, c.vocab_size, c.activation, c.norm_eps) if c.head == "mlm" else None
         self.classifier: nn.Linear | None = None
+        p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout  # every task head's
         if c.head in ("classify", "tag"):
-            p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
             self.classifier_dropout = nn.Dropout(p)
             self.classifier = nn.Linear(c.d_model, c.num_labels)
         # tags scored as a sequence: transitions between tags, decoded with Viterbi (BIO-constrained
         # when the tag names are known)
         self.crf = crf_for(c) if c.crf else None
         # multi-task: several named heads over the one encoder (``forward(..., task=name)`` picks one)
-        p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout
         self.task_heads = build_task_heads(c.tasks, c.d_model, p) if c.tasks else None
         # ELECTRA: the discriminator's head, and a small masked-LM generator over the same embeddings
         self.rtd_head = RTDHead(c.d_model, c.activation) if c.head == "rtd" else None
