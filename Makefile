@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: any other spec pulls gigabytes of CUDA packages here
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# the web page's tests drive Debian's chromium (a CJK font for Chinese); best effort without root
+	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-wqy-microhei; } \
+		|| echo "note: chromium not installed (needs root); the web page's tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

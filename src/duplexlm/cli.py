@@ -465,6 +465,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP: OpenAI-compatible /v1/models, /v1/completions, /v1/chat/completions
+    (streaming), /v1/embeddings, plus /v1/classify, /v1/attention, /health, /metrics and a web page at /.
+    Listens on loopback unless --host says otherwise; --api-key (or DUPLEX_API_KEY) guards every route
+    but /health and the page."""
+    import os
+
+    from .serve import ServerSettings, serve
+
+    key = args.api_key or os.environ.get("DUPLEX_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach it can use the model "
+              "(set --api-key or DUPLEX_API_KEY)", file=sys.stderr)
+    settings = ServerSettings(
+        model_dir=args.model, model_name=args.model_name, api_key=key, cors_origins=tuple(args.cors_origin or ()),
+        max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
+        request_timeout=args.timeout, device=args.device, compile=args.compile)
+    print(f"duplex serve: http://{args.host}:{args.port}/  (model {args.model}; loading…)", file=sys.stderr, flush=True)
+    serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def _train_config(args: argparse.Namespace, default_objective: str | None = None):
     from .train.config import load_train_config
 
@@ -501,6 +524,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "chat": (cmd_chat, _chat_args),
         "fill-mask": (cmd_fill_mask, _fill_mask_args),
         "embed": (cmd_embed, _embed_args),
+        "serve": (cmd_serve, _serve_args),
         "demo": (cmd_demo, _demo_args),
     }
     groups = {
@@ -672,6 +696,28 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="append", help="a text (repeat for several)")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model directory with its tokenizer (any family)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also: DUPLEX_API_KEY)")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the directory's name)")
+    p.add_argument("--cors-origin", action="append", help="an origin allowed to call the API from a browser "
+                                                          "(repeatable; no credentials)")
+    p.add_argument("--max-batch-size", type=_int_at_least(1), default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=_int_at_least(0), default=64,
+                   help="requests held beyond the running batch; more are refused with 429")
+    p.add_argument("--max-tokens", type=_int_at_least(1), default=1024, help="the most tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=None,
+                   help="the longest prompt accepted (default: what the context leaves room for)")
+    p.add_argument("--max-n", type=_int_at_least(1), default=4, help="the most choices (n) per request")
+    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=1 << 20)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: as loaded)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoding step (GPUs)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,806 @@
+"""The HTTP server: OpenAI-compatible routes over the decoding engine, duplexlm's own routes for
+classifiers, taggers and attention maps, Prometheus metrics and a web page.
+
+Routes (``/v1/*`` and ``/metrics`` need the API key when one is set; ``/health`` and the page's
+static files never do — they hold no model output):
+
+- ``GET /health`` — 200 ``{"status": "ok"}``, or 503 while the model loads (or failed to).
+- ``GET /v1/models`` — the one model served, with its ``capabilities``.
+- ``POST /v1/completions``, ``POST /v1/chat/completions`` — decoders (and completions for
+  encoder-decoders); ``stream: true`` answers with server-sent events ending in ``data: [DONE]``.
+- ``POST /v1/embeddings`` — encoders and encoder-decoders: mean-pooled, L2-normalised states.
+- ``POST /v1/classify`` — classifiers, regressors and taggers (``task`` picks a multi-task head).
+- ``POST /v1/attention`` — one layer's attention map of a text (a head, or the mean over heads).
+- ``GET /metrics`` — Prometheus text; ``GET /`` — the web page.
+
+Limits (:class:`ServerSettings`): request body size (413), ``max_tokens``, prompt tokens and ``n``
+(400), requests held at once (429), a per-request timeout (408, or an error event in a stream). A
+client that disconnects stops its generation at the next step and frees its batch rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import ConfigError
+from ..infer.engine import Engine, RequestOutput, SamplingParams
+from .metrics import Metrics
+from .protocol import (
+    APIError,
+    AttentionRequest,
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from .worker import EngineWorker, QueueFull, Submission
+
+log = logging.getLogger("duplexlm.serve")
+STATIC = Path(__file__).parent / "static"
+_ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+              "/v1/embeddings", "/v1/classify", "/v1/attention")
+
+
+@dataclass
+class ServerSettings:
+    """What the server serves and the limits it keeps (the ``duplex serve`` flags)."""
+
+    model_dir: str | None = None
+    model_name: str | None = None  # the id clients send as "model"; default: the directory's name
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_batch_size: int = 16  # engine rows decoded together
+    max_queue: int = 64  # requests held beyond the running batch before 429
+    max_tokens: int = 1024  # the most tokens one choice may ask for
+    max_prompt_tokens: int | None = None  # None: what the model's context leaves room for
+    max_n: int = 4
+    max_inputs: int = 64  # texts in one embeddings/classify request
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 300.0
+    device: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "max_inputs", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "max_queue" else 1):
+                raise ConfigError(f"{name}: expected an integer >= {0 if name == 'max_queue' else 1}, found {value!r}")
+        if not self.request_timeout > 0:
+            raise ConfigError(f"request_timeout: expected a number of seconds > 0, found {self.request_timeout!r}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ConfigError(f"max_prompt_tokens: expected an integer >= 1, found {self.max_prompt_tokens!r}")
+
+
+def capabilities(model: torch.nn.Module) -> list[str]:
+    """What a model can answer: ``completions``, ``chat``, ``embeddings``, ``classify``, ``attention``."""
+    c = model.config
+    caps: list[str] = []
+    head = getattr(c, "head", "none")
+    if c.family == "decoder" and head == "lm":
+        caps += ["completions", "chat"]
+    if c.family == "seq2seq":
+        caps += ["completions", "embeddings"]
+    if c.family == "encoder":
+        caps.append("embeddings")
+    if getattr(c, "tasks", None) or head in ("classify", "tag"):
+        caps.append("classify")
+    if c.family != "rnn" or getattr(c, "pooling", None) == "attention":
+        caps.append("attention")
+    return caps
+
+
+@dataclass
+class _State:
+    settings: ServerSettings
+    status: str = "loading"  # loading | ready | failed
+    error: str | None = None
+    model: Any = None
+    tokenizer: Any = None
+    name: str = "model"
+    caps: list[str] = field(default_factory=list)
+    worker: EngineWorker | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    created: int = field(default_factory=lambda: int(time.time()))
+    model_lock: asyncio.Lock | None = None  # one non-generation forward pass at a time
+    model_waiting: int = 0
+
+    def ready(self, model: Any, tokenizer: Any) -> None:
+        s = self.settings
+        if tokenizer is None:
+            raise ConfigError(f"--model: {s.model_dir} has no tokenizer.json; the server needs one")
+        self.caps = capabilities(model)
+        if "completions" in self.caps:
+            engine = Engine(model, tokenizer, max_batch_size=s.max_batch_size, compile=s.compile)
+            self.worker = EngineWorker(engine, max_pending=s.max_batch_size + s.max_queue,
+                                       on_step=self._stepped)
+        self.model, self.tokenizer = model, tokenizer
+        self.status = "ready"
+
+    def _stepped(self, outputs: list[RequestOutput], seconds: float) -> None:
+        self.metrics.step(seconds)
+        self.metrics.tokens(generated=sum(len(o.token_ids) for o in outputs))
+
+
+def _load_in_background(state: _State) -> None:
+    from ..io import load
+
+    s = state.settings
+    try:
+        device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load(s.model_dir, device=device)
+        state.ready(model, tokenizer)
+        log.info("serving %s (%s) as %r: %s", s.model_dir, model.config.family, state.name, ", ".join(state.caps))
+    except Exception as e:  # shown by /health and every route's 503
+        state.status, state.error = "failed", f"{type(e).__name__}: {e}"
+        log.error("loading %s failed: %s", s.model_dir, state.error)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The app
+
+
+def create_app(settings: ServerSettings | None = None, *, model: Any = None, tokenizer: Any = None) -> FastAPI:
+    """The ASGI app. Give ``settings.model_dir`` (loaded in a background thread: the routes answer
+    503 until it is ready) or an already loaded ``model`` and ``tokenizer``."""
+    settings = settings or ServerSettings()
+    state = _State(settings)
+    if settings.model_name:
+        state.name = settings.model_name
+    elif settings.model_dir:
+        state.name = Path(settings.model_dir).resolve().name
+    if model is not None:
+        state.ready(model, tokenizer)
+    elif settings.model_dir is None:
+        raise ConfigError("model_dir: expected a model directory (or pass model= and tokenizer=)")
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.model_lock = asyncio.Lock()
+        if state.status == "loading":
+            threading.Thread(target=_load_in_background, args=(state,), name="duplex-load", daemon=True).start()
+        yield
+        if state.worker is not None:
+            state.worker.close()
+
+    app = FastAPI(title="duplexlm", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.duplex = state
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+        elif first.get("type") == "extra_forbidden":
+            message = f"{param}: not a parameter of this endpoint"
+        else:
+            message = f"{param or 'body'}: {first.get('msg', 'invalid')}"
+            if "input" in first and first.get("type") != "missing":
+                message += f", found {_short(first['input'])}"
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    @app.exception_handler(ConfigError)
+    async def _config_error(request: Request, exc: ConfigError) -> JSONResponse:
+        message = str(exc)
+        param = message.split(":", 1)[0] if ":" in message else None
+        param = {"max_new_tokens": "max_tokens"}.get(param, param) if param else None
+        if param and " " in param:
+            param = None
+        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    # -- routes ------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.status == "ready":
+            return JSONResponse({"status": "ok", "model": state.name})
+        return JSONResponse({"status": state.status, "error": state.error}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        w = state.worker
+        gauges = {
+            "duplex_queue_depth": ("Generation requests waiting for a batch row.", w.waiting if w else 0),
+            "duplex_running_requests": ("Generation requests in the running batch.", w.running if w else 0),
+            "duplex_pending_requests": ("Generation requests held (running, waiting or finishing).",
+                                        w.pending if w else 0),
+            "duplex_model_waiting": ("Embedding, classify and attention requests waiting for the model.",
+                                     state.model_waiting),
+            "duplex_model_ready": ("1 once the model is loaded.", int(state.status == "ready")),
+        }
+        return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        c = state.model.config
+        card: dict[str, Any] = {"id": state.name, "object": "model", "created": state.created,
+                                "owned_by": "duplexlm", "family": c.family, "capabilities": state.caps,
+                                "max_context": _context(state)}
+        if "classify" in state.caps:
+            card["tasks"] = _tasks(state.model)
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        _check(state, body.model, "completions", "/v1/completions")
+        prompts = _prompt_list(body.prompt)
+        params = _params(state, body, body.max_tokens, num_beams=body.num_beams,
+                         length_penalty=body.length_penalty)
+        ids = [_prompt_ids(state, p, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+               for i, p in enumerate(prompts)]
+        return await _generate(state, request, body, ids, params, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        from ..infer.chat import chat_prompt
+
+        _check(state, body.model, "chat", "/v1/chat/completions")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        prompt = chat_prompt(state.tokenizer, messages)
+        params = _params(state, body, body.max_completion_tokens or body.max_tokens,
+                         extra_stop=prompt.stop, extra_stop_ids=prompt.stop_token_ids)
+        ids = [_prompt_ids(state, prompt.text, "messages")]
+        return await _generate(state, request, body, ids, params, chat=True)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        from ..infer.embed import embed
+
+        _check(state, body.model, "embeddings", "/v1/embeddings")
+        texts = _texts(state, body.input)
+        if body.dimensions is not None:
+            raise APIError(400, "dimensions: this model's embeddings have one size; leave dimensions out",
+                           param="dimensions")
+        n_tokens = sum(len(state.tokenizer.encode(t)) for t in texts)
+        vectors = await _on_model(state, lambda: embed(state.model, state.tokenizer, texts))
+        data = []
+        for i, v in enumerate(vectors):
+            if body.encoding_format == "base64":
+                value: Any = base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii")
+            else:
+                value = v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return {"object": "list", "data": data, "model": state.name,
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+        from ..infer.predict import classify as classify_texts
+        from ..infer.predict import tag, task_of
+
+        _check(state, body.model, "classify", "/v1/classify")
+        texts = _texts(state, body.input)
+        try:
+            kind = task_of(state.model, body.task)
+        except ConfigError as e:
+            raise APIError(400, str(e).replace("--task", "task").replace("--model", "model"), param="task") from e
+        fn = tag if kind == "tag" else classify_texts
+        results = await _on_model(state, lambda: fn(state.model, state.tokenizer, texts, task=body.task))
+        return {"object": "list", "model": state.name, "task": body.task, "kind": kind,
+                "data": [{"index": i, "input": t, **r} for i, (t, r) in enumerate(zip(texts, results))]}
+
+    @app.post("/v1/attention")
+    async def attention(body: AttentionRequest) -> dict[str, Any]:
+        from ..infer.attention import attention_maps
+
+        _check(state, body.model, "attention", "/v1/attention")
+        _prompt_ids(state, body.input, "input")  # the length cap
+        maps = await _on_model(state, lambda: attention_maps(state.model, state.tokenizer, body.input,
+                                                             target=body.target))
+        n_layer, n_head = maps.n_layer, maps.n_head
+        if not -n_layer <= body.layer < n_layer:
+            raise APIError(400, f"layer: expected an index in [{-n_layer}, {n_layer}), found {body.layer}",
+                           param="layer")
+        if body.head is not None and not -n_head <= body.head < n_head:
+            raise APIError(400, f"head: expected an index in [{-n_head}, {n_head}) or null (the mean), "
+                                f"found {body.head}", param="head")
+        layer = maps.layers[body.layer]
+        weights = layer.mean(0) if body.head is None else layer[body.head]
+        return {"object": "attention", "model": state.name, "kind": maps.kind, "family": maps.family,
+                "n_layer": n_layer, "n_head": n_head, "layer": body.layer % n_layer,
+                "head": None if body.head is None else body.head % n_head,
+                "tokens": maps.tokens, "key_tokens": maps.key_tokens,
+                "weights": [[round(float(x), 5) for x in row] for row in weights]}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(_GuardMiddleware, state=state)
+    return app
+
+
+def _version() -> str:
+    from ..version import __version__
+
+    return __version__
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks shared by the routes
+
+
+def _check(state: _State, model: str | None, capability: str, route: str) -> None:
+    if model is not None and model != state.name:
+        raise APIError(404, f"model: {model!r} is not served here; this server serves {state.name!r}",
+                       param="model", code="model_not_found")
+    if capability not in state.caps:
+        offered = ", ".join(state.caps) or "nothing"
+        raise APIError(400, f"model: {state.name!r} is a {state.model.config.family} that cannot answer {route} "
+                            f"(it offers: {offered})", param="model", code="unsupported_endpoint")
+
+
+def _context(state: _State) -> int:
+    c = state.model.config
+    return int(getattr(c, "max_seq_len", None) or (state.worker.engine.runner.max_source_len
+                                                    if state.worker else 512))
+
+
+def _tasks(model: Any) -> dict[str, Any]:
+    from ..infer.predict import task_of
+
+    c = model.config
+    if getattr(c, "tasks", None):
+        return {name: {"kind": task_of(model, name), "labels": spec.get("label_names")}
+                for name, spec in c.tasks.items()}
+    return {"": {"kind": task_of(model), "labels": getattr(c, "label_names", None)}}
+
+
+def _texts(state: _State, value: str | list[str]) -> list[str]:
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts:
+        raise APIError(400, "input: expected a text or a non-empty list of texts, found []", param="input")
+    if len(texts) > state.settings.max_inputs:
+        raise APIError(400, f"input: {len(texts)} texts; this server takes at most {state.settings.max_inputs} "
+                            "per request", param="input")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise APIError(400, f"input[{i}]: expected a non-empty text", param="input")
+        _prompt_ids(state, t, "input" if len(texts) == 1 else f"input[{i}]")
+    return texts
+
+
+def _prompt_list(prompt: Any) -> list[Any]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt: expected a text, a list of texts or token ids, found []", param="prompt")
+    if isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+def _prompt_ids(state: _State, prompt: str | list[int], name: str) -> list[int]:
+    """Token ids of a prompt, within the prompt-length cap."""
+    if isinstance(prompt, str):
+        ids = state.tokenizer.encode(prompt)
+    else:
+        ids = list(prompt)
+        vocab = state.model.config.vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise APIError(400, f"{name}: token ids must lie in [0, {vocab})", param="prompt")
+    if not ids:
+        raise APIError(400, f"{name}: expected at least one token, found an empty prompt", param=name.split("[")[0])
+    s = state.settings
+    limit = s.max_prompt_tokens
+    if state.worker is not None:
+        engine = state.worker.engine
+        room = engine.runner.context - 1 if engine.family == "decoder" else engine.runner.max_source_len
+        limit = min(limit or room, room)
+    elif limit is None:
+        limit = int(getattr(state.model.config, "max_seq_len", 0) or 10**9)
+    if len(ids) > limit:
+        raise APIError(400, f"{name}: {len(ids)} tokens; this server takes at most {limit}",
+                       param=name.split("[")[0], code="context_length_exceeded")
+    return ids
+
+
+def _params(state: _State, body: Any, max_tokens: int | None, *, extra_stop: tuple[str, ...] = (),
+            extra_stop_ids: tuple[int, ...] = (), **extra: Any) -> SamplingParams:
+    s = state.settings
+    bad = body.unsupported()
+    if bad:
+        raise APIError(400, f"{bad[0]}: not supported by this server; leave it out (or at its default)",
+                       param=bad[0])
+    if not 1 <= body.n <= s.max_n:
+        raise APIError(400, f"n: expected an integer in [1, {s.max_n}], found {body.n}", param="n")
+    if max_tokens is None:
+        max_tokens = s.max_tokens
+    if not 1 <= max_tokens <= s.max_tokens:
+        raise APIError(400, f"max_tokens: expected an integer in [1, {s.max_tokens}], found {max_tokens}",
+                       param="max_tokens")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options: only with stream: true", param="stream_options")
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if len(stop) > 4:
+        raise APIError(400, f"stop: at most 4 stop strings, found {len(stop)}", param="stop")
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_tokens,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "top_k": body.top_k or 0,
+        "min_p": body.min_p or 0.0,
+        "repetition_penalty": 1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        "stop": stop + tuple(extra_stop),
+        "stop_token_ids": tuple(body.stop_token_ids or ()) + tuple(extra_stop_ids),
+        "ignore_eos": body.ignore_eos,
+        "seed": body.seed,
+        **extra,
+    }
+    if kwargs["temperature"] > 2:
+        raise APIError(400, f"temperature: expected a number in [0, 2], found {kwargs['temperature']}",
+                       param="temperature")
+    if kwargs.get("num_beams", 1) > 1:
+        if body.n > kwargs["num_beams"]:
+            raise APIError(400, "n: beam search returns the best beam; ask for n=1", param="n")
+        kwargs["temperature"] = 0.0
+    return SamplingParams(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation: submit, then stream or collect
+
+
+class _Gone(Exception):
+    """The client disconnected."""
+
+
+class _TimedOut(Exception):
+    pass
+
+
+async def _next_output(sub: Submission, request: Request, deadline: float) -> RequestOutput:
+    """The submission's next output; raises _Gone when the client left, _TimedOut past the deadline."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _TimedOut()
+        try:
+            return await asyncio.wait_for(sub.queue.get(), timeout=min(left, 0.25))
+        except TimeoutError:
+            if await request.is_disconnected():
+                raise _Gone() from None
+
+
+def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index`` of ``n``: its own seed, so n samples differ but stay reproducible."""
+    if params.seed is None or index == 0:
+        return params
+    from dataclasses import replace
+
+    return replace(params, seed=params.seed + index)
+
+
+async def _generate(state: _State, request: Request, body: Any, prompts: list[list[int]], params: SamplingParams,
+                    *, chat: bool) -> Response:
+    worker = state.worker
+    assert worker is not None
+    n = body.n
+    subs: list[Submission] = []
+    try:
+        for ids in prompts:
+            for j in range(n):
+                subs.append(worker.submit(ids, _choice_params(params, j)))
+    except QueueFull as e:
+        for sub in subs:
+            worker.abort(sub.request_id)
+        raise APIError(429, f"the server is busy: {e}", code="queue_full") from None
+    except ConfigError:
+        for sub in subs:
+            worker.abort(sub.request_id)
+        raise
+    state.metrics.tokens(prompt=sum(s.prompt_tokens for s in subs))
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    deadline = time.monotonic() + state.settings.request_timeout
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _SSEResponse(_stream(state, request, subs, n, rid, created, deadline, chat, include_usage),
+                            media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        outs = await asyncio.gather(*(_collect(state, request, sub, deadline) for sub in subs))
+    except (_Gone, _TimedOut, asyncio.CancelledError) as e:
+        for sub in subs:
+            worker.abort(sub.request_id)
+        state.metrics.abort()
+        if isinstance(e, _TimedOut):
+            raise APIError(408, f"the request took longer than the server's timeout of "
+                                f"{state.settings.request_timeout:g} s", code="timeout") from None
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        return Response(status_code=499)  # nobody reads it
+    choices = []
+    for i, (text, _count, reason) in enumerate(outs):
+        if chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "logprobs": None, "finish_reason": reason})
+        else:
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+    prompt_tokens = sum(s.prompt_tokens for s in subs[::n])
+    completion_tokens = sum(count for _, count, _ in outs)
+    return JSONResponse({
+        "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+        "model": state.name, "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    })
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason in ("length", "abort") else "stop"
+
+
+async def _collect(state: _State, request: Request, sub: Submission, deadline: float) -> tuple[str, int, str]:
+    pieces: list[str] = []
+    count = 0
+    while True:
+        out = await _next_output(sub, request, deadline)
+        if out.token_ids and count == 0:
+            state.metrics.first_token(time.perf_counter() - sub.submitted)
+        pieces.append(out.text)
+        count = out.completion_tokens or count + len(out.token_ids)
+        if out.finished:
+            return "".join(pieces), count, _finish_reason(out.finish_reason)
+
+
+async def _stream(state: _State, request: Request, subs: list[Submission], n: int, rid: str, created: int,
+                  deadline: float, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events: the choices' text as it comes (interleaved when n > 1), each choice's
+    ``finish_reason`` in its last chunk, the usage chunk when asked for, then ``[DONE]``."""
+    worker = state.worker
+    assert worker is not None
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(index: int, text: str | None, reason: str | None, *, role: bool = False) -> str:
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        payload: dict[str, Any] = {"id": rid, "object": kind, "created": created, "model": state.name,
+                                   "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    open_subs = {i: sub for i, sub in enumerate(subs)}
+    counts = [0] * len(subs)
+    merged: asyncio.Queue[tuple[int, RequestOutput]] = asyncio.Queue()
+
+    async def pump(i: int, sub: Submission) -> None:
+        while True:
+            out = await sub.queue.get()
+            await merged.put((i, out))
+            if out.finished:
+                return
+
+    tasks = [asyncio.create_task(pump(i, sub)) for i, sub in open_subs.items()]
+    finished = False
+    try:
+        if chat:
+            for i in range(len(subs)):
+                yield chunk(i, "", None, role=True)
+        while open_subs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _TimedOut()
+            try:
+                i, out = await asyncio.wait_for(merged.get(), timeout=min(left, 0.25))
+            except TimeoutError:
+                if await request.is_disconnected():
+                    raise _Gone() from None
+                continue
+            if out.token_ids and counts[i] == 0:
+                state.metrics.first_token(time.perf_counter() - subs[i].submitted)
+            counts[i] = out.completion_tokens or counts[i] + len(out.token_ids)
+            if out.finished:
+                del open_subs[i]
+                if out.text:
+                    yield chunk(i, out.text, None)
+                yield chunk(i, None if chat else "", _finish_reason(out.finish_reason))
+            elif out.text:
+                yield chunk(i, out.text, None)
+        if include_usage:
+            prompt_tokens = sum(s.prompt_tokens for s in subs[::n])
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sum(counts),
+                     "total_tokens": prompt_tokens + sum(counts)}
+            yield ("data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": state.name,
+                                          "choices": [], "usage": usage}) + "\n\n")
+        yield "data: [DONE]\n\n"
+        finished = True
+    except _TimedOut:
+        err = APIError(408, f"the request took longer than the server's timeout of "
+                            f"{state.settings.request_timeout:g} s", code="timeout")
+        yield f"data: {json.dumps(err.body())}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        for t in tasks:
+            t.cancel()
+        if not finished:
+            for i in open_subs:
+                worker.abort(subs[i].request_id)
+            if open_subs:
+                state.metrics.abort()
+
+
+class _SSEResponse(StreamingResponse):
+    """A streaming response that always closes its generator, so a stream whose client vanished
+    aborts its generation (the generator's ``finally``) at once, not when garbage is collected."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-generation work on the model, one at a time, in a thread
+
+
+async def _on_model(state: _State, fn: Callable[[], Any]) -> Any:
+    s = state.settings
+    if state.model_waiting > s.max_queue:
+        raise APIError(429, f"the server is busy: {state.model_waiting} requests wait for the model (the "
+                            f"limit is {s.max_queue + 1}); try again later", code="queue_full")
+    assert state.model_lock is not None
+    state.model_waiting += 1
+    try:
+        await state.model_lock.acquire()
+    finally:
+        state.model_waiting -= 1
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_no_grad, fn), timeout=s.request_timeout)
+    except TimeoutError:
+        raise APIError(408, f"the request took longer than the server's timeout of {s.request_timeout:g} s",
+                       code="timeout") from None
+    finally:
+        state.model_lock.release()
+
+
+def _no_grad(fn: Callable[[], Any]) -> Any:
+    with torch.inference_mode():
+        return fn()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Key, body size, loading state and metrics: one ASGI middleware in front of every route
+
+
+class _GuardMiddleware:
+    """Before any route: the API key, the body-size cap and the loading state; after: the metrics."""
+
+    def __init__(self, app: Any, state: _State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state, s = self.state, self.state.settings
+        path: str = scope["path"]
+        start = time.perf_counter()
+        endpoint = path if path in _ENDPOINTS else ("/" if path == "/" or path.startswith("/static/") else "other")
+        status_box = [500]
+
+        async def send_counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+            await send(message)
+
+        try:
+            guarded = path.startswith("/v1/") or path == "/metrics"
+            if guarded and s.api_key is not None and scope["method"] != "OPTIONS":
+                header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+                if header != f"Bearer {s.api_key}":
+                    message = ("missing API key: send the header 'Authorization: Bearer <key>'" if not header else
+                               "wrong API key")
+                    await _send_error(send_counted, APIError(401, message, code="invalid_api_key"))
+                    return
+            if path.startswith("/v1/") and state.status != "ready":
+                what = "is loading" if state.status == "loading" else f"failed to load ({state.error})"
+                await _send_error(send_counted, APIError(503, f"the model {what}; try again shortly",
+                                                         code="model_not_ready"), retry_after=state.status == "loading")
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                headers = dict(scope.get("headers") or ())
+                declared = headers.get(b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+                    await _send_error(send_counted, _too_large(s.max_body_bytes, int(declared)))
+                    return
+                body, more = bytearray(), True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > s.max_body_bytes:
+                        await _send_error(send_counted, _too_large(s.max_body_bytes, None))
+                        return
+                receive = _replay(bytes(body), receive)
+            await self.app(scope, receive, send_counted)
+        finally:
+            state.metrics.request(endpoint, status_box[0], time.perf_counter() - start)
+
+
+def _too_large(limit: int, size: int | None) -> APIError:
+    found = f"{size} bytes" if size is not None else "more"
+    return APIError(413, f"the request body is too large: the limit is {limit} bytes, found {found}",
+                    code="request_too_large")
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _send_error(send: Any, err: APIError, *, retry_after: bool = False) -> None:
+    payload = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
+    """Run the server until interrupted (``duplex serve``)."""
+    import uvicorn
+
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+__all__ = ["ServerSettings", "capabilities", "create_app", "serve"]

@@ -1,0 +1,150 @@
+"""The engine's own thread, and the asyncio side of it: how HTTP handlers submit and await generations.
+
+The :class:`~duplexlm.infer.engine.Engine` is stepped by one thread (:class:`EngineWorker`), which
+sleeps while nothing is queued. A handler calls :meth:`EngineWorker.submit` and awaits the
+:class:`Submission`'s queue of :class:`~duplexlm.infer.engine.RequestOutput` deltas; the worker puts
+each step's outputs into the right queue on the handler's event loop (``call_soon_threadsafe``), so
+the engine never waits for a slow reader and a reader never blocks the engine. A handler whose client
+left calls :meth:`EngineWorker.abort`: the request leaves the batch at the next step boundary and its
+rows are free again.
+
+Admission is bounded: at most ``max_pending`` requests may be in the worker (running or waiting for a
+row) — one more is refused with :class:`QueueFull`, which the server answers with HTTP 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..infer.engine import Engine, Prompt, RequestOutput, SamplingParams
+
+log = logging.getLogger("duplexlm.serve")
+
+
+class QueueFull(Exception):
+    """The worker holds ``max_pending`` requests already."""
+
+
+@dataclass
+class Submission:
+    """One request in the worker: its id, and the queue its outputs arrive on (in order; the last has
+    ``finished=True``)."""
+
+    request_id: str
+    queue: asyncio.Queue[RequestOutput]
+    prompt_tokens: int
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+
+class EngineWorker:
+    """Steps ``engine`` in a daemon thread while it has work; see the module docstring.
+
+    ``on_step(n_outputs, seconds)``, when given, is called from the worker thread after every step
+    (the server counts steps and tokens with it)."""
+
+    def __init__(self, engine: Engine, *, max_pending: int = 64,
+                 on_step: Callable[[list[RequestOutput], float], None] | None = None) -> None:
+        self.engine = engine
+        self.max_pending = max_pending
+        self._on_step = on_step
+        self._lock = threading.Lock()
+        self._subs: dict[str, tuple[asyncio.AbstractEventLoop, Submission]] = {}
+        self._wake = threading.Event()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="duplex-engine", daemon=True)
+        self._thread.start()
+
+    # -- handler side ------------------------------------------------------------------------------
+    def submit(self, prompt: Prompt, params: SamplingParams) -> Submission:
+        """Queue a request; raises :class:`QueueFull` when the worker is full and ConfigError (from
+        the engine) for a prompt or parameters it cannot take. Call from the event loop's thread."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._error is not None:
+                raise RuntimeError(f"the engine thread failed: {self._error!r}")
+            if len(self._subs) >= self.max_pending:
+                raise QueueFull(f"{len(self._subs)} requests are in the engine already (the limit is "
+                                f"{self.max_pending}); try again later")
+            req = self.engine._add(prompt, params, None)  # ids, checks; it joins at the next step
+            sub = Submission(req.request_id, asyncio.Queue(), len(req.prompt_ids))
+            self._subs[req.request_id] = (loop, sub)
+        self._wake.set()
+        return sub
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request at the next step (its last output says ``finish_reason='abort'``)."""
+        if self.engine.abort(request_id):
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Requests in the worker (running, waiting for rows, or finished but not yet collected)."""
+        with self._lock:
+            return len(self._subs)
+
+    @property
+    def running(self) -> int:
+        return self.engine.num_running
+
+    @property
+    def waiting(self) -> int:
+        return self.engine.num_waiting
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    # -- the thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._stop:
+            if not engine.has_unfinished():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            start = time.perf_counter()
+            try:
+                outputs = engine.step()
+            except BaseException as e:  # a bug: fail every waiting request rather than hang them
+                log.exception("engine step failed")
+                self._fail_all(e)
+                return
+            now = time.perf_counter()
+            for out in outputs:
+                self._deliver(out, now)
+            if self._on_step is not None:
+                self._on_step(outputs, now - start)
+
+    def _deliver(self, out: RequestOutput, now: float) -> None:
+        with self._lock:
+            entry = self._subs.get(out.request_id)
+            if entry is not None and out.finished:
+                del self._subs[out.request_id]
+        if entry is None:
+            return
+        loop, sub = entry
+        if sub.first_token is None and out.token_ids:
+            sub.first_token = now
+        with contextlib.suppress(RuntimeError):  # the handler's loop is gone (server shutting down)
+            loop.call_soon_threadsafe(sub.queue.put_nowait, out)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            self._error = error
+            subs, self._subs = list(self._subs.values()), {}
+        for loop, sub in subs:
+            out = RequestOutput(sub.request_id, [], "", finished=True, finish_reason="abort")
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(sub.queue.put_nowait, out)
+
+
+__all__ = ["EngineWorker", "QueueFull", "Submission"]
