@@ -240,7 +240,8 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         c = state.model.config
         card: dict[str, Any] = {"id": state.name, "object": "model", "created": state.created,
                                 "owned_by": "duplexlm", "family": c.family, "capabilities": state.caps,
-                                "max_context": _context(state)}
+                                "max_context": _context(state), "max_tokens": settings.max_tokens,
+                                "max_n": settings.max_n}
         if "classify" in state.caps:
             card["tasks"] = _tasks(state.model)
         return {"object": "list", "data": [card]}
