@@ -77,6 +77,16 @@ def test_demo_quick(tmp_path, capsys):
     pre = [json.loads(line) for line in (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in pre if "loss" in r]
     assert len(train) >= 10 and sum(train[-3:]) < sum(train[:3])  # the encoder learned something while pretraining
+    # the decoder half: causal-LM pretraining, instruction tuning on zh-tasks, both systems scored per task
+    assert "D3. instruction tuning on zh-tasks" in out and "causal LM:" in out
+    dec = metrics["decoder"]
+    assert next(row["label"] for row in dec["table"]) == "情感判断 accuracy" and len(dec["table"]) == 6
+    for row in dec["table"]:
+        assert set(row["values"]) == {"pretrained + instruction-tuned", "same decoder from scratch"}
+    assert {s["task"] for s in dec["samples"]} == {"情感判断", "翻译", "转繁体", "实体识别"}
+    assert "## Decoder half" in report
+    gens = (tmp_path / "decoder" / "runs" / "pretrained" / "test_generations.jsonl").read_text(encoding="utf-8")
+    assert len(gens.splitlines()) >= 28
     # running it again replaces its own output; a directory holding anything else is refused
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2

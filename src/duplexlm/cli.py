@@ -243,7 +243,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate_model(args.model, args.data, split=args.split, out=args.out, text_field=args.text_field,
                        label_field=args.label_field, batch_size=args.batch_size, overwrite=args.overwrite,
                        context=args.context, stride=args.stride, max_tokens=args.max_tokens, seed=args.seed,
-                       task=args.task)
+                       task=args.task, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                       limit=args.limit)
+    if m["task"] in ("sft", "seq2seq"):
+        scores = {k: v for k, v in m.items() if isinstance(v, float)}
+        print(f"{m['task']} on {m['data']} ({m['split']}, {m['examples']} examples, generated): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + (f"; report in {args.out}" if args.out else ""))
+        return 0
     if m["task"] == "lm":
         print(f"{m['objective']} on {m['data']} ({m['split']}, {m['tokens']} tokens): "
               + ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "perplexity", "bits_per_byte") if k in m)
@@ -504,7 +510,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     real pretrained weights (all-MiniLM-L6-v2) through our own encoder."""
     from .demo import run_demo
 
-    return run_demo(quick=args.quick, out_dir=Path(args.out), minutes=args.minutes)
+    return run_demo(quick=args.quick, out_dir=Path(args.out), minutes=args.minutes, only=args.only)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -603,7 +609,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a model directory written by `duplex pretrain` or `duplex finetune`")
     p.add_argument("--data", required=True,
                    help="a labelled file or built-in task (reviews-zh, peoples-daily-ner); for a language model a "
-                        ".txt/.jsonl file, a `duplex data prepare` directory or a built-in corpus (peoples-daily)")
+                        ".txt/.jsonl file, a `duplex data prepare` directory or a built-in corpus (peoples-daily); "
+                        "for an instruction-tuned decoder or a seq2seq model conversations or pairs (zh-tasks, "
+                        "cedict-en-zh, s2t, or a chat/Alpaca/source-target JSONL), answered by generation")
     p.add_argument("--split", default=None,
                    help="the split to score: test for tasks, val (held out) for token shards and built-in corpora "
                         "(default); a file is scored whole")
@@ -621,6 +629,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="built-in splits and MLM/T5 masks (1234 matches `duplex data prepare`)")
     p.add_argument("--out", default=None, help="write metrics.json, report.md (predictions.jsonl, plots) here")
     p.add_argument("--task", help="a multi-task model's head to score (duplex info lists them)")
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=64,
+                   help="generation (conversations, pairs): the longest answer")
+    p.add_argument("--num-beams", type=_int_at_least(1), default=1, help="generation: beam search width (1: greedy)")
+    p.add_argument("--limit", type=_int_at_least(0), default=0, help="generation: score the first N examples (0: all)")
     _overwrite_arg(p)
 
 
@@ -727,6 +739,9 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the same path on small slices, in about a minute (tests)")
+    p.add_argument("--only", choices=["encoder", "decoder"], default=None,
+                   help="run one half: the encoder (sentiment, label curve, model zoo) or the decoder "
+                        "(causal-LM pretraining, instruction tuning on zh-tasks)")
     p.add_argument("--minutes", type=float, default=None,
                    help="the run's budget in minutes (default 15; pretraining gets 40%% of it)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its model directories")

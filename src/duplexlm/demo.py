@@ -539,19 +539,36 @@ def _report(out: Path, plan: _Plan, study: dict[str, Any]) -> None:
     print(f"\nreport: {out / 'report.md'}; metrics: {out / 'metrics.json'}; model: {out / 'encoder-finetuned'}")
 
 
-def run_demo(quick: bool = False, out_dir: Path = Path("runs/demo"), minutes: float | None = None) -> int:
-    from .fileutil import check_output_dir
+def run_demo(quick: bool = False, out_dir: Path = Path("runs/demo"), minutes: float | None = None,
+             only: str | None = None) -> int:
+    """Both halves (``only``: ``"encoder"`` or ``"decoder"``): the encoder study, the model zoo and the
+    round trip; then the decoder's instruction tuning on zh-tasks, added to report.md and metrics.json."""
+    from .demo_decoder import report_lines, run_decoder_half
+    from .fileutil import check_output_dir, write_json
     from .precision import describe_machine
 
     # the demo replaces its own earlier output, and refuses a directory holding anything else
     check_output_dir(out_dir, "demo", overwrite=True, flag="--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     print("duplexlm demo — " + describe_machine())
-    plan = _Plan.make(quick, minutes)
-    study = _study(out_dir, plan)
-    _report(out_dir, plan, study)
-    _rule("5. the model zoo")
-    _zoo(quick)
-    _real_weights()
-    _round_trip(out_dir)
+    t0 = time.perf_counter()
+    if only != "decoder":
+        plan = _Plan.make(quick, minutes)
+        study = _study(out_dir, plan)
+        _report(out_dir, plan, study)
+        _rule("5. the model zoo")
+        _zoo(quick)
+        _real_weights()
+        _round_trip(out_dir)
+    if only != "encoder":
+        decoder = run_decoder_half(out_dir / "decoder", quick, minutes or 15.0)
+        report = out_dir / "report.md"
+        head = report.read_text(encoding="utf-8") if report.is_file() and only != "decoder" else \
+            "# `duplex demo`\n\n"
+        report.write_text(head + "\n".join(report_lines(decoder)), encoding="utf-8")
+        metrics_file = out_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() and \
+            only != "decoder" else {}
+        write_json(metrics_file, {**metrics, "decoder": decoder})
+    print(f"\nduplex demo finished in {(time.perf_counter() - t0) / 60:.1f} minutes; report: {out_dir / 'report.md'}")
     return 0

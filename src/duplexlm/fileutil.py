@@ -161,9 +161,9 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "shards": ("meta.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "train_[0-9]*.bin", "train_[0-9]*.ws", "val_[0-9]*.bin", "val_[0-9]*.ws"),
     "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
-            "test_metrics.json", "adapter"),
-    "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png"),
-    "demo": ("corpus.txt", "tok", "data", "pretrain", "runs", "labels", "encoder-finetuned", "report.md",
+            "test_metrics.json", "adapter", "test_generations.jsonl"),
+    "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png", "generations.jsonl"),
+    "demo": ("corpus.txt", "tok", "data", "pretrain", "runs", "labels", "encoder-finetuned", "report.md", "decoder",
              "metrics.json", "*.png", "llama-tiny", "llama-tiny-hf", "llama-tiny-back",
              "tok-*", "data-*", "gpt2-tiny", "bert-tiny"),  # the last: an earlier demo's
 }

@@ -295,6 +295,27 @@ class Tokenizer:
         atomic_write(path / "tokenizer_config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def ensure_chat_tokens(tokenizer: Tokenizer) -> list[str]:
+    """Make a tokenizer ready for chat fine-tuning: when it has no chat template, add ChatML's turn
+    tokens (``<|im_start|>``, ``<|im_end|>``, as special tokens, at the end of the vocabulary) and the
+    ChatML template. Returns the tokens added (a model's embedding must grow by as many rows).
+
+    >>> from tokenizers import Tokenizer as _T, models
+    >>> tok = Tokenizer(_T(models.BPE()), {})
+    >>> ensure_chat_tokens(tok), tok.config["chat_template"] == CHATML_TEMPLATE, ensure_chat_tokens(tok)
+    (['<|im_start|>', '<|im_end|>'], True, [])
+    """
+    if tokenizer.config.get("chat_template") is not None:
+        return []
+    missing = [t for t in (IM_START, IM_END) if tokenizer.token_to_id(t) is None]
+    if missing:
+        tokenizer.backend.add_special_tokens(missing)
+        extra = list(tokenizer.config.get("additional_special_tokens") or [])
+        tokenizer.config["additional_special_tokens"] = extra + [t for t in missing if t not in extra]
+    tokenizer.config["chat_template"] = CHATML_TEMPLATE
+    return missing
+
+
 def _message_fields(message: Any, index: int) -> tuple[str, str]:
     if not isinstance(message, Mapping):
         raise ValueError(f"messages[{index}]: expected a dict with 'role' and 'content', "

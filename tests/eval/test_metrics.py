@@ -410,7 +410,7 @@ def test_is_better() -> None:
     ("acuracy", "did you mean 'accuracy'"),
     ("macro-f1", "did you mean 'macro_f1'"),
     ("val_perplexty", "did you mean"),
-    ("bleu", "expected one of"),
+    ("meteor", "expected one of"),
 ])
 def test_unknown_metric_is_a_config_error(name: str, hint: str) -> None:
     with pytest.raises(ConfigError) as info:

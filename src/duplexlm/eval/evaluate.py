@@ -28,17 +28,90 @@ from ..errors import ConfigError, DataError
 from ..fileutil import atomic_directory, check_output_dir, write_json
 
 
+def generative_kind(data: str) -> str | None:
+    """``"sft"`` for conversations, ``"seq2seq"`` for pairs, ``None`` for anything else: a built-in's
+    name, or a JSONL file judged by its first record's fields."""
+    from ..data.gen_tasks import BUILTIN_SEQ2SEQ, BUILTIN_SFT
+
+    if data in BUILTIN_SFT:
+        return "sft"
+    if data in BUILTIN_SEQ2SEQ:
+        return "seq2seq"
+    path = Path(data)
+    if path.suffix.lower() not in (".jsonl", ".ndjson") or not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError:
+                    return None
+                if isinstance(first, dict) and ("messages" in first or "output" in first):
+                    return "sft"
+                if isinstance(first, dict) and "source" in first and "target" in first:
+                    return "seq2seq"
+                return None
+    return None
+
+
+def evaluate_generation(model: Any, tokenizer: Any, data: str, kind: str, *, model_dir: str | Path, split: str = "test",
+                        out: str | Path | None = None, seed: int = 1234, batch_size: int = 16,
+                        max_new_tokens: int = 64, num_beams: int = 1, limit: int = 0) -> dict[str, Any]:
+    """Answer every example of ``split`` by generation and score the text per task
+    (:func:`duplexlm.eval.generate.score_examples`); with ``out``: ``metrics.json``,
+    ``generations.jsonl`` (input, reference, prediction per example) and ``report.md``."""
+    from ..data.gen_tasks import load_seq2seq_data, load_sft_data
+    from .generate import score_examples
+
+    family = model.config.family
+    want = "decoder" if kind == "sft" else "seq2seq"
+    if family != want or getattr(model.config, "head", "lm") != "lm":
+        raise ConfigError(f"--model: {data} is {'conversations' if kind == 'sft' else 'source → target pairs'}, "
+                          f"answered by a {want} with an LM head; {model_dir} is a {family}")
+    loaded = load_sft_data(data, seed=seed) if kind == "sft" else load_seq2seq_data(data, seed=seed)
+    part = split if split in loaded.splits else "train"
+    if split not in loaded.splits and len(loaded.splits) > 1:
+        raise DataError(f"--split: {data} has splits {sorted(loaded.splits)}, found {split!r}")
+    examples = loaded.splits[part]
+    if limit:
+        examples = examples[:limit]
+    scores, records = score_examples(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, num_beams=num_beams)
+    metrics: dict[str, Any] = {"task": kind, "data": data, "split": part, "examples": len(examples), **scores}
+    if out is not None:
+        lines = [f"# Evaluation of `{model_dir}`", "",
+                 f"Generation on `{data}` ({part}: {len(examples)} examples; greedy"
+                 + (f", {num_beams} beams" if num_beams > 1 else "") + f", at most {max_new_tokens} new tokens)", "",
+                 "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in scores.items()]
+        lines += ["", "## Examples", ""]
+        for r in records[:10]:
+            lines += [f"- **{r['task'] or 'input'}**: {r['input']}", f"  - reference: {r['reference']}",
+                      f"  - prediction: {r['prediction']}"]
+        with atomic_directory(Path(out)) as tmp:
+            write_json(tmp / "metrics.json", metrics)
+            (tmp / "generations.jsonl").write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            (tmp / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return metrics
+
+
 def evaluate_model(model_dir: str | Path, data: str, *, split: str | None = None, out: str | Path | None = None,
                    text_field: str = "text", label_field: str = "label", batch_size: int | None = None,
                    overwrite: bool = False, seed: int = 1234, context: int | None = None,
                    stride: int | None = None, max_tokens: int = 0, device: str | None = None,
-                   task: str | None = None) -> dict[str, Any]:
+                   task: str | None = None, max_new_tokens: int = 64, num_beams: int = 1,
+                   limit: int = 0) -> dict[str, Any]:
     """Score the model in ``model_dir`` on ``split`` of ``data``; with ``out``, write the report there.
 
     ``split`` defaults to ``test`` for a labelled task and ``val`` for language modelling, ``batch_size``
     to 32 examples and 8 windows (a window's logits are context × vocabulary floats); ``context``,
     ``stride`` and ``max_tokens`` apply to language models only (:func:`duplexlm.eval.lm.evaluate_lm`).
     ``device`` defaults to CUDA when there is one. ``task``: which head of a multi-task model scores.
+    Conversations (``zh-tasks``, a chat/Alpaca JSONL) and source → target pairs (``cedict-en-zh``,
+    ``s2t``, a JSONL with ``source``/``target``) are answered by generation and the text is scored
+    (:func:`evaluate_generation`; ``max_new_tokens``, ``num_beams``, ``limit`` apply there).
     """
     import torch
 
@@ -54,6 +127,11 @@ def evaluate_model(model_dir: str | Path, data: str, *, split: str | None = None
     if tokenizer is None:
         raise DataError(f"--model: {model_dir} has no tokenizer.json; evaluate a directory written by "
                         "`duplex pretrain` or `duplex finetune`")
+    kind = generative_kind(data)
+    if kind is not None:
+        return evaluate_generation(model, tokenizer, data, kind, model_dir=model_dir, split=split or "test", out=out,
+                                   seed=seed, batch_size=batch_size or 16, max_new_tokens=max_new_tokens,
+                                   num_beams=num_beams, limit=limit)
     objective = lm_objective(model)
     if objective is not None:
         metrics = evaluate_lm(model, tokenizer, data, objective=objective, split=split, text_field=text_field,

@@ -500,6 +500,16 @@ METRICS_HIGHER_IS_BETTER: dict[str, bool] = {
     "mae": False,
     "pearson": True,
     "spearman": True,
+    # generation (token accuracy under teacher forcing; scores of generated text, 0-100)
+    "token_accuracy": True,
+    "chrf": True,
+    "bleu": True,
+    "exact_match": True,
+    "char_accuracy": True,
+    "rouge1": True,
+    "rouge2": True,
+    "rougeL": True,
+    "parsable": True,
     # language modelling and any training objective
     "loss": False,
     "nll": False,

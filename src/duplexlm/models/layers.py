@@ -179,8 +179,14 @@ class RelativePositionBias(nn.Module):
 def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: bool,
               q_offset: int = 0, device: torch.device | None = None) -> Tensor | None:
     """Combine a padding mask (B, S) of 1/0 with causality into a boolean (B, 1, T, S), or None
-    when nothing is masked."""
+    when nothing is masked. A 4-D boolean ``attention_mask`` (B, 1, T, S) is already the whole mask
+    (packed sequences: each token sees the earlier tokens of its own example) and is used as it is."""
     mask = None
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if attention_mask.dtype != torch.bool or tuple(attention_mask.shape[-2:]) != (q_len, k_len):
+            raise ValueError(f"attention_mask: a 4-D mask must be boolean (B, 1, {q_len}, {k_len}), found "
+                             f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
+        return attention_mask
     if attention_mask is not None:
         if attention_mask.shape[-1] != k_len:
             raise ValueError(

@@ -26,7 +26,7 @@ from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi"]
+Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq"]
 TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
@@ -45,6 +45,14 @@ class DataSection:
     # fine-tuning: batches of similar lengths (groups of 50 global batches sorted by length): less
     # padding, faster steps; which examples meet in a group stays random
     group_by_length: bool = False
+    # sft: several short conversations per row (attention and positions kept apart per conversation)
+    packing: bool = False
+    # sft, seq2seq: an example longer than seq_len is cut (and counted in the log) or is an error
+    overflow: Literal["truncate", "error"] = "truncate"
+    # seq2seq files: the fields of a pair, and a prefix put before every source (T5's task prefix)
+    source_field: str = "source"
+    target_field: str = "target"
+    prefix: str = ""
 
 
 @dataclass
@@ -96,6 +104,18 @@ class MethodSection:
 
 
 @dataclass
+class GenerationSection:
+    """sft, seq2seq: scoring what the model generates (greedy, or beams), not only its loss."""
+
+    val_examples: int = 0  # at every evaluation, generate for the first N validation examples and score
+    # them (chrF, BLEU, ...; eval_metric may then name one, e.g. val_chrf); 0: the loss alone
+    test: bool = True  # at the end, generate for the whole test split: test_metrics.json, test_generations.jsonl
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    batch_size: int = 16
+
+
+@dataclass
 class AugmentSection:
     """Text augmentation of the training split (classify, regress): the fields of
     :class:`duplexlm.data.augment.AugmentConfig`, off unless ``p > 0``."""
@@ -126,6 +146,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     objective_args: ObjectiveSection = field(default_factory=ObjectiveSection)
     augment: AugmentSection = field(default_factory=AugmentSection)  # fine-tuning: the training texts
+    generation: GenerationSection = field(default_factory=GenerationSection)  # sft, seq2seq
     batch_size: int = 8  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
@@ -165,6 +186,21 @@ class TrainConfig:
                    else "pretraining reads token shards, not texts")
             raise ConfigError(f"augment.p={self.augment.p}: text augmentation is for task=classify or regress, "
                               f"found {self.objective!r} ({why}); set augment.p=0")
+        g = self.generation
+        if (g.val_examples or g.num_beams != 1) and self.objective not in ("sft", "seq2seq"):
+            raise ConfigError(f"generation: scoring generated text is for task=sft or seq2seq, found "
+                              f"{self.objective!r}")
+        for key, value in (("generation.val_examples", g.val_examples), ("generation.max_new_tokens", g.max_new_tokens),
+                           ("generation.num_beams", g.num_beams), ("generation.batch_size", g.batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key.endswith("examples") else 1):
+                raise ConfigError(f"{key}: expected an integer >= {0 if key.endswith('examples') else 1}, found {value!r}")
+        if self.eval_metric is not None and self.objective in ("sft", "seq2seq") and not g.val_examples:
+            bare = self.eval_metric.removeprefix("val_")
+            if bare not in ("loss", "perplexity", "token_accuracy"):
+                raise ConfigError(f"eval_metric={self.eval_metric}: a score of generated text needs "
+                                  "generation.val_examples > 0 (how many validation examples to generate for)")
+        if self.data.packing and self.objective != "sft":
+            raise ConfigError(f"data.packing: packs conversations for task=sft, found {self.objective!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
                      "keep_last", "log_every", "max_nonfinite"):
             value = getattr(self, name)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import CONFIG_CLASSES, config_from_dict
-from ..errors import CheckpointError, ConfigError, DuplexError, ModelError
+from ..errors import CheckpointError, ConfigError, DataError, DuplexError, ModelError
 from ..fileutil import atomic_write, check_output_dir, write_json
 from ..io import load_weights, own_state_dict, save_model
 from ..models import build_model, count_parameters
@@ -77,6 +77,8 @@ class Run:
     test: ExampleSampler | None = None  # tasks: the test split, scored once at the end
     max_steps: int = 0  # cfg.max_steps, or what cfg.max_epochs makes of it
     multi: Any = None  # task=multi: a multitask.MultiTask (each task's data, objective and schedule)
+    notes: list[str] = field(default_factory=list)  # what reading the data did, printed at the start
+    examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: for generating, by split
 
 
 def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -239,6 +241,8 @@ class _Source:
     train_labels: list[Any] = field(default_factory=list)
     test: ExampleSampler | None = None
     model_tokenizer_dir: str | None = None
+    notes: list[str] = field(default_factory=list)  # what reading the data did (cut examples, ...)
+    examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: each split's examples
 
 
 def _shards_source(cfg: TrainConfig) -> _Source:
@@ -266,26 +270,11 @@ def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any =
 
     objective = objective or cfg.objective
     data = data if data is not None else cfg.data
-
-    if cfg.init_from:
-        tok_dir = cfg.init_from
-    elif cfg.tokenizer:
-        tok_dir = cfg.tokenizer
-    else:
-        raise ConfigError("tokenizer: fine-tuning from scratch (model.preset) needs a tokenizer directory "
-                          "(tokenizer=runs/tok); or start from a model directory with init_from=DIR")
-    if not (Path(tok_dir) / "tokenizer.json").is_file():
-        raise ConfigError(f"{'init_from' if cfg.init_from else 'tokenizer'}: {tok_dir} has no tokenizer.json")
-    tokenizer = Tokenizer.from_dir(tok_dir)
+    tokenizer = _task_tokenizer(cfg)
     task = load_task_data(objective, data.train, data.validation or None, data.test or None,
                           text_field=data.text_field, label_field=data.label_field, seed=cfg.seed)
     splits = dict(task.splits)
-    if "validation" not in splits:
-        # early stopping and the best checkpoint need held-out data: a seeded tenth of the training split
-        order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        n_val = max(1, len(order) // 10)
-        splits["validation"] = [splits["train"][i] for i in order[:n_val]]
-        splits["train"] = [splits["train"][i] for i in sorted(order[n_val:])]
+    _validation_split(splits, cfg.seed)
     names = task.label_names
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = {k: encode_examples(v, tokenizer, objective, cfg.data.seq_len, names, split=k)
@@ -304,6 +293,103 @@ def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any =
         test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
               if "test" in encoded else None),
         label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
+
+
+def _task_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """The tokenizer of a fine-tuning run: the starting model's, or ``tokenizer=`` from scratch."""
+    if cfg.init_from:
+        tok_dir = cfg.init_from
+    elif cfg.tokenizer:
+        tok_dir = cfg.tokenizer
+    else:
+        raise ConfigError("tokenizer: fine-tuning from scratch (model.preset) needs a tokenizer directory "
+                          "(tokenizer=runs/tok); or start from a model directory with init_from=DIR")
+    if not (Path(tok_dir) / "tokenizer.json").is_file():
+        raise ConfigError(f"{'init_from' if cfg.init_from else 'tokenizer'}: {tok_dir} has no tokenizer.json")
+    return Tokenizer.from_dir(tok_dir)
+
+
+def _validation_split(splits: dict[str, list[Any]], seed: int) -> None:
+    """Early stopping and the best checkpoint need held-out data: without a validation split, a seeded
+    tenth of the training split becomes one."""
+    if "validation" in splits:
+        return
+    order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, len(order) // 10)
+    splits["validation"] = [splits["train"][i] for i in order[:n_val]]
+    splits["train"] = [splits["train"][i] for i in sorted(order[n_val:])]
+
+
+def _generative_source(cfg: TrainConfig) -> _Source:
+    """``sft`` conversations or ``seq2seq`` pairs: loaded, split, encoded (answers-only labels, or
+    source and target ids), cut to ``data.seq_len`` or refused (``data.overflow``), into samplers;
+    ``data.packing`` packs the training conversations."""
+    from ..data.gen_tasks import load_seq2seq_data, load_sft_data
+    from ..tokenizer import ensure_chat_tokens
+    from .generative import PackedSampler, Seq2SeqSampler, encode_chat, encode_pair
+
+    d, L = cfg.data, cfg.data.seq_len
+    tokenizer = _task_tokenizer(cfg)
+    notes: list[str] = []
+    if cfg.objective == "sft":
+        added = ensure_chat_tokens(tokenizer)
+        if added:
+            notes.append(f"added the chat tokens {', '.join(added)} to the tokenizer (the embedding grows with them)")
+        data = load_sft_data(d.train, d.validation or None, d.test or None, seed=cfg.seed)
+    else:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"tokenizer: seq2seq ends sources and targets with an end-of-sequence token; "
+                              f"{cfg.init_from or cfg.tokenizer} has none")
+        data = load_seq2seq_data(d.train, d.validation or None, d.test or None, source_field=d.source_field,
+                                 target_field=d.target_field, prefix=d.prefix, seed=cfg.seed)
+    splits = dict(data.splits)
+    _validation_split(splits, cfg.seed)
+    encoded: dict[str, tuple[list[list[int]], list[list[int]]]] = {}
+    kept_examples: dict[str, list[Any]] = {}
+    for split, examples in splits.items():
+        ids, labels, cut, dropped = [], [], 0, 0
+        kept_examples[split] = []
+        for ex in examples:
+            if cfg.objective == "sft":
+                x, y, was_cut = encode_chat(tokenizer, ex.messages, L, where=ex.source)
+                where = ex.source
+            else:
+                x, y, was_cut = encode_pair(tokenizer, ex.source_text, ex.target, L, tokenizer.eos_token_id)
+                where = ex.where
+            if was_cut and d.overflow == "error":
+                raise DataError(f"{where}: longer than data.seq_len={L} tokens; raise data.seq_len, shorten the "
+                                "example, or set data.overflow=truncate to cut such examples")
+            cut += was_cut
+            if cfg.objective == "sft" and all(t == obj.IGNORE_INDEX for t in y):
+                dropped += 1  # cut before any answer: nothing to learn from it
+                continue
+            ids.append(x)
+            labels.append(y)
+            kept_examples[split].append(ex)
+        if cut:
+            notes.append(f"{split}: {cut} of {len(examples)} examples cut to data.seq_len={L} tokens"
+                         + (f", {dropped} of them dropped (no answer token left)" if dropped else ""))
+        if not ids:
+            raise DataError(f"{split} split: no example left (every one was cut before its answer); raise "
+                            f"data.seq_len={L}")
+        encoded[split] = (ids, labels)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def sampler(split: str, train: bool) -> Any:
+        ids, labels = encoded[split]
+        if cfg.objective == "seq2seq":
+            return Seq2SeqSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split,
+                                  decoder_start_token_id=pad)
+        if train and d.packing:
+            return PackedSampler(ids, labels, L, cfg.seed, pad)
+        return ExampleSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split)
+
+    train = sampler("train", True)
+    if isinstance(train, PackedSampler):
+        notes.append(f"packing: {train.n_examples} training conversations in {train.n} rows of at most {L} tokens")
+    return _Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=train,
+                   val=sampler("validation", False), test=sampler("test", False) if "test" in encoded else None,
+                   notes=notes, examples=kept_examples)
 
 
 def _world_size() -> int:
@@ -366,7 +452,7 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, mult
     head = None
     if multi is not None:
         head = {"head": "none", "tasks": multi.heads({n: t.crf for n, t in cfg.tasks.items()})}
-    elif spec.data == "examples":
+    elif spec.data == "examples" and spec.head != "lm":  # sft, seq2seq keep the LM head
         head = {"head": spec.head, "num_labels": source.num_labels, "label_names": source.label_names}
         if spec.name == "tag":
             head["crf"] = cfg.crf
@@ -386,6 +472,10 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, mult
     if head is None:
         model = build_model(config)
         load_weights(model, sd, source=str(cfg.init_from))
+        if source.vocab_size > config.vocab_size and spec.head == "lm":  # chat tokens added for sft
+            from .generative import grow_vocab
+
+            grow_vocab(model, source.vocab_size)
         return model
     changes = dict(head)
     if config.family == "encoder":
@@ -431,6 +521,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     multi = None
     if spec.name == "multi":
         source, multi = _multi_source(cfg)
+    elif spec.name in ("sft", "seq2seq"):
+        source = _generative_source(cfg)
     else:
         source = _shards_source(cfg) if spec.data == "shards" else _examples_source(cfg)
     tokenizer = source.tokenizer
@@ -504,7 +596,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         tokens=source.tokens, train=source.train, val=source.val, bytes_per_token=source.bytes_per_token,
         amp_dtype=amp, out_dir=out_dir, flops_per_token=flops, peak_flops=matmul_peak(info.device, amp),
         state=state, scaler=scaler, spec=spec, label_names=source.label_names, loss_options=options,
-        test=source.test, multi=multi,
+        test=source.test, multi=multi, notes=source.notes, examples=source.examples,
     )
     run.max_steps = _max_steps(run)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
@@ -568,7 +660,7 @@ def make_batch(run: Run, sampler: ChunkSampler | ExampleSampler, start: int, cou
     micro-batch reads it, so any split of a global batch gives the same rows. Labelled examples
     need no random draw: they are padded to the longest row.
     """
-    if isinstance(sampler, ExampleSampler):
+    if not isinstance(sampler, ChunkSampler):  # labelled examples, or packed conversations
         return _to_device(sampler.batch(start, count), run.info.device)
     chunk, word_starts = sampler.batch(start, count)
     if not run.cfg.objective_args.whole_word:
@@ -675,7 +767,12 @@ def evaluate(run: Run) -> dict[str, float]:
     if run.multi is not None:
         return _evaluate_tasks(run, "val")[0]
     if isinstance(run.val, ExampleSampler):
-        return evaluate_examples(run, run.val, "val")[0]
+        scores = evaluate_examples(run, run.val, "val")[0]
+        n = run.cfg.generation.val_examples
+        if n and run.examples:
+            generated, _ = _generation_scores(run, run.examples["validation"][:n])
+            scores.update({f"val_{k}": v for k, v in generated.items()})
+        return scores
     cfg, info = run.cfg, run.info
     run.model.eval()
     loss_sum, targets = 0.0, 0.0
@@ -762,7 +859,8 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
             rows = order[i * B:(i + 1) * B]
             batch = _to_device(sampler.collate(rows), info.device)
             with autocast(info.device, run.amp_dtype):
-                out = reader(batch["input_ids"], attention_mask=batch["attention_mask"])
+                out = (spec.forward(reader, batch) if spec.forward is not None
+                       else reader(batch["input_ids"], attention_mask=batch["attention_mask"]))
             loss, n = spec.loss(_Replay(out, getattr(reader, "crf", None)), batch, options)
             if cfg.fsdp and i % info.world_size != info.rank:
                 continue
@@ -779,6 +877,19 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
     flat = {f"{prefix}_loss": loss_sum / max(total, 1.0)}
     flat.update({f"{prefix}_{k}": float(v) for k, v in full.items() if isinstance(v, (int, float))})
     return flat, full
+
+
+def _generation_scores(run: Run, examples: list[Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """sft, seq2seq: generate for ``examples`` with the model as it is now and score the text."""
+    from ..eval.generate import score_examples
+
+    g = run.cfg.generation
+    model = run.raw_model
+    try:
+        return score_examples(model, run.tokenizer, examples, max_new_tokens=g.max_new_tokens,
+                              batch_size=g.batch_size, num_beams=g.num_beams, max_source_len=run.cfg.data.seq_len)
+    finally:
+        run.model.train()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1064,6 +1175,14 @@ def _finish(run: Run) -> dict[str, Any]:
             scores, full = _evaluate_tasks(run, "test")
         else:
             scores, full = evaluate_examples(run, run.test, "test")
+            if run.examples.get("test") and cfg.generation.test:
+                generated, records = _generation_scores(run, run.examples["test"])
+                scores.update({f"test_{k}": v for k, v in generated.items()})
+                full = {**full, **generated}
+                if info.is_main:
+                    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                    atomic_write(run.out_dir / "test_generations.jsonl",
+                                 lambda tmp: tmp.write_text(lines, encoding="utf-8"))
         out.update(scores)
         if info.is_main:
             write_json(run.out_dir / "test_metrics.json", full)
@@ -1110,6 +1229,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                     if run.multi is not None else
                     f"{run.train.n} training / {run.val.n} validation examples"
                     + (f" / {run.test.n} test" if run.test is not None else ""))
+            for note in run.notes:
+                print(f"data: {note}")
             print(f"{run.raw_model.config.family} {n / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained, "
                   f"method {cfg.method}) on {run.info.device} × {run.info.world_size}, precision "
                   f"{str(run.amp_dtype or 'fp32').replace('torch.', '')}, {what}, {run.max_steps} steps; "

