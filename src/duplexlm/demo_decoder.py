@@ -51,10 +51,13 @@ def _rule(title: str) -> None:
 def _held_out_sentences() -> set[str]:
     """People's Daily sentences of the NER split's validation and test parts (whitespace removed):
     zh-tasks asks about them (转繁体, 实体识别), so pretraining must not read them."""
+    from .data.clean import clean_text
     from .data.tasks import load_task_data
 
     ner = load_task_data("tag", "peoples-daily-ner", seed=1234)
-    return {"".join(e.text) for split in ("validation", "test") for e in ner.splits.get(split, [])}
+    # compared as the corpus reader cleans them (NFKC: full-width digits become ASCII), spaces removed
+    return {"".join(clean_text("".join(e.text)).split()) for split in ("validation", "test")
+            for e in ner.splits.get(split, [])}
 
 
 def _corpus(out: Path, plan: DecoderPlan) -> tuple[list[str], Path]:

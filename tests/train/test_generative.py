@@ -88,26 +88,24 @@ def test_packing_leaves_every_conversations_loss_unchanged(tok, positions):
     encoded = [encode_chat(tok, m, 128)[:2] for m in CHATS]
     ids, labels = [e[0] for e in encoded], [e[1] for e in encoded]
 
-    def per_token_nll(out_logits, y):
-        return torch.nn.functional.cross_entropy(out_logits.float(), y, ignore_index=IGNORE_INDEX, reduction="none")
+    def nll(logits, y):
+        return torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
 
-    alone = []
+    alone = []  # each conversation alone: the loss of each of its answer tokens
     for x, y in zip(ids, labels):
+        y = torch.tensor(y)
         logits = model(torch.tensor([x])).logits[0]
-        alone.append(per_token_nll(logits, torch.tensor(y)))
+        alone.append(nll(logits[y != IGNORE_INDEX], y[y != IGNORE_INDEX]).detach())
     sampler = PackedSampler(ids, labels, max_length=128, seed=0, pad_id=0)
     assert sum(len(p) for p in sampler.packs) == len(ids) and sampler.n < len(ids)  # some share a row
     batch = sampler.batch(0, sampler.n)
     with torch.no_grad():
-        logits = sft_forward(model, batch).logits
-    for r in range(sampler.n):
-        pack_ids = [sampler.packs[sampler._order.index(g)] for g in range(sampler.n)][r]
-        at = 0
-        for i in pack_ids:
-            n = len(ids[i])
-            got = per_token_nll(logits[r, at:at + n], batch["labels"][r, at:at + n])
-            torch.testing.assert_close(got, alone[i].detach(), atol=1e-5, rtol=1e-5)
-            at += n
+        logits = sft_forward(model, batch).logits  # (N, V) at the answer tokens, row-major
+    scored = batch["labels"] != IGNORE_INDEX
+    packed = nll(logits, batch["labels"][scored])
+    rows = [sampler.packs[sampler._order.index(g)] for g in range(sampler.n)]
+    expected = torch.cat([alone[i] for pack_ids in rows for i in pack_ids])
+    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_pack_and_mask():

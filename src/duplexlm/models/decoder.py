@@ -139,6 +139,9 @@ class Decoder(nn.Module):
 
         ``logits_at`` (B,): the one position per row whose logits are wanted (each prompt's last
         token when prefilling a batch): ``logits`` are then (B, 1, V), and the head skips the rest.
+        A boolean (B, T) ``logits_at`` picks any positions: ``logits`` are then (N, V) for the N
+        positions set, in row-major order (instruction tuning scores only the answers' tokens, and
+        the vocabulary head is most of a small model's cost).
         """
         past = kv_cache.pos if kv_cache is not None else 0
         per_row = kv_cache is not None and kv_cache.per_row
@@ -176,7 +179,15 @@ class Decoder(nn.Module):
 
         logits = None
         if self.lm_head is not None:
-            h = x if logits_at is None else x[torch.arange(B, device=x.device), logits_at][:, None]
+            if logits_at is None:
+                h = x
+            elif logits_at.dtype == torch.bool:
+                if tuple(logits_at.shape) != (B, T):
+                    raise ValueError(f"logits_at: a boolean mask must be {(B, T)} (as input_ids), found "
+                                     f"{tuple(logits_at.shape)}")
+                h = x[logits_at]  # (N, C)
+            else:
+                h = x[torch.arange(B, device=x.device), logits_at][:, None]
             logits = self.lm_head(h)  # (B, T, V), or (B, 1, V) with logits_at
         elif self.classifier is not None:
             logits = self.classifier(self._last_token(x, attention_mask))  # (B, num_labels)

@@ -242,10 +242,13 @@ def packed_mask(segment_ids: Tensor) -> Tensor:
 
 
 def sft_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
+    """The decoder on a batch, with the vocabulary logits at the labelled positions only: (N, V) for
+    the N answer tokens, row-major (the same loss; the head's cost on the prompts saved)."""
+    scored = batch["labels"] != IGNORE_INDEX
     if "segment_ids" in batch:
         return model(batch["input_ids"], attention_mask=packed_mask(batch["segment_ids"]),
-                     position_ids=batch["position_ids"])
-    return model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+                     position_ids=batch["position_ids"], logits_at=scored)
+    return model(batch["input_ids"], attention_mask=batch.get("attention_mask"), logits_at=scored)
 
 
 def seq2seq_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
@@ -266,8 +269,9 @@ def _token_loss(logits: Tensor | None, labels: Tensor, options: LossOptions) -> 
 
 
 def sft_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
-    """Mean cross-entropy over the answers' tokens (labels already shifted)."""
-    return _token_loss(sft_forward(model, batch).logits, batch["labels"], options)
+    """Mean cross-entropy over the answers' tokens (labels already shifted; logits at those only)."""
+    labels = batch["labels"]
+    return _token_loss(sft_forward(model, batch).logits, labels[labels != IGNORE_INDEX], options)
 
 
 def seq2seq_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
@@ -276,9 +280,15 @@ def seq2seq_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOpt
 
 
 def token_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) -> tuple[list[int], list[int]]:
-    """Per example: the number of its labelled tokens predicted right (argmax), and of its labelled tokens."""
+    """Per example: the number of its labelled tokens predicted right (argmax), and of its labelled
+    tokens. ``logits``: (B, T, V), or (N, V) at the labelled positions only (``sft``)."""
     labels = batch["labels"]
     scored = labels != IGNORE_INDEX
+    if logits.dim() == 2:  # flattened over the scored positions, row-major
+        hit = (logits.argmax(-1) == labels[scored]).long()
+        right = torch.zeros(labels.shape[0], dtype=torch.long, device=labels.device)
+        right.index_add_(0, scored.nonzero()[:, 0], hit)
+        return right.tolist(), scored.sum(1).tolist()
     right = (logits.argmax(-1) == labels) & scored
     return right.sum(1).tolist(), scored.sum(1).tolist()
 
