@@ -4,11 +4,13 @@
     duplex info PATH                   describe a model directory (ours or Hugging Face)
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
+    duplex quantize --model DIR --method int8|int4 --out DIR   weight-only quantisation (int4: group scales)
     duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
     duplex finetune task=multi tasks.NAME.task=... tasks.NAME.train=... ...   several heads, one encoder
+    duplex finetune task=sft|seq2seq data.train=zh-tasks|FILE.jsonl ...   instruction tuning, source → target
     duplex eval --model DIR --data NAME_OR_FILE [--split S] [--out DIR]   task metrics, or perplexity and
                                                                 bits per byte for a language model
     duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
@@ -18,7 +20,8 @@
     duplex chat --model DIR [--system TEXT]   multi-turn chat in the terminal, streamed
     duplex fill-mask --model DIR --text ...   the likeliest tokens for each [MASK]
     duplex embed --model DIR --text ... | --file F   mean-pooled, L2-normalised embeddings as JSON
-    duplex demo [--quick] [--minutes M]   the main job: does pretraining pay? (reviews-zh, People's Daily)
+    duplex serve --model DIR [--port 8000] [--api-key KEY]   OpenAI-compatible HTTP server and web page
+    duplex demo [--quick] [--minutes M] [--only encoder|decoder]   the main job: does pretraining pay?
 """
 
 from __future__ import annotations
@@ -112,13 +115,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model directory: family, config and parameter count."""
+    from .compress import quant_modules, quantized_parameters
     from .io import load
     from .models import count_parameters
 
     model, tok = load(args.path)
     c = model.config
-    print(f"{args.path}: {c.family} ({type(model).__name__}), {_human(count_parameters(model))} parameters, "
-          f"tokenizer: {'yes, vocab ' + str(tok.vocab_size) if tok else 'none'}")
+    quantized = quantized_parameters(model)  # integer weights are buffers, not parameters
+    print(f"{args.path}: {c.family} ({type(model).__name__}), {_human(count_parameters(model) + quantized)} "
+          f"parameters, tokenizer: {'yes, vocab ' + str(tok.vocab_size) if tok else 'none'}")
+    if quantized:
+        q = next(iter(quant_modules(model).values()))
+        print(f"  quantised: {_human(quantized)} weights in {len(quant_modules(model))} Linears as int{q.bits}")
     for k, v in c.to_dict().items():
         print(f"  {k:<24}{v}")
     return 0
@@ -134,6 +142,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         cfg = convert_from_hf(args.src, args.dst, overwrite=args.overwrite)
         print(f"wrote {args.dst}: duplexlm {cfg.family} (head {cfg.head})")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantise a model's Linear weights (int8 or int4, weight-only) into a new model directory."""
+    from .compress import quantize
+
+    report = quantize(args.model, args.out, method=args.method, group_size=args.group_size,
+                      overwrite=args.overwrite)
+    print(report.summary())
     return 0
 
 
@@ -209,17 +227,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune a model on a labelled task (classify, regress, tag) from a YAML config plus key=value
-    overrides: init_from=DIR (ours or Hugging Face) or model.preset + tokenizer=DIR, data.train=NAME_OR_FILE,
-    method=full|freeze|lora; the best checkpoint on the validation metric is exported to out_dir/model."""
+    """Fine-tune a model on a labelled task (classify, regress, tag, multi) or a generative one (sft:
+    instruction tuning of a decoder on conversations; seq2seq: source → target pairs) from a YAML config
+    plus key=value overrides: init_from=DIR (ours or Hugging Face) or model.preset + tokenizer=DIR,
+    data.train=NAME_OR_FILE, method=full|freeze|lora; the best checkpoint on the validation metric is
+    exported to out_dir/model."""
     from .train.loop import finetune
 
     cfg = _train_config(args, default_objective="classify")
-    if cfg.objective not in ("classify", "regress", "tag", "multi"):
+    if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq"):
         from .errors import ConfigError
 
-        raise ConfigError(f"task: expected classify, regress, tag or multi, found {cfg.objective!r} (pretraining "
-                          "objectives run with `duplex pretrain`)")
+        raise ConfigError(f"task: expected classify, regress, tag, multi, sft or seq2seq, found {cfg.objective!r} "
+                          "(pretraining objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])
@@ -520,6 +540,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "presets": (cmd_presets, lambda p: None),
         "info": (cmd_info, lambda p: p.add_argument("path", help="model directory")),
         "convert": (cmd_convert, _convert_args),
+        "quantize": (cmd_quantize, _quantize_args),
         "pretrain": (cmd_pretrain, _pretrain_args),
         "finetune": (cmd_finetune, _pretrain_args),
         "eval": (cmd_eval, _eval_args),
@@ -602,6 +623,17 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     way.add_argument("--from-hf", action="store_true", help="SRC is a Hugging Face directory")
     p.add_argument("src", help="source model directory")
     p.add_argument("dst", help="destination directory (new or empty; written atomically)")
+    _overwrite_arg(p)
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the model directory to quantise (ours or Hugging Face)")
+    p.add_argument("--method", required=True, metavar="{int8,int4}",
+                   help="int8: one scale per output channel; int4: one scale per --group-size input columns")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="int4 only: input columns per scale (default 128; a shorter last group where it does "
+                        "not divide a layer's width)")
+    p.add_argument("--out", required=True, help="output model directory (new or empty; written atomically)")
     _overwrite_arg(p)
 
 

@@ -7,6 +7,13 @@ directories (``model_type`` bert, gpt2, llama, qwen2, t5) and converts them on t
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into place only
 when complete, so a crash never leaves a half-written model behind.
 
+A quantised model (:mod:`duplexlm.compress`, ``duplex quantize``) is the same kind of directory: its
+``config.json`` has a ``quantization`` entry (method, bits, group size, the quantised modules) and its
+``model.safetensors`` holds each quantised Linear as ``qweight`` (integers) and ``scales`` beside the
+usual tensors. :func:`load` rebuilds it with ``QuantLinear``s, ready for inference; code that needs
+full-precision weights (``init_from``, :func:`convert_to_hf`) refuses it with a clear error rather than
+dequantising behind the caller's back (``duplexlm.compress.dequantize_model`` does that on purpose).
+
 >>> import tempfile, torch
 >>> from duplexlm.config import DecoderConfig
 >>> from duplexlm.models import build_model
@@ -27,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .compress.quantization import apply_quantization_spec, quantization_spec
 from .config import AnyConfig, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
 from .convert.common import independent
@@ -93,8 +101,31 @@ def is_hf_config(config: dict[str, Any]) -> bool:
     return "family" not in config and "model_type" in config
 
 
-def load_config_and_weights(path: str | Path) -> tuple[AnyConfig, dict[str, Tensor]]:
-    """Our config and state dict (keys as our modules name them) from either kind of directory."""
+def read_quantization(path: str | Path) -> Any:
+    """The ``quantization`` entry of a duplexlm directory's ``config.json`` (what
+    :func:`duplexlm.compress.quantization_spec` wrote), or None for a full-precision or Hugging Face
+    directory, or one without a config.json."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    raw = read_json_object(cfg_file)
+    return None if is_hf_config(raw) else raw.get("quantization")
+
+
+def _describe_quantization(spec: Any) -> str:
+    if isinstance(spec, dict):
+        group = f", groups of {spec['group_size']}" if spec.get("group_size") else ""
+        return f"{spec.get('method')}{group}"
+    return repr(spec)
+
+
+def load_config_and_weights(path: str | Path,
+                            allow_quantized: bool = False) -> tuple[AnyConfig, dict[str, Tensor]]:
+    """Our config and state dict (keys as our modules name them) from either kind of directory.
+
+    A quantised directory is refused (:class:`ModelError`) unless ``allow_quantized``: its state dict
+    holds integer weights and scales (``*.qweight``, ``*.scales``) that only a model rebuilt with
+    :func:`duplexlm.compress.apply_quantization_spec` takes, as :func:`load` does."""
     path = Path(path)
     if not path.is_dir():
         raise ModelDirectoryError(f"{path}: not a directory")
@@ -105,6 +136,12 @@ def load_config_and_weights(path: str | Path) -> tuple[AnyConfig, dict[str, Tens
     if is_hf_config(raw):
         adapter_for_hf(raw.get("model_type"), source=str(cfg_file))  # fail on the type before reading weights
         return from_hf(raw, read_state_dict(path), source=str(cfg_file))
+    quantization = raw.pop("quantization", None)
+    if quantization is not None and not allow_quantized:
+        raise ModelError(
+            f"{path}: holds a quantised model ({_describe_quantization(quantization)}), whose weights are "
+            "integers; load it for inference with duplexlm.load, or start from the full-precision model it was "
+            "made from (duplexlm.compress.dequantize_model gives full-precision weights from it on purpose)")
     # a file of ours must name every field that sets a tensor's shape; defaults would only hide a
     # truncated or hand-edited file until the weights fail to fit
     config = config_from_dict(raw, source=str(cfg_file), require_shapes=True)
@@ -156,8 +193,11 @@ def load(path: str | Path, device: str | torch.device | None = None,
     >>> out = model(input_ids, attention_mask=mask)  # doctest: +SKIP
     """
     path = Path(path)
-    config, sd = load_config_and_weights(path)
+    config, sd = load_config_and_weights(path, allow_quantized=True)
     model = build_model(config)
+    spec = read_quantization(path)
+    if spec is not None:  # empty QuantLinears where the file has integer weights
+        apply_quantization_spec(model, spec, source=str(path / "config.json"))
     load_weights(model, sd, source=str(path))
     model.to(device=device, dtype=dtype or torch.float32)
     model.eval()
@@ -179,17 +219,22 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None =
                state_dict: dict[str, Tensor] | None = None, overwrite: bool = False) -> None:
     """Write a duplexlm model directory atomically. ``state_dict`` overrides the model's own
     (a sharded model passes its gathered full state). ``path`` must be new or empty, or — with
-    ``overwrite`` — an earlier model directory (see :func:`duplexlm.fileutil.check_output_dir`)."""
+    ``overwrite`` — an earlier model directory (see :func:`duplexlm.fileutil.check_output_dir`).
+    A quantised model (``QuantLinear``s) is written with its ``quantization`` entry in config.json."""
     check_output_dir(path, "model", overwrite=overwrite, flag="path")
+    quantization = quantization_spec(model)
     with atomic_directory(path) as tmp:
-        _write_model(tmp, model.config, own_state_dict(model) if state_dict is None else state_dict)
+        _write_model(tmp, model.config, own_state_dict(model) if state_dict is None else state_dict, quantization)
         if tokenizer is not None:
             tokenizer.save(tmp)
 
 
-def _write_model(directory: Path, config: AnyConfig, state_dict: dict[str, Tensor]) -> None:
-    """Our config.json and model.safetensors into ``directory``."""
-    write_json(directory / "config.json", {"duplexlm_version": __version__, **config.to_dict()})
+def _write_model(directory: Path, config: AnyConfig, state_dict: dict[str, Tensor],
+                 quantization: dict[str, Any] | None = None) -> None:
+    """Our config.json (with the ``quantization`` entry of a quantised model) and model.safetensors
+    into ``directory``."""
+    extra = {} if quantization is None else {"quantization": quantization}
+    write_json(directory / "config.json", {"duplexlm_version": __version__, **config.to_dict(), **extra})
     save_file(independent(state_dict), str(directory / "model.safetensors"),
               metadata={"format": "pt", "producer": "duplexlm"})
 
@@ -202,9 +247,17 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 
 def convert_to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """A duplexlm directory → a Hugging Face directory that ``transformers.AutoModel*`` loads.
-    ``dst`` must be new or empty, or with ``overwrite`` an earlier model directory."""
+    ``dst`` must be new or empty, or with ``overwrite`` an earlier model directory. A quantised
+    directory is refused: its integer weights have no place in the Hugging Face layouts written here,
+    and dequantising silently would hand out weights that look original and are not."""
     src = Path(src)
     check_output_dir(dst, "model", overwrite=overwrite, flag="dst", inputs=[src])
+    quantization = read_quantization(src) if src.is_dir() else None
+    if quantization is not None:
+        raise ModelError(
+            f"src: {src} holds a quantised model ({_describe_quantization(quantization)}); convert the "
+            "full-precision model it was made from, or dequantise it on purpose first: model, tok = "
+            "duplexlm.load(SRC); duplexlm.compress.dequantize_model(model); duplexlm.save_model(model, DIR, tok)")
     config, sd = load_config_and_weights(src)
     load_weights(build_model(config), sd, source=str(src))  # validates names and shapes
     hf_config, hf_sd = to_hf(config, sd)

@@ -183,3 +183,15 @@ def test_seq2seq_learns_simplified_to_traditional(pair_files, pd_corpus, tmp_pat
     assert "test_chrf" in result and 0 <= result["test_chrf"] <= 100
     gens = (out / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(gens) == 40
+
+
+def test_finetune_command_takes_sft(chat_files, pd_corpus, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["finetune", "task=sft", f"data.train={chat_files['train']}",
+                 f"data.validation={chat_files['validation']}", f"tokenizer={pd_corpus / 'tok'}",
+                 f"out_dir={out}", "model.preset=gpt2-tiny", *SMALL, "max_steps=4"]) == 0
+    assert (out / "model" / "config.json").is_file()
+    assert main(["finetune", "task=span", f"out_dir={tmp_path / 'x'}"]) == 2
+    assert "expected classify, regress, tag, multi, sft or seq2seq" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""Model compression. Part 1: weight-only quantisation (int8 per output channel, int4 per group of
+input columns) of every untied ``nn.Linear``, for every family, stored in our model directories and
+loaded back by :func:`duplexlm.load`; ``duplex quantize`` on the command line.
+
+>>> import torch
+>>> from duplexlm.config import EncoderConfig
+>>> from duplexlm.models import build_model
+>>> model = build_model(EncoderConfig(vocab_size=64, d_model=32, n_layer=1, n_head=4, head="classify",
+...                                   num_labels=2)).eval()
+>>> names = quantize_model(model, "int8")
+>>> len(names), type(model.blocks[0].attn.qkv).__name__
+(6, 'QuantLinear')
+>>> quantization_spec(model)["method"]
+'int8'
+"""
+
+from __future__ import annotations
+
+from .qlinear import (
+    DEFAULT_GROUP_SIZE,
+    METHODS,
+    QuantLinear,
+    dequantize_int4,
+    dequantize_int8,
+    int8_kernel_available,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
+from .quantization import (
+    FORMAT,
+    QuantReport,
+    apply_quantization_spec,
+    dequantize_model,
+    logit_gap,
+    plan_quantization,
+    quant_modules,
+    quantization_spec,
+    quantize,
+    quantize_model,
+    quantized_parameters,
+    sample_inputs,
+    set_fast_path,
+)
+
+__all__ = ["DEFAULT_GROUP_SIZE", "FORMAT", "METHODS", "QuantLinear", "QuantReport", "apply_quantization_spec",
+           "dequantize_int4", "dequantize_int8", "dequantize_model", "int8_kernel_available", "logit_gap",
+           "pack_int4", "plan_quantization", "quant_modules", "quantization_spec", "quantize", "quantize_int4",
+           "quantize_int8", "quantize_model", "quantized_parameters", "sample_inputs", "set_fast_path",
+           "unpack_int4"]

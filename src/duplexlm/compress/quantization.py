@@ -1,0 +1,410 @@
+"""Weight-only quantisation of whole models: every ``nn.Linear`` of any duplexlm family swapped in place
+for a :class:`~duplexlm.compress.qlinear.QuantLinear` (as LoRA swaps its targets), the ``quantization``
+entry a model directory's ``config.json`` records, and ``duplex quantize``: a directory in, a smaller
+directory out, with a report of what it cost.
+
+What is quantised, and what is not (and why):
+
+- every ``nn.Linear``: attention (fused ``qkv``, cross-attention ``q``/``kv``, ``proj``), MLPs, the
+  encoder's pooler and heads, the RNN's attention pooling and head, an **untied** LM head;
+- **tied** weights stay fp32: a tied LM head *is* the token embedding (GPT-2, BERT's masked-LM decoder,
+  T5 v1.0), and quantising it would either break the tie (two tensors where the config says one) or
+  quantise the embedding lookups too. :func:`plan_quantization` lists them with the reason, and the
+  ``quantization`` entry records them under ``kept``;
+- embeddings, norms, T5's relative position buckets, the CRF's transitions and the RNN cells'
+  own weights (``nn.GRU``/``nn.LSTM`` are not Linears) stay in full precision.
+
+Read top to bottom: choosing the modules → quantise / dequantise a model → the config entry and
+loading → the comparison with the fp32 model → ``duplex quantize``.
+
+>>> import torch
+>>> from duplexlm.config import DecoderConfig
+>>> from duplexlm.models import build_model
+>>> model = build_model(DecoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=2)).eval()
+>>> ids = torch.randint(0, 64, (2, 8))
+>>> before = model(ids).logits
+>>> quantize_model(model, "int8")
+['blocks.0.attn.qkv', 'blocks.0.attn.proj', 'blocks.0.mlp.up', 'blocks.0.mlp.down']
+>>> quantization_spec(model)["kept"]  # the tied head stays fp32
+{'lm_head': 'weight tied to embed.weight'}
+>>> bool((model(ids).logits - before).abs().max() < 0.05 * before.abs().max())
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, ModelDirectoryError, ModelError
+from .qlinear import METHODS, QuantLinear, check_group_size, check_method, int8_kernel_available
+
+FORMAT = "duplexlm-weight-only"
+# Sample inputs for the comparison when the directory has a tokenizer: everyday Chinese, as the
+# project's corpora (reviews, People's Daily).
+SAMPLE_TEXTS = ("今天天气很好，我们一起去公园散步吧。", "北京是中华人民共和国的首都。",
+                "这家餐厅的菜很好吃，服务也很周到，下次还会再来。", "机器学习让计算机从数据中自动学习规律。")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the modules
+
+
+def quant_modules(model: nn.Module) -> dict[str, QuantLinear]:
+    """Name → QuantLinear for every quantised module, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def plan_quantization(model: nn.Module) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """The Linears to quantise (name → module) and those kept in full precision (name → why).
+
+    A model that is already quantised, or carries LoRA modules, is refused with a :class:`ModelError`:
+    quantising twice would stack rounding on rounding, and a LoRA update must be merged first.
+    """
+    from ..models.lora import LoRALinear  # the models package never imports this one: no cycle
+
+    kept = _tied_linears(model)
+    targets: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            raise ModelError(f"{type(model).__name__} is already quantised ({module.method}, e.g. {name}); "
+                             "quantise the full-precision model instead")
+        if isinstance(module, LoRALinear):
+            raise ModelError(f"{type(model).__name__} has LoRA modules ({name}); merge them into the weights "
+                             "first (duplexlm.models.lora.merge_lora), then quantise")
+        if isinstance(module, nn.Linear) and name not in kept:
+            targets[name] = module
+    return targets, kept
+
+
+def _tied_linears(model: nn.Module) -> dict[str, str]:
+    """Name → why, for every ``nn.Linear`` whose weight is also another parameter (a tied head)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    kept = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            others = [n for n in names.get(id(module.weight), []) if n != f"{name}.weight"]
+            if others:
+                kept[name] = f"weight tied to {others[0]}"
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quantise and dequantise a model, in place
+
+
+def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None = None) -> list[str]:
+    """Swap every untied ``nn.Linear`` of ``model`` in place for a :class:`QuantLinear` (see the module
+    docstring for what stays fp32) and return the replaced module names.
+
+    ``method``: ``"int8"`` (one scale per output channel) or ``"int4"`` (one scale per ``group_size``
+    input columns, default 128; a row that ``group_size`` does not divide ends in a shorter group).
+
+    >>> from duplexlm.config import RNNConfig
+    >>> from duplexlm.models import build_model
+    >>> quantize_model(build_model(RNNConfig(vocab_size=20, d_embed=8, d_hidden=8, num_labels=2)), "int4", 8)
+    ['attention_pool.proj', 'attention_pool.score', 'head']
+    >>> quantize_model(build_model(RNNConfig(vocab_size=20, d_embed=8, d_hidden=8)), "int2")
+    Traceback (most recent call last):
+    ...
+    duplexlm.errors.ConfigError: method: expected one of 'int8', 'int4', found 'int2'
+    """
+    method = check_method(method)
+    group_size = check_group_size(method, group_size)
+    targets, _ = plan_quantization(model)
+    if not targets:
+        raise ModelError(f"{type(model).__name__} has no untied nn.Linear to quantise")
+    for name, linear in targets.items():  # checked first: a bad weight leaves the model as it was
+        if not torch.isfinite(linear.weight).all():
+            raise ModelError(f"{name}: the weight holds NaN or infinite values; a scale cannot be chosen for them")
+    for name, linear in targets.items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, QuantLinear.from_linear(linear, method, group_size))
+    return list(targets)
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Put plain ``nn.Linear``s back, holding the dequantised weights (the quantised model's function
+    in floating point, not the original weights); returns ``model``. The explicit way to hand a
+    quantised model to code that expects full precision (``convert_to_hf`` after ``save_model``)."""
+    for name, module in quant_modules(model).items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, module.to_linear())
+    return model
+
+
+def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the CPU int8 kernel of every QuantLinear on or off (off: the exact weight-only result,
+    dequantised on the fly); returns how many modules were set."""
+    modules = quant_modules(model)
+    for m in modules.values():
+        m.fast = enabled
+    return len(modules)
+
+
+def quantized_parameters(model: nn.Module) -> int:
+    """How many weights the QuantLinears hold as integers (out × in each, whatever the packing)."""
+    return sum(m.in_features * m.out_features for m in quant_modules(model).values())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The config.json entry, and rebuilding a quantised model to load into
+
+
+def quantization_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The ``quantization`` entry of ``config.json`` for ``model``, or None when nothing is quantised:
+    format, method, bits, group size, the quantised modules and the Linears kept in full precision.
+
+    >>> from duplexlm.config import EncoderConfig
+    >>> from duplexlm.models import build_model
+    >>> m = build_model(EncoderConfig(vocab_size=64, d_model=32, n_layer=1, n_head=4, head="mlm"))
+    >>> _ = quantize_model(m, "int4", group_size=16)
+    >>> spec = quantization_spec(m)
+    >>> spec["method"], spec["bits"], spec["group_size"], spec["modules"][:2], spec["kept"]
+    ('int4', 4, 16, ['blocks.0.attn.qkv', 'blocks.0.attn.proj'], {'mlm_head.decoder': 'weight tied to embed.weight'})
+    """
+    modules = quant_modules(model)
+    if not modules:
+        return None
+    kinds = {(m.method, m.group_size) for m in modules.values()}
+    if len(kinds) > 1:
+        raise ModelError(f"{type(model).__name__} mixes quantisation settings {sorted(kinds, key=str)}; "
+                         "one method and group size per model can be written")
+    method, group_size = kinds.pop()
+    return {"format": FORMAT, "method": method, "bits": METHODS[method], "group_size": group_size,
+            "symmetric": True, "scales": "per output channel" if method == "int8" else "per group of input columns",
+            "modules": list(modules), "kept": _tied_linears(model)}
+
+
+def check_spec(spec: Any, source: str = "config.json") -> tuple[str, int | None, list[str]]:
+    """Validate a ``quantization`` entry read from a file → (method, group size, module names);
+    a :class:`ModelError` naming ``source`` and the field otherwise."""
+    where = f"{source}: quantization"
+    if not isinstance(spec, dict):
+        raise ModelError(f"{where}: expected an object, found {type(spec).__name__}")
+    if spec.get("format") != FORMAT:
+        raise ModelError(f"{where}.format: expected {FORMAT!r}, found {spec.get('format')!r}")
+    try:
+        method = check_method(spec.get("method"), flag=f"{where}.method")
+        group_size = check_group_size(method, spec.get("group_size"), flag=f"{where}.group_size",
+                                      method_flag="method")
+    except ConfigError as e:  # a file's values, not the caller's
+        raise ModelError(str(e)) from e
+    if spec.get("bits") != METHODS[method]:
+        raise ModelError(f"{where}.bits: expected {METHODS[method]} for {method}, found {spec.get('bits')!r}")
+    modules = spec.get("modules")
+    if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
+        raise ModelError(f"{where}.modules: expected a non-empty list of module names, found {modules!r}")
+    return method, group_size, modules
+
+
+def apply_quantization_spec(model: nn.Module, spec: Any, source: str = "config.json") -> list[str]:
+    """Swap the Linears that ``spec`` names for empty QuantLinears of the right shapes and dtypes, so
+    that a quantised state dict loads into ``model`` (what :func:`duplexlm.load` does); returns the
+    names. Every name must be an untied ``nn.Linear`` of ``model``."""
+    method, group_size, names = check_spec(spec, source)
+    targets, kept = plan_quantization(model)
+    for name in names:
+        if name not in targets:
+            why = (f"its {kept[name]}" if name in kept else "it is not an nn.Linear of this model" if name
+                   else "the name is empty")
+            raise ModelError(f"{source}: quantization.modules names {name!r}, but {why}; expected names among "
+                             f"{_shown(targets)}")
+        linear = targets[name]
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf,
+                QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None, method=method,
+                            group_size=group_size, device=linear.weight.device))
+    return names
+
+
+def _shown(modules: dict[str, Any]) -> str:
+    shown = sorted({re.sub(r"\.\d+\.", ".*.", n) for n in modules})
+    return f"{shown[:10]}{' ...' if len(shown) > 10 else ''}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Comparing with the full-precision model
+
+
+def sample_inputs(model: nn.Module, tokenizer: Any = None, texts: tuple[str, ...] | list[str] | None = None,
+                  seq_len: int = 32) -> tuple[dict[str, Tensor], str]:
+    """Keyword inputs for ``model`` (any family) and a description: ``texts`` (default
+    :data:`SAMPLE_TEXTS`) through ``tokenizer`` when there is one, else 4 rows of seeded random ids."""
+    c = model.config
+    limit = min(seq_len, getattr(c, "max_seq_len", seq_len))
+    ids = mask = None
+    what = ""
+    if tokenizer is not None:
+        texts = list(texts or SAMPLE_TEXTS)
+        enc = tokenizer(texts, max_length=limit)
+        fits = int(enc["input_ids"].max()) < c.vocab_size if enc["input_ids"].numel() else False
+        if fits and bool(enc["attention_mask"].any(1).all()):  # else a mismatched tokenizer: random ids
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            what = f"{len(texts)} sample sentences through the tokenizer"
+    if ids is None:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1 if c.vocab_size > 1 else 0, c.vocab_size, (4, min(16, limit)), generator=g)
+        mask = torch.ones_like(ids)
+        what = f"4 × {ids.shape[1]} random token ids (seed 0)"
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if c.family == "seq2seq":
+        inputs["decoder_input_ids"] = model.shift_right(ids)
+    return inputs, what
+
+
+def _outputs(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+    out = model(**inputs)
+    y = out.logits if out.logits is not None else out.last_hidden_state
+    return y.float()
+
+
+@torch.no_grad()
+def logit_gap(reference: nn.Module, quantized: nn.Module, inputs: dict[str, Tensor]) -> tuple[float, float, float]:
+    """(max |Δ|, mean |Δ|, max |reference|) of the two models' logits (hidden states for a model
+    without a head) on ``inputs``, over the real tokens only when the outputs are per token."""
+    a, b = _outputs(reference, inputs), _outputs(quantized, inputs)
+    diff = (a - b).abs()
+    mask = inputs.get("attention_mask")  # T5: target position t predicts token t, real where the mask is 1
+    if mask is not None and diff.dim() >= 2 and tuple(diff.shape[:2]) == tuple(mask.shape):
+        keep = mask.bool()
+        diff, a = diff[keep], a[keep]
+    return float(diff.max()), float(diff.mean()), float(a.abs().max())
+
+
+# ----------------------------------------------------------------------------------------------------
+# duplex quantize
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB" if n >= 2**17 else f"{n / 1024:,.1f} KiB"
+
+
+def _count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+@dataclass
+class QuantReport:
+    """What ``duplex quantize`` did: the method, how much of the model it covers, the files' sizes,
+    and how far the quantised model's logits moved on the sample inputs."""
+
+    out: str
+    method: str
+    bits: int
+    group_size: int | None
+    parameters: int  # the model's, tied weights once (the same before and after)
+    quantized_parameters: int  # held as integers now
+    modules: list[str]
+    kept: dict[str, str]
+    bytes_before: int  # the source directory's weight files
+    bytes_after: int  # the output's model.safetensors
+    max_abs_dlogits: float
+    mean_abs_dlogits: float
+    max_abs_logits: float  # of the full-precision model: the scale the differences compare with
+    inputs: str
+    kernel: bool  # whether the comparison ran the CPU int8 kernel (else dequantised on the fly)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bytes_after / self.bytes_before if self.bytes_before else math.nan
+
+    def method_label(self) -> str:
+        return ("int8, a scale per output channel" if self.method == "int8"
+                else f"int4, a scale per {self.group_size} input columns")
+
+    def table(self) -> list[str]:
+        """A header and one row, aligned, as the command prints them."""
+        cells = {
+            "method": self.method if self.group_size is None else f"{self.method}/g{self.group_size}",
+            "parameters": _count(self.parameters),
+            "quantised": f"{_count(self.quantized_parameters)} ({self.quantized_parameters / max(self.parameters, 1):.0%})",
+            "size before": _mib(self.bytes_before),
+            "size after": _mib(self.bytes_after),
+            "after/before": f"{self.size_ratio:.1%}",
+            "max |Δlogits|": f"{self.max_abs_dlogits:.3g}",
+            "mean |Δlogits|": f"{self.mean_abs_dlogits:.3g}",
+            "max |logits|": f"{self.max_abs_logits:.3g}",
+        }
+        widths = {k: max(len(k), len(v)) for k, v in cells.items()}
+        return ["  ".join(k.ljust(widths[k]) for k in cells), "  ".join(v.ljust(widths[k]) for k, v in cells.items())]
+
+    def summary(self) -> str:
+        """The command's output: where it wrote, the table, and what the numbers mean."""
+        kept = "; ".join(f"{n} ({why})" for n, why in self.kept.items())
+        lines = [f"wrote {self.out}: {self.method_label()}; {len(self.modules)} Linears quantised", *self.table(),
+                 f"kept in full precision: embeddings, norms{', ' + kept if kept else ''}",
+                 f"Δlogits: fp32 model vs quantised on {self.inputs}, "
+                 + ("the CPU int8 kernel (activations quantised per tensor on the fly)" if self.kernel
+                    else "weights dequantised on the fly")]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"size_ratio": self.size_ratio}
+
+
+def weight_bytes(path: str | Path) -> int:
+    """Bytes of a model directory's weight files (safetensors, shards, or ``pytorch_model.bin``)."""
+    path = Path(path)
+    files = {p for pattern in ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin")
+             for p in path.glob(pattern) if p.is_file()}
+    return sum(p.stat().st_size for p in files)
+
+
+def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group_size: int | None = None,
+             overwrite: bool = False, texts: list[str] | None = None) -> QuantReport:
+    """``duplex quantize``: read ``model_dir`` (ours or Hugging Face), quantise every untied Linear,
+    write ``out`` atomically (config.json with a ``quantization`` entry, the integer weights and
+    scales in model.safetensors, the tokenizer files) and return a :class:`QuantReport`. Errors name
+    the command's flags: ``--model``, ``--method``, ``--group-size``, ``--out``.
+
+    >>> report = quantize("runs/gpt2", "runs/gpt2-int8", method="int8")  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+    """
+    from ..fileutil import check_output_dir
+    from ..io import load, read_quantization, save_model
+    from ..models import count_parameters
+
+    method = check_method(method, flag="--method")
+    group_size = check_group_size(method, group_size, flag="--group-size", method_flag="--method")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelDirectoryError(f"--model: {model_dir} is not a model directory; expected one with config.json "
+                                  "and weights (ours or Hugging Face's)")
+    check_output_dir(out, "model", overwrite=overwrite, flag="--out", inputs=[model_dir])
+    done = read_quantization(model_dir)
+    if done is not None:
+        found = done.get("method") if isinstance(done, dict) else done
+        raise ModelError(f"--model: {model_dir} is already quantised ({found}); quantising again would round "
+                         "rounded weights; quantise the full-precision model it was made from")
+    reference, tokenizer = load(model_dir)
+    quantized = copy.deepcopy(reference)
+    names = quantize_model(quantized, method, group_size)
+    _, kept = plan_quantization(reference)
+    inputs, what = sample_inputs(reference, tokenizer, texts)
+    max_d, mean_d, scale = logit_gap(reference, quantized, inputs)
+    kernel = method == "int8" and int8_kernel_available()
+    save_model(quantized, out, tokenizer=tokenizer, overwrite=True)  # checked above with the caller's flag
+    return QuantReport(
+        out=str(out), method=method, bits=METHODS[method], group_size=group_size,
+        parameters=count_parameters(reference), quantized_parameters=quantized_parameters(quantized),
+        modules=names, kept=kept, bytes_before=weight_bytes(model_dir), bytes_after=weight_bytes(out),
+        max_abs_dlogits=max_d, mean_abs_dlogits=mean_d, max_abs_logits=scale, inputs=what, kernel=kernel)
+
+
+__all__ = ["FORMAT", "SAMPLE_TEXTS", "QuantReport", "apply_quantization_spec", "check_spec", "dequantize_model",
+           "logit_gap", "plan_quantization", "quant_modules", "quantization_spec", "quantize",
+           "quantize_model", "quantized_parameters", "sample_inputs", "set_fast_path", "weight_bytes"]
