@@ -274,11 +274,10 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         from ..infer.embed import embed
 
         _check(state, body.model, "embeddings", "/v1/embeddings")
-        texts = _texts(state, body.input)
+        texts, n_tokens = _texts(state, body.input)
         if body.dimensions is not None:
             raise APIError(400, "dimensions: this model's embeddings have one size; leave dimensions out",
                            param="dimensions")
-        n_tokens = sum(len(state.tokenizer.encode(t)) for t in texts)
         vectors = await _on_model(state, lambda: embed(state.model, state.tokenizer, texts))
         data = []
         for i, v in enumerate(vectors):
@@ -296,7 +295,7 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         from ..infer.predict import tag, task_of
 
         _check(state, body.model, "classify", "/v1/classify")
-        texts = _texts(state, body.input)
+        texts, _ = _texts(state, body.input)
         try:
             kind = task_of(state.model, body.task)
         except ConfigError as e:
@@ -385,18 +384,20 @@ def _tasks(model: Any) -> dict[str, Any]:
     return {"": {"kind": task_of(model), "labels": getattr(c, "label_names", None)}}
 
 
-def _texts(state: _State, value: str | list[str]) -> list[str]:
+def _texts(state: _State, value: str | list[str]) -> tuple[list[str], int]:
+    """The texts of an ``input`` field, each within the prompt cap → (texts, their tokens in all)."""
     texts = [value] if isinstance(value, str) else list(value)
     if not texts:
         raise APIError(400, "input: expected a text or a non-empty list of texts, found []", param="input")
     if len(texts) > state.settings.max_inputs:
         raise APIError(400, f"input: {len(texts)} texts; this server takes at most {state.settings.max_inputs} "
                             "per request", param="input")
+    n_tokens = 0
     for i, t in enumerate(texts):
         if not t.strip():
             raise APIError(400, f"input[{i}]: expected a non-empty text", param="input")
-        _prompt_ids(state, t, "input" if len(texts) == 1 else f"input[{i}]")
-    return texts
+        n_tokens += len(_prompt_ids(state, t, "input" if len(texts) == 1 else f"input[{i}]"))
+    return texts, n_tokens
 
 
 def _prompt_list(prompt: Any) -> list[Any]:
@@ -488,17 +489,23 @@ class _TimedOut(Exception):
     pass
 
 
-async def _next_output(sub: Submission, request: Request, deadline: float) -> RequestOutput:
-    """The submission's next output; raises _Gone when the client left, _TimedOut past the deadline."""
+async def _next(queue: asyncio.Queue[Any], request: Request, deadline: float) -> Any:
+    """The queue's next item; raises _Gone when the client left (checked every 0.25 s while waiting),
+    _TimedOut past the deadline."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _TimedOut()
         try:
-            return await asyncio.wait_for(sub.queue.get(), timeout=min(left, 0.25))
+            return await asyncio.wait_for(queue.get(), timeout=min(left, 0.25))
         except TimeoutError:
             if await request.is_disconnected():
                 raise _Gone() from None
+
+
+def _timeout_error(settings: ServerSettings) -> APIError:
+    return APIError(408, f"the request took longer than the server's timeout of {settings.request_timeout:g} s",
+                    code="timeout")
 
 
 def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -543,8 +550,7 @@ async def _generate(state: _State, request: Request, body: Any, prompts: list[li
             worker.abort(sub.request_id)
         state.metrics.abort()
         if isinstance(e, _TimedOut):
-            raise APIError(408, f"the request took longer than the server's timeout of "
-                                f"{state.settings.request_timeout:g} s", code="timeout") from None
+            raise _timeout_error(state.settings) from None
         if isinstance(e, asyncio.CancelledError):
             raise
         return Response(status_code=499)  # nobody reads it
@@ -573,7 +579,7 @@ async def _collect(state: _State, request: Request, sub: Submission, deadline: f
     pieces: list[str] = []
     count = 0
     while True:
-        out = await _next_output(sub, request, deadline)
+        out = await _next(sub.queue, request, deadline)
         if out.token_ids and count == 0:
             state.metrics.first_token(time.perf_counter() - sub.submitted)
         pieces.append(out.text)
@@ -624,15 +630,7 @@ async def _stream(state: _State, request: Request, subs: list[Submission], n: in
             for i in range(len(subs)):
                 yield chunk(i, "", None, role=True)
         while open_subs:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _TimedOut()
-            try:
-                i, out = await asyncio.wait_for(merged.get(), timeout=min(left, 0.25))
-            except TimeoutError:
-                if await request.is_disconnected():
-                    raise _Gone() from None
-                continue
+            i, out = await _next(merged, request, deadline)
             if out.token_ids and counts[i] == 0:
                 state.metrics.first_token(time.perf_counter() - subs[i].submitted)
             counts[i] = out.completion_tokens or counts[i] + len(out.token_ids)
@@ -652,9 +650,7 @@ async def _stream(state: _State, request: Request, subs: list[Submission], n: in
         yield "data: [DONE]\n\n"
         finished = True
     except _TimedOut:
-        err = APIError(408, f"the request took longer than the server's timeout of "
-                            f"{state.settings.request_timeout:g} s", code="timeout")
-        yield f"data: {json.dumps(err.body())}\n\n"
+        yield f"data: {json.dumps(_timeout_error(state.settings).body())}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         for t in tasks:
@@ -695,8 +691,7 @@ async def _on_model(state: _State, fn: Callable[[], Any]) -> Any:
     try:
         return await asyncio.wait_for(asyncio.to_thread(_no_grad, fn), timeout=s.request_timeout)
     except TimeoutError:
-        raise APIError(408, f"the request took longer than the server's timeout of {s.request_timeout:g} s",
-                       code="timeout") from None
+        raise _timeout_error(s) from None
     finally:
         state.model_lock.release()
 

@@ -40,7 +40,6 @@ class Submission:
     queue: asyncio.Queue[RequestOutput]
     prompt_tokens: int
     submitted: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
 
 
 class EngineWorker:
@@ -118,13 +117,13 @@ class EngineWorker:
                 log.exception("engine step failed")
                 self._fail_all(e)
                 return
-            now = time.perf_counter()
+            seconds = time.perf_counter() - start
             for out in outputs:
-                self._deliver(out, now)
+                self._deliver(out)
             if self._on_step is not None:
-                self._on_step(outputs, now - start)
+                self._on_step(outputs, seconds)
 
-    def _deliver(self, out: RequestOutput, now: float) -> None:
+    def _deliver(self, out: RequestOutput) -> None:
         with self._lock:
             entry = self._subs.get(out.request_id)
             if entry is not None and out.finished:
@@ -132,8 +131,6 @@ class EngineWorker:
         if entry is None:
             return
         loop, sub = entry
-        if sub.first_token is None and out.token_ids:
-            sub.first_token = now
         with contextlib.suppress(RuntimeError):  # the handler's loop is gone (server shutting down)
             loop.call_soon_threadsafe(sub.queue.put_nowait, out)
 

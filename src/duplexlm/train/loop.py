@@ -884,12 +884,9 @@ def _generation_scores(run: Run, examples: list[Any]) -> tuple[dict[str, float],
     from ..eval.generate import score_examples
 
     g = run.cfg.generation
-    model = run.raw_model
-    try:
-        return score_examples(model, run.tokenizer, examples, max_new_tokens=g.max_new_tokens,
-                              batch_size=g.batch_size, num_beams=g.num_beams, max_source_len=run.cfg.data.seq_len)
-    finally:
-        run.model.train()
+    # generate_for puts the model back in training mode when it is done
+    return score_examples(run.raw_model, run.tokenizer, examples, max_new_tokens=g.max_new_tokens,
+                          batch_size=g.batch_size, num_beams=g.num_beams, max_source_len=run.cfg.data.seq_len)
 
 
 # ----------------------------------------------------------------------------------------------------
