@@ -131,9 +131,9 @@ RECUT_STREAM = """
 
 def test_chat_grows_piece_by_piece_and_stops(server, open_page):
     # slow pieces and a long answer, so the stream is still running when Stop is clicked on a busy machine
-    page = open_page(server.url, KEY, init_script=RECUT_STREAM.replace("DELAY_MS", "10"))
+    page = open_page(server.url, KEY, init_script=RECUT_STREAM.replace("DELAY_MS", "25"))
     page.wait_for_selector("#chat-panel:not([hidden])")
-    page.fill("#max-tokens", "150")
+    page.fill("#max-tokens", "400")
     page.fill("#temperature", "0")
     text = "今天天气很好"
     page.fill("#chat-input", text)
@@ -152,7 +152,7 @@ def test_chat_grows_piece_by_piece_and_stops(server, open_page):
     assert page.text_content("#chat-error") == ""
     assert page.is_enabled("#chat-send") and page.is_disabled("#chat-stop")
     # what it showed before the stop is the start of the model's answer, cut anywhere
-    full = post(server, "/v1/chat/completions", {"model": server.name, "max_tokens": 150, "temperature": 0,
+    full = post(server, "/v1/chat/completions", {"model": server.name, "max_tokens": 400, "temperature": 0,
                                                  "messages": [{"role": "user", "content": text}]})
     shown = answer.text_content()
     assert shown
