@@ -241,9 +241,13 @@
 
   // Read a server-sent-events body, calling onData(data) per event; onData returns true to stop.
   // Text is decoded as a stream (a character split across chunks waits for its other bytes) and a
-  // line split across chunks waits in the buffer for its end.
-  async function readEvents(res, onData) {
+  // line split across chunks waits in the buffer for its end. Aborting `signal` cancels the reader
+  // at once and throws an AbortError: Stop does not wait on whatever the body is piped through.
+  async function readEvents(res, onData, signal) {
     const reader = res.body.getReader();
+    const onAbort = () => reader.cancel().catch(() => {});
+    if (signal) signal.addEventListener("abort", onAbort, { once: true });
+    const aborted = () => signal && signal.aborted;
     const decoder = new TextDecoder("utf-8");
     let buffer = "";
     let data = [];
@@ -266,8 +270,10 @@
       if (field === "data") data.push(value);
     };
     try {
+      if (aborted()) throw new DOMException("the stream was stopped", "AbortError");
       while (!stop) {
         const { done, value } = await reader.read();
+        if (aborted()) throw new DOMException("the stream was stopped", "AbortError");
         if (done) break;
         buffer += decoder.decode(value, { stream: true });
         let nl;
@@ -282,7 +288,8 @@
         line(""); // the last event, when the body ended without its blank line
       }
     } finally {
-      if (stop) reader.cancel().catch(() => {});
+      if (signal) signal.removeEventListener("abort", onAbort);
+      if (stop || aborted()) reader.cancel().catch(() => {});
       else reader.releaseLock();
     }
   }
@@ -353,7 +360,7 @@
         }
         if (choice.finish_reason) finish = choice.finish_reason;
         return false;
-      });
+      }, controller.signal);
       if (!failure && !sawDone && !finish) failure = "the stream ended before the answer did";
     } catch (e) {
       if (e.name === "AbortError") stopped = true;
