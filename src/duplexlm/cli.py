@@ -5,12 +5,16 @@
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
     duplex quantize --model DIR --method int8|int4 --out DIR   weight-only quantisation (int4: group scales)
+    duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
+                                                                pruning (heads/neurons: a smaller model), recovery
     duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
     duplex data prepare SOURCES --tokenizer DIR --out DIR     text → cleaned, deduplicated token shards
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
     duplex finetune task=multi tasks.NAME.task=... tasks.NAME.train=... ...   several heads, one encoder
     duplex finetune task=sft|seq2seq data.train=zh-tasks|FILE.jsonl ...   instruction tuning, source → target
+    duplex distill --teacher DIR --student DIR|PRESET|FILE --task classify|clm [key=value ...]   knowledge
+                                                                distillation: the teacher's logits as a second target
     duplex eval --model DIR --data NAME_OR_FILE [--split S] [--out DIR]   task metrics, or perplexity and
                                                                 bits per byte for a language model
     duplex classify --model DIR --text ... | --file F [--json]   labels with probabilities
@@ -145,13 +149,77 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compression_report(models: list[tuple[str | Path, str]], out_dir: str | Path, args: argparse.Namespace,
+                        data: str | None = None, split: str | None = None) -> None:
+    """The report row of each model (parameters, file size, CPU latency and throughput, quality on the
+    held-out ``data`` when given), measured side by side, printed and written to ``out_dir``."""
+    if not getattr(args, "report", True):
+        return
+    from .compress import compare, measure_many, write_report
+
+    data = data if data is not None else getattr(args, "data", None)
+    split = split if split is not None else getattr(args, "split", None)
+    print("measuring: " + ", ".join(name for _, name in models)
+          + (f" on {data}" + (f" ({split})" if split else "") if data else " (no --data: size and speed only)"))
+    rows = measure_many(models, data=data, split=split, device="cpu")
+    for line in compare(rows):
+        print(line)
+    _, md = write_report(out_dir, rows)
+    print(f"report: {md}")
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """Quantise a model's Linear weights (int8 or int4, weight-only) into a new model directory."""
+    """Quantise a model's Linear weights (int8 or int4, weight-only) into a new model directory, then
+    compare it with the original (--data: quality on held-out data too)."""
     from .compress import quantize
 
     report = quantize(args.model, args.out, method=args.method, group_size=args.group_size,
                       overwrite=args.overwrite)
     print(report.summary())
+    _compression_report([(args.model, "original"), (args.out, args.method)], args.out, args)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune a model: unstructured magnitude pruning, or structured pruning of attention heads and
+    feed-forward neurons (a smaller model), optionally followed by a recovery fine-tune (--recover
+    key=value ...: the settings of `duplex finetune`, init_from the pruned model); then compare."""
+    import shutil
+
+    from .compress import prune
+    from .fileutil import atomic_directory, check_output_dir
+
+    texts = None
+    if args.calibration_file:
+        texts = _texts(argparse.Namespace(text=None, file=args.calibration_file))
+    if not args.recover:
+        report = prune(args.model, args.out, args.method, args.sparsity, importance=args.importance,
+                       overwrite=args.overwrite, texts=texts)
+        print(report)
+        _compression_report([(args.model, "original"), (args.out, "pruned")], args.out, args)
+        return 0
+    from .train.loop import finetune
+
+    check_output_dir(args.out, "model", overwrite=args.overwrite, flag="--out", inputs=[args.model])
+    run_dir = Path(args.run_dir or f"{str(args.out).rstrip('/')}-recovery")
+    check_output_dir(run_dir, "run", overwrite=args.overwrite, flag="--run-dir", inputs=[args.model])
+    pruned = run_dir / "pruned"
+    print(prune(args.model, pruned, args.method, args.sparsity, importance=args.importance, overwrite=True,
+                texts=texts))
+    overrides = [*args.recover, f"init_from={pruned}", f"out_dir={run_dir / 'train'}"]
+    cfg = _train_config(argparse.Namespace(config=None, overrides=overrides), default_objective="classify")
+    result = finetune(cfg, overwrite=args.overwrite)
+    if result.get("interrupted"):
+        return 128 + int(result["interrupted"])
+    with atomic_directory(args.out) as tmp:  # the recovered model is the command's output
+        for entry in (run_dir / "train" / "model").iterdir():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+    print(f"recovered: step {result['step']}; model in {args.out} (run in {run_dir})")
+    data, split = args.data, args.split
+    if data is None and cfg.data.train:  # the recovery task's own held-out data
+        data, split = (cfg.data.test, None) if cfg.data.test else (cfg.data.train, "test")
+    _compression_report([(args.model, "original"), (pruned, "pruned"), (args.out, "pruned + recovery")],
+                        args.out, args, data=data, split=split)
     return 0
 
 
@@ -251,6 +319,89 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                            and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
         print(f"done: step {result['step']}; {scores}; model in {cfg.out_dir}/model")
     return 0
+
+
+def _student_overrides(student: str, teacher: str, task: str, overrides: list[str]) -> list[str]:
+    """``--student``: a model directory (init_from), a preset name, or a YAML/JSON file of model fields
+    (the model section) → config overrides; the teacher's tokenizer unless one is named."""
+    import json
+
+    import yaml
+
+    from .errors import ConfigError
+    from .presets import PRESETS
+
+    given = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    path = Path(student)
+    out: list[str] = []
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--student: {path} is a directory without config.json (expected a model directory)")
+        out.append(f"init_from={path}")
+    elif student in PRESETS:
+        out.append(f"model.preset={student}")
+    elif path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+            fields = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"--student: {path} is not a JSON/YAML mapping of model fields ({e})") from e
+        if not isinstance(fields, dict):
+            raise ConfigError(f"--student: {path} must hold a mapping of model fields (preset, d_model, n_layer, ...), "
+                              f"found {type(fields).__name__}")
+        fields = fields.get("model", fields)  # a train config's model section, or the fields alone
+        out += [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()]
+    else:
+        raise ConfigError(f"--student: expected a model directory, a preset ({', '.join(PRESETS)}) or a YAML/JSON file "
+                          f"of model fields, found {student!r}")
+    if task == "classify" and not path.is_dir() and "tokenizer" not in given:
+        out.append(f"tokenizer={teacher}")  # the logits are compared token by token: the teacher's tokenizer
+    return [*out, f"distill.teacher={teacher}", f"task={task}" if task != "clm" else "objective=clm"]
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Knowledge distillation: train --student (a model directory, a preset or a file of model fields) on
+    --task (classify: a labelled data.train; clm: data.path token shards) with the loss mixed with the
+    --teacher's softened outputs (distill.temperature, distill.alpha; distill.hidden_weight matches hidden
+    states); the best checkpoint is exported to out_dir/model, then teacher and student are compared."""
+    from .train.loop import finetune, pretrain
+
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)
+        args.config = None
+    args.overrides = _student_overrides(args.student, args.teacher, args.task, list(args.overrides)) \
+        + list(args.overrides)
+    cfg = _train_config(args)
+    result = (pretrain if args.task == "clm" else finetune)(cfg, resume=args.resume, overwrite=args.overwrite)
+    if result.get("interrupted"):
+        return 128 + int(result["interrupted"])
+    if os.environ.get("RANK", "0") == "0":
+        from .train.loop import SHOWN_METRICS
+
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
+                           and k.split("_", 1)[0] in ("val", "test", "best")
+                           and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
+        print(f"done: step {result['step']}; {scores}; student in {cfg.out_dir}/model")
+        data, split = args.data, args.split
+        if data is None:  # the task's own held-out data
+            if args.task == "clm":
+                data, split = cfg.data.path, "val"
+            else:
+                data, split = (cfg.data.test, None) if cfg.data.test else (cfg.data.train, "test")
+        _compression_report([(args.teacher, "teacher"), (Path(cfg.out_dir) / "model", "student")], cfg.out_dir,
+                            args, data=data, split=split)
+    return 0
+
+
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="the teacher's model directory (its tokenizer, its labels)")
+    p.add_argument("--student", required=True,
+                   help="a model directory to start from, a preset name (e.g. bert-tiny) or a YAML/JSON file of "
+                        "model fields (d_model, n_layer, ...): trained from scratch with the teacher's tokenizer")
+    p.add_argument("--task", required=True, choices=["classify", "clm"],
+                   help="classify: a labelled task (data.train=reviews-zh or a file); clm: causal LM on data.path")
+    _pretrain_args(p)
+    _report_args(p)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -541,8 +692,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "info": (cmd_info, lambda p: p.add_argument("path", help="model directory")),
         "convert": (cmd_convert, _convert_args),
         "quantize": (cmd_quantize, _quantize_args),
+        "prune": (cmd_prune, _prune_args),
         "pretrain": (cmd_pretrain, _pretrain_args),
         "finetune": (cmd_finetune, _pretrain_args),
+        "distill": (cmd_distill, _distill_args),
         "eval": (cmd_eval, _eval_args),
         "classify": (cmd_classify, _predict_args),
         "tag": (cmd_tag, _predict_args),
@@ -634,6 +787,37 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
                    help="int4 only: input columns per scale (default 128; a shorter last group where it does "
                         "not divide a layer's width)")
     p.add_argument("--out", required=True, help="output model directory (new or empty; written atomically)")
+    _report_args(p)
+    _overwrite_arg(p)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None,
+                   help="held-out data to score before and after (a labelled file or built-in task such as reviews-zh; "
+                        "for a language model text, token shards or peoples-daily), as `duplex eval --data` reads it")
+    p.add_argument("--split", default=None, help="the split of --data to score (as `duplex eval --split`)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the comparison (parameters, file size, CPU latency and throughput, quality)")
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the model directory to prune (ours or Hugging Face; not quantised)")
+    p.add_argument("--sparsity", required=True, type=float,
+                   help="the fraction removed: of each Linear's weights (magnitude), of each layer's key/value "
+                        "head groups (heads) or feed-forward neurons (neurons); in [0, 1)")
+    p.add_argument("--method", required=True, metavar="{magnitude,heads,neurons,heads+neurons}",
+                   help="magnitude: zero the smallest weights; heads / neurons (or both: heads,neurons): remove "
+                        "them, making the model smaller")
+    p.add_argument("--importance", default="weight", choices=["weight", "taylor"],
+                   help="how heads and neurons are ranked: weight norms, or first-order Taylor |w·grad| on sample text")
+    p.add_argument("--calibration-file", default=None,
+                   help="texts (one per line) for --importance taylor and the logit comparison")
+    p.add_argument("--out", required=True, help="output model directory (new or empty; written atomically)")
+    p.add_argument("--recover", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="fine-tune the pruned model to recover: `duplex finetune` settings (task=classify "
+                        "data.train=reviews-zh max_steps=300 ...); the recovered model is written to --out")
+    p.add_argument("--run-dir", default=None, help="with --recover: the recovery run's directory (default OUT-recovery)")
+    _report_args(p)
     _overwrite_arg(p)
 
 

@@ -27,7 +27,73 @@ DecoderHead = Literal["none", "lm", "classify"]
 Seq2SeqHead = Literal["none", "lm"]
 RNNHead = Literal["none", "classify", "tag", "lm"]
 
+# What a pruned model's ``pruning`` entry may say (duplexlm.compress.pruning writes it): the methods,
+# the importance scores of the structured ones, and the entry's keys.
+PRUNING_METHODS = ("magnitude", "heads", "neurons")
+PRUNING_IMPORTANCE = ("weight", "taylor")
+_PRUNING_KEYS = ("method", "sparsity", "importance", "modules", "shapes", "previous")
 
+
+def check_pruning(entry: Any, where: str = "pruning", nested: bool = False) -> dict[str, Any] | None:
+    """Validate a config's ``pruning`` entry (None: the model was never pruned) and return it; a
+    :class:`ConfigError` naming ``where`` and the field otherwise.
+
+    The entry records the last pruning step: ``method`` (``"magnitude"``, or ``"heads"``,
+    ``"neurons"``, ``"heads,neurons"``), ``sparsity`` in [0, 1), ``modules`` (the pruned module
+    names; for magnitude, the Linears whose zeros :func:`duplexlm.compress.keep_sparsity` keeps),
+    for structured methods ``importance`` and ``shapes`` ({field: [before, after]}), and ``previous``:
+    the entries of earlier steps, oldest first.
+
+    >>> check_pruning({"method": "magnitude", "sparsity": 0.5, "modules": ["blocks.0.mlp.up"]})["sparsity"]
+    0.5
+    >>> check_pruning({"method": "heads,rows", "sparsity": 0.3}, "config.json: pruning")
+    Traceback (most recent call last):
+    ...
+    duplexlm.errors.ConfigError: config.json: pruning.method: expected 'magnitude', or any of 'heads', 'neurons' joined by commas, found 'heads,rows'
+    """
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected an object (or null), found {type(entry).__name__}")
+    for key in entry:
+        if key not in _PRUNING_KEYS or (nested and key == "previous"):
+            raise ConfigError(f"{where}: unknown key {key!r}; expected keys among {list(_PRUNING_KEYS)}"
+                              f"{did_you_mean(str(key), _PRUNING_KEYS)}")
+    method = entry.get("method")
+    parts = method.split(",") if isinstance(method, str) else []
+    structured = [m for m in PRUNING_METHODS if m != "magnitude"]
+    if not (parts == ["magnitude"] or (parts and all(p in structured for p in parts) and len(set(parts)) == len(parts))):
+        raise ConfigError(f"{where}.method: expected 'magnitude', or any of {', '.join(map(repr, structured))} "
+                          f"joined by commas, found {method!r}")
+    sparsity = entry.get("sparsity")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ConfigError(f"{where}.sparsity: expected a number in [0, 1), found {sparsity!r}")
+    modules = entry.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"{where}.modules: expected a list of module names, found {modules!r}")
+    if parts == ["magnitude"]:
+        if "importance" in entry or "shapes" in entry:
+            extra = "importance" if "importance" in entry else "shapes"
+            raise ConfigError(f"{where}.{extra}: a magnitude entry has none (it belongs to heads/neurons)")
+    else:
+        if entry.get("importance", "weight") not in PRUNING_IMPORTANCE:
+            raise ConfigError(f"{where}.importance: expected one of {list(PRUNING_IMPORTANCE)}, "
+                              f"found {entry.get('importance')!r}")
+        shapes = entry.get("shapes", {})
+        ok = isinstance(shapes, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in v) for v in shapes.values())
+        if not ok:
+            raise ConfigError(f"{where}.shapes: expected {{field: [before, after]}} of positive integers, "
+                              f"found {shapes!r}")
+    previous = entry.get("previous", [])
+    if not isinstance(previous, list):
+        raise ConfigError(f"{where}.previous: expected a list of earlier entries, found {previous!r}")
+    for i, step in enumerate(previous):
+        check_pruning(step, f"{where}.previous[{i}]", nested=True)
+        if step is None:
+            raise ConfigError(f"{where}.previous[{i}]: expected an object, found null")
+    return entry
 
 
 @dataclass
@@ -37,6 +103,9 @@ class BaseConfig:
     family: ClassVar[str] = ""
     # fields that set a tensor's shape: a config.json of ours must name them (no silent default)
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # how the weights were pruned (duplexlm.compress.pruning), None when they never were; keyword-only,
+    # so it sits after every family's own fields; written to config.json only when set
+    pruning: dict[str, Any] | None = field(default=None, kw_only=True)
 
     def _check_literals(self) -> None:
         hints = get_type_hints(type(self))
@@ -76,7 +145,10 @@ class BaseConfig:
                 raise ConfigError(f"{type(self).__name__}.{name}: expected a probability in [0, 1), found {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **dataclasses.asdict(self)}
+        data = {"family": self.family, **dataclasses.asdict(self)}
+        if data.get("pruning") is None:  # an unpruned model's config.json stays as it always was
+            data.pop("pruning", None)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config", require_shapes: bool = False) -> BaseConfig:
@@ -141,6 +213,7 @@ class DecoderConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         self._check_literals()
+        self.pruning = check_pruning(self.pruning, f"{type(self).__name__}.pruning")
         self._positive("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head")
         self._check_label_names()
         self._check_crf()
@@ -184,6 +257,9 @@ class EncoderConfig(BaseConfig):
     d_model: int = 768
     n_layer: int = 12
     n_head: int = 12
+    # None: d_model // n_head. A head-pruned encoder keeps its head size with fewer heads, so
+    # n_head * head_dim < d_model; written to config.json only then (BERT cannot express it)
+    head_dim: int | None = None
     d_ff: int | None = None
     activation: Activation = "gelu"
     norm_eps: float = 1e-12
@@ -212,14 +288,19 @@ class EncoderConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         self._check_literals()
+        self.pruning = check_pruning(self.pruning, f"{type(self).__name__}.pruning")
         self._positive("vocab_size", "max_seq_len", "type_vocab_size", "d_model", "n_layer", "n_head")
         self._check_label_names()
         self._check_crf()
         if self.head == "classify" and self.pooling == "cls" and not self.pooler:
             raise ConfigError("EncoderConfig.pooler: head='classify' with pooling='cls' reads the pooled first "
                               "token; set pooler=True, or pooling='mean' to classify the mean of the tokens")
-        if self.d_model % self.n_head:
-            raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ConfigError(f"EncoderConfig.d_model: {self.d_model} is not divisible by n_head={self.n_head}; "
+                                  "set head_dim explicitly")
+            self.head_dim = self.d_model // self.n_head
+        self._positive("head_dim")
         if self.tasks is not None:
             from .models.heads import check_task_heads
 
@@ -235,9 +316,18 @@ class EncoderConfig(BaseConfig):
         self._positive("d_ff", "num_labels", "generator_layers")
         self._probability("dropout", "attn_dropout")
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if self.head_dim * self.n_head == self.d_model:  # the derived size: left out, as before it was a field
+            data.pop("head_dim")
+        return data
+
+    def replace(self, **changes: Any) -> BaseConfig:
+        """A copy with ``changes``; a derived head size is derived again (from a new d_model or n_head)
+        unless ``head_dim`` is among the changes."""
+        if "head_dim" not in changes and self.head_dim * self.n_head == self.d_model:
+            changes["head_dim"] = None
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -269,6 +359,7 @@ class Seq2SeqConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         self._check_literals()
+        self.pruning = check_pruning(self.pruning, f"{type(self).__name__}.pruning")
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
         self._positive("vocab_size", "d_model", "head_dim", "d_ff", "n_layer", "n_decoder_layer", "n_head",
@@ -299,6 +390,7 @@ class RNNConfig(BaseConfig):
 
     def __post_init__(self) -> None:
         self._check_literals()
+        self.pruning = check_pruning(self.pruning, f"{type(self).__name__}.pruning")
         self._positive("vocab_size", "d_embed", "d_hidden", "n_layer", "num_labels")
         self._check_label_names()
         self._check_crf()
@@ -341,6 +433,8 @@ def load_config(path: str | Path) -> AnyConfig:
 
 __all__ = [
     "CONFIG_CLASSES",
+    "PRUNING_IMPORTANCE",
+    "PRUNING_METHODS",
     "AnyConfig",
     "BaseConfig",
     "ConfigError",
@@ -348,6 +442,7 @@ __all__ = [
     "EncoderConfig",
     "RNNConfig",
     "Seq2SeqConfig",
+    "check_pruning",
     "config_from_dict",
     "field",
     "load_config",

@@ -154,14 +154,15 @@ OutputKind = Literal["model", "tokenizer", "shards", "run", "demo", "eval"]
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                 "model-*-of-*.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "chat_template.jinja", "vocab.txt", "adapter", "adapter_config.json",
-                "adapter_model.safetensors")
+                "adapter_model.safetensors", "compression_report.json", "compression_report.md")
 OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "model": _MODEL_FILES,
     "tokenizer": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
     "shards": ("meta.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "train_[0-9]*.bin", "train_[0-9]*.ws", "val_[0-9]*.bin", "val_[0-9]*.ws"),
     "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
-            "test_metrics.json", "adapter", "test_generations.jsonl"),
+            "test_metrics.json", "adapter", "test_generations.jsonl", "compression_report.json",
+            "compression_report.md", "pruned"),
     "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png", "generations.jsonl"),
     "demo": ("corpus.txt", "tok", "data", "pretrain", "runs", "labels", "encoder-finetuned", "report.md", "decoder",
              "metrics.json", "*.png", "llama-tiny", "llama-tiny-hf", "llama-tiny-back",

@@ -14,6 +14,11 @@ usual tensors. :func:`load` rebuilds it with ``QuantLinear``s, ready for inferen
 full-precision weights (``init_from``, :func:`convert_to_hf`) refuses it with a clear error rather than
 dequantising behind the caller's back (``duplexlm.compress.dequantize_model`` does that on purpose).
 
+A pruned model (``duplexlm.compress.prune``) is an ordinary directory whose config.json also has a
+``pruning`` entry (method, sparsity, modules; see :func:`duplexlm.config.check_pruning`): a field of
+the model's config, so it travels wherever the config does; a malformed entry is refused on reading,
+naming the file and the field.
+
 >>> import tempfile, torch
 >>> from duplexlm.config import DecoderConfig
 >>> from duplexlm.models import build_model
@@ -35,10 +40,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .compress.quantization import apply_quantization_spec, quantization_spec
-from .config import AnyConfig, config_from_dict
+from .config import AnyConfig, check_pruning, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
 from .convert.common import independent
-from .errors import ModelDirectoryError, ModelError
+from .errors import ConfigError, ModelDirectoryError, ModelError
 from .fileutil import atomic_directory, check_output_dir, read_json_object, write_json
 from .models import build_model
 from .tokenizer import Tokenizer
@@ -142,6 +147,10 @@ def load_config_and_weights(path: str | Path,
             f"{path}: holds a quantised model ({_describe_quantization(quantization)}), whose weights are "
             "integers; load it for inference with duplexlm.load, or start from the full-precision model it was "
             "made from (duplexlm.compress.dequantize_model gives full-precision weights from it on purpose)")
+    try:  # checked here, to name the file: the config's own check names only the field
+        check_pruning(raw.get("pruning"), f"{cfg_file}: pruning")
+    except ConfigError as e:  # a file's values, not the caller's
+        raise ModelError(str(e)) from e
     # a file of ours must name every field that sets a tensor's shape; defaults would only hide a
     # truncated or hand-edited file until the weights fail to fit
     config = config_from_dict(raw, source=str(cfg_file), require_shapes=True)

@@ -1,5 +1,6 @@
-"""Model compression. Part 1: weight-only quantisation (int8 per output channel, int4 per group of
-input columns) of every untied ``nn.Linear``, for every family, stored in our model directories and
+"""Model compression: pruning (:mod:`.pruning`: magnitude, attention heads, feed-forward neurons, for
+every family; ``prune`` on a model directory) and weight-only quantisation (int8 per output channel, int4
+per group of input columns) of every untied ``nn.Linear``, for every family, stored in our model directories and
 loaded back by :func:`duplexlm.load`; ``duplex quantize`` on the command line.
 
 >>> import torch
@@ -16,6 +17,14 @@ loaded back by :func:`duplexlm.load`; ``duplex quantize`` on the command line.
 
 from __future__ import annotations
 
+from .pruning import (
+    PruneInfo,
+    PruneReport,
+    keep_sparsity,
+    magnitude_modules,
+    prune,
+    prune_model,
+)
 from .qlinear import (
     DEFAULT_GROUP_SIZE,
     METHODS,
@@ -43,9 +52,11 @@ from .quantization import (
     sample_inputs,
     set_fast_path,
 )
+from .report import ModelRow, compare, measure, measure_many, write_report
 
-__all__ = ["DEFAULT_GROUP_SIZE", "FORMAT", "METHODS", "QuantLinear", "QuantReport", "apply_quantization_spec",
-           "dequantize_int4", "dequantize_int8", "dequantize_model", "int8_kernel_available", "logit_gap",
-           "pack_int4", "plan_quantization", "quant_modules", "quantization_spec", "quantize", "quantize_int4",
-           "quantize_int8", "quantize_model", "quantized_parameters", "sample_inputs", "set_fast_path",
-           "unpack_int4"]
+__all__ = ["DEFAULT_GROUP_SIZE", "FORMAT", "METHODS", "ModelRow", "PruneInfo", "PruneReport", "QuantLinear",
+           "QuantReport", "apply_quantization_spec", "compare", "dequantize_int4", "dequantize_int8",
+           "dequantize_model", "int8_kernel_available", "keep_sparsity", "logit_gap", "magnitude_modules", "measure",
+           "measure_many", "pack_int4", "plan_quantization", "prune", "prune_model", "quant_modules",
+           "quantization_spec", "quantize", "quantize_int4", "quantize_int8", "quantize_model", "quantized_parameters",
+           "sample_inputs", "set_fast_path", "unpack_int4", "write_report"]

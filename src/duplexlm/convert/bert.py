@@ -217,6 +217,12 @@ def _check_representable(config: EncoderConfig) -> None:
         raise UnsupportedModelError(
             f"EncoderConfig.tasks: a multi-task encoder ({', '.join(config.tasks)}) has no Hugging Face BERT "
             "counterpart (a BERT checkpoint holds one head); keep this model in duplexlm format")
+    if config.head_dim * config.n_head != config.d_model:
+        raise UnsupportedModelError(
+            f"EncoderConfig.head_dim={config.head_dim} with n_head={config.n_head} has no Hugging Face BERT "
+            f"counterpart: BERT's heads split hidden_size={config.d_model} evenly (head size hidden_size / "
+            "num_attention_heads), and a head-pruned encoder has fewer heads of the same size; keep this model "
+            "in duplexlm format")
     if config.norm_position != "post":
         raise UnsupportedModelError(
             f"EncoderConfig.norm_position={config.norm_position!r} has no Hugging Face BERT counterpart: BERT's "

@@ -36,7 +36,7 @@ class Block(nn.Module):
         super().__init__()
         c = config
         self.pre_norm = c.norm_position == "pre"
-        self.attn = Attention(c.d_model, c.n_head, attn_dropout=c.attn_dropout)
+        self.attn = Attention(c.d_model, c.n_head, head_dim=c.head_dim, attn_dropout=c.attn_dropout)
         self.norm_1 = build_norm("layernorm", c.d_model, c.norm_eps)
         self.mlp = MLP(c.d_model, c.d_ff, c.activation)
         self.norm_2 = build_norm("layernorm", c.d_model, c.norm_eps)

@@ -29,6 +29,7 @@ from ..fileutil import atomic_write
 Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq"]
 TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
+DISTILLABLE = ("classify", "clm")  # the objectives a teacher's logits can be a second target of
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
 
 
@@ -116,6 +117,17 @@ class GenerationSection:
 
 
 @dataclass
+class DistillSection:
+    """Knowledge distillation (``duplex distill``): a teacher's outputs as a second target of the task's
+    loss (classify, clm). Off while ``teacher`` is empty."""
+
+    teacher: str = ""  # a model directory (same tokenizer; for classify the same labels)
+    temperature: float = 2.0  # both distributions softened by T; the soft loss is scaled by T² (Hinton et al.)
+    alpha: float = 0.5  # weight of the soft loss; the hard labels get 1 - alpha
+    hidden_weight: float = 0.0  # > 0: also match the last hidden states' token-to-token relations (MiniLM)
+
+
+@dataclass
 class AugmentSection:
     """Text augmentation of the training split (classify, regress): the fields of
     :class:`duplexlm.data.augment.AugmentConfig`, off unless ``p > 0``."""
@@ -147,6 +159,7 @@ class TrainConfig:
     objective_args: ObjectiveSection = field(default_factory=ObjectiveSection)
     augment: AugmentSection = field(default_factory=AugmentSection)  # fine-tuning: the training texts
     generation: GenerationSection = field(default_factory=GenerationSection)  # sft, seq2seq
+    distill: DistillSection = field(default_factory=DistillSection)  # a teacher's logits as a second target
     batch_size: int = 8  # sequences per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
@@ -199,6 +212,7 @@ class TrainConfig:
             if bare not in ("loss", "perplexity", "token_accuracy"):
                 raise ConfigError(f"eval_metric={self.eval_metric}: a score of generated text needs "
                                   "generation.val_examples > 0 (how many validation examples to generate for)")
+        self._check_distill()
         if self.data.packing and self.objective != "sft":
             raise ConfigError(f"data.packing: packs conversations for task=sft, found {self.objective!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
@@ -242,6 +256,24 @@ class TrainConfig:
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {self.device!r}")
         if not self.out_dir.strip():
             raise ConfigError("out_dir: expected a directory for the run, found an empty value")
+
+    def _check_distill(self) -> None:
+        d = self.distill
+        for key, value, ok, expected in (
+                ("distill.temperature", d.temperature, d.temperature > 0, "a positive number"),
+                ("distill.alpha", d.alpha, 0.0 <= d.alpha <= 1.0, "a weight in [0, 1]"),
+                ("distill.hidden_weight", d.hidden_weight, d.hidden_weight >= 0.0, "a number >= 0")):
+            if not ok or not math.isfinite(value):
+                raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+        if not d.teacher:
+            changed = [f"distill.{f.name}" for f in dataclasses.fields(d)
+                       if getattr(d, f.name) != f.default]
+            if changed:
+                raise ConfigError(f"{changed[0]}: distillation needs a teacher (distill.teacher=DIR)")
+            return
+        if self.objective not in DISTILLABLE:
+            raise ConfigError(f"distill.teacher: distillation trains task=classify or objective clm, found "
+                              f"{self.objective!r}")
 
     def _check_tasks(self) -> None:
         if self.objective != "multi":

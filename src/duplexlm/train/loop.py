@@ -79,6 +79,7 @@ class Run:
     multi: Any = None  # task=multi: a multitask.MultiTask (each task's data, objective and schedule)
     notes: list[str] = field(default_factory=list)  # what reading the data did, printed at the start
     examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: for generating, by split
+    distiller: Any = None  # distill.teacher: a distill.Distiller (the teacher's outputs join each batch)
 
 
 def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -447,6 +448,19 @@ def _reads_pooled(head: dict[str, Any]) -> bool:
     return head["head"] == "classify" or any(t["head"] == "classify" for t in (head.get("tasks") or {}).values())
 
 
+def _same_head(config: Any, head: dict[str, Any]) -> bool:
+    """Whether a loaded model already has the task head asked for: the same kind, the same labels in the
+    same order (then its trained head is kept, not replaced by a fresh one)."""
+    if head.get("tasks") or getattr(config, "head", None) != head["head"]:
+        return False
+    if getattr(config, "num_labels", None) != head.get("num_labels"):
+        return False
+    names = getattr(config, "label_names", None)
+    if head["head"] == "tag" and bool(getattr(config, "crf", False)) != bool(head.get("crf")):
+        return False
+    return not names or not head.get("label_names") or list(names) == list(head["label_names"])
+
+
 def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, multi: Any = None) -> nn.Module:
     """The model to train: ``init_from`` (re-headed for a task) or a fresh one from the model section."""
     head = None
@@ -485,6 +499,9 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, mult
     torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
     model = build_model(config.replace(**changes))
     expected = model.state_dict()
+    if _same_head(config, head):  # a task model trained on (a recovery fine-tune, a student from its teacher)
+        load_weights(model, sd, source=str(cfg.init_from))
+        return model
     backbone = {k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}
     keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
     missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(_HEAD_PREFIXES)]
@@ -536,6 +553,12 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     if model.config.vocab_size < source.vocab_size:
         raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
                           f"tokenizer's ({source.vocab_size})")
+    distiller = None
+    if cfg.distill.teacher:
+        from .distill import load_distiller
+
+        distiller = load_distiller(cfg, spec, model, tokenizer, source.label_names, info.device)
+        spec = distiller.wrap(spec)
     prepare_method(model, cfg)  # freeze or LoRA: before the optimizer sees which parameters train
     model.to(info.device).train()
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
@@ -596,7 +619,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         tokens=source.tokens, train=source.train, val=source.val, bytes_per_token=source.bytes_per_token,
         amp_dtype=amp, out_dir=out_dir, flops_per_token=flops, peak_flops=matmul_peak(info.device, amp),
         state=state, scaler=scaler, spec=spec, label_names=source.label_names, loss_options=options,
-        test=source.test, multi=multi, notes=source.notes, examples=source.examples,
+        test=source.test, multi=multi, notes=source.notes, examples=source.examples, distiller=distiller,
     )
     run.max_steps = _max_steps(run)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
@@ -712,6 +735,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         start = (own_step * cfg.grad_accum + m) * B * world + info.rank * B
         # masks and spans are seeded per global sample, not per rank or micro-batch
         batches.append(make_batch(run, sampler, start, B, (cfg.seed,)))
+        if run.distiller is not None:  # the teacher's outputs: a second target, deterministic
+            with autocast(info.device, run.amp_dtype):
+                batches[-1].update(run.distiller.targets(batches[-1]))
     count = (task.spec if run.multi is not None else run.spec).count or _target_count
     local_targets = sum(count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
@@ -801,18 +827,6 @@ def evaluate(run: Run) -> dict[str, float]:
     return out
 
 
-class _Replay:
-    """Stands in for the model in a loss function, handing back the output already computed."""
-
-    def __init__(self, out: Any, crf: Any = None) -> None:
-        self.out = out
-        if crf is not None:  # a multi-task tagger's CRF, which the loss finds on the model
-            self.crf = crf
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.out
-
-
 def _evaluate_tasks(run: Run, split: str) -> tuple[dict[str, float], dict[str, Any]]:
     """Multi-task: every task's ``split`` (val or test) → (``{split}_{task}_{metric}`` scalars and
     ``{split}_loss``, the mean of the tasks' losses; ``{task: full metrics}``)."""
@@ -861,7 +875,7 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
             with autocast(info.device, run.amp_dtype):
                 out = (spec.forward(reader, batch) if spec.forward is not None
                        else reader(batch["input_ids"], attention_mask=batch["attention_mask"]))
-            loss, n = spec.loss(_Replay(out, getattr(reader, "crf", None)), batch, options)
+            loss, n = spec.loss(obj.Replay(out, getattr(reader, "crf", None)), batch, options)
             if cfg.fsdp and i % info.world_size != info.rank:
                 continue
             loss_sum += loss.item() * n
@@ -1232,6 +1246,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                   f"method {cfg.method}) on {run.info.device} × {run.info.world_size}, precision "
                   f"{str(run.amp_dtype or 'fp32').replace('torch.', '')}, {what}, {run.max_steps} steps; "
                   f"run dir {run.out_dir}")
+            if run.distiller is not None:
+                d = cfg.distill
+                print(f"distill: teacher {d.teacher} ({count_parameters(run.distiller.teacher) / 1e6:.2f}M "
+                      f"parameters), temperature {d.temperature}, alpha {d.alpha}, hidden_weight {d.hidden_weight}")
         return fit(run)
     finally:
         cleanup(run.info)

@@ -63,9 +63,15 @@ def _freeze(model: nn.Module, spec: str) -> None:
 
 
 def prepare_method(model: nn.Module, cfg: TrainConfig) -> None:
-    """Set what trains, in place, before the optimizer is built."""
-    if cfg.method == "full":
-        return
+    """Set what trains, in place, before the optimizer is built (and keep a magnitude-pruned model's
+    zeros: their gradients are zeroed, see :func:`duplexlm.compress.pruning.keep_sparsity`)."""
+    from ..compress.pruning import keep_sparsity, magnitude_modules
+
+    if magnitude_modules(model) and (cfg.method == "lora" or cfg.fsdp):
+        raise ConfigError(f"{'method=lora' if cfg.method == 'lora' else 'fsdp'}: the model was magnitude-pruned and "
+                          + ("a merged LoRA update is dense: it would undo the sparsity; use method=full or freeze"
+                             if cfg.method == "lora" else
+                             "FSDP's flattened parameters cannot keep its zeros; train it with DDP (fsdp=false)"))
     if cfg.method == "freeze":
         _freeze(model, cfg.method_args.freeze)
     elif cfg.method == "lora":
@@ -76,6 +82,7 @@ def prepare_method(model: nn.Module, cfg: TrainConfig) -> None:
                                      targets=tuple(a.lora_targets)))
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"method={cfg.method!r}: nothing left to train")
+    keep_sparsity(model)  # a magnitude-pruned model: its zeroed weights stay zero while it trains
 
 
 def finalize_method(model: nn.Module, cfg: TrainConfig, out_dir: Path) -> nn.Module:

@@ -731,6 +731,19 @@ class ObjectiveSpec:
     forward: Callable[[nn.Module, Mapping[str, Tensor]], Any] | None = None
 
 
+class Replay:
+    """Stands in for the model in a loss function, handing back the output already computed (evaluation
+    runs the model once for the loss and the predictions; distillation once for both of its losses)."""
+
+    def __init__(self, out: Any, crf: Any = None) -> None:
+        self.out = out
+        if crf is not None:  # a multi-task tagger's CRF, which the loss finds on the model
+            self.crf = crf
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.out
+
+
 def _pretraining(name: str, family: str, head: str) -> ObjectiveSpec:
     return ObjectiveSpec(name=name, families=(family,), head=head, data="shards",
                          loss=lambda model, batch, options: compute_loss(model, batch, name))  # type: ignore[arg-type]
@@ -776,6 +789,7 @@ __all__ = [
     "Objective",
     "ObjectiveSpec",
     "ObjectiveTokens",
+    "Replay",
     "SpanLengths",
     "chunk_length",
     "clm_batch",
