@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sft.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_quantize.py
+	$(BIN)/python benchmarks/bench_compress.py
 
 clean:
 	rm -rf $(VENV)

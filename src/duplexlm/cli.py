@@ -4,7 +4,7 @@
     duplex info PATH                   describe a model directory (ours or Hugging Face)
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
-    duplex quantize --model DIR --method int8|int4 --out DIR   weight-only quantisation (int4: group scales)
+    duplex quantize --model DIR --method int8|int4 --out DIR [--embeddings]   weight-only quantisation
     duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
                                                                 pruning (heads/neurons: a smaller model), recovery
     duplex tokenizer train SOURCES --kind bpe|wordpiece --vocab-size N --out DIR
@@ -164,7 +164,7 @@ def _compression_report(models: list[tuple[str | Path, str]], out_dir: str | Pat
     rows = measure_many(models, data=data, split=split, device="cpu")
     for line in compare(rows):
         print(line)
-    _, md = write_report(out_dir, rows)
+    _, md = write_report(out_dir, rows, command=getattr(args, "argv", None))
     print(f"report: {md}")
 
 
@@ -174,7 +174,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .compress import quantize
 
     report = quantize(args.model, args.out, method=args.method, group_size=args.group_size,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, embeddings=args.embeddings)
     print(report.summary())
     _compression_report([(args.model, "original"), (args.out, args.method)], args.out, args)
     return 0
@@ -786,6 +786,9 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=None,
                    help="int4 only: input columns per scale (default 128; a shorter last group where it does "
                         "not divide a layer's width)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also store the untied embedding tables as int8 (a scale per row): in a small model they "
+                        "are a large share of the file (a table tied to the LM head stays full precision)")
     p.add_argument("--out", required=True, help="output model directory (new or empty; written atomically)")
     _report_args(p)
     _overwrite_arg(p)
@@ -805,7 +808,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", required=True, type=float,
                    help="the fraction removed: of each Linear's weights (magnitude), of each layer's key/value "
                         "head groups (heads) or feed-forward neurons (neurons); in [0, 1)")
-    p.add_argument("--method", required=True, metavar="{magnitude,heads,neurons,heads+neurons}",
+    p.add_argument("--method", required=True, metavar="{magnitude,heads,neurons}",
                    help="magnitude: zero the smallest weights; heads / neurons (or both: heads,neurons): remove "
                         "them, making the model smaller")
     p.add_argument("--importance", default="weight", choices=["weight", "taylor"],
@@ -842,7 +845,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=_int_at_least(0), default=0,
                    help="language models: score at most this many tokens (default 0: all)")
     p.add_argument("--seed", type=_int_at_least(0), default=1234,
-                   help="built-in splits and MLM/T5 masks (1234 matches `duplex data prepare`)")
+                   help="built-in splits and MLM/T5 masks (1234: the split training uses, data.split_seed, and "
+                        "`duplex data prepare`'s)")
     p.add_argument("--out", default=None, help="write metrics.json, report.md (predictions.jsonl, plots) here")
     p.add_argument("--task", help="a multi-task model's head to score (duplex info lists them)")
     p.add_argument("--max-new-tokens", type=_int_at_least(1), default=64,
@@ -965,6 +969,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    args.argv = ["duplex", *(sys.argv[1:] if argv is None else argv)]  # what reports record as the command
     name = "duplex " + args.command + (f" {args.action}" if getattr(args, "action", None) else "")
     start = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C: temporary outputs are removed, worker processes stopped

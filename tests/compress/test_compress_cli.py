@@ -93,9 +93,13 @@ def test_quantize_reports_quality_on_held_out_data(classifier, tmp_path, capsys)
     assert rows[1]["file_bytes"] < 0.5 * rows[0]["file_bytes"]
     assert abs(rows[1]["quality"]["accuracy"] - rows[0]["quality"]["accuracy"]) <= 0.05
     assert "compression_report.md" in capsys.readouterr().out
-    # the report files do not stop a later --overwrite of the same output
+    # the report files do not stop a later --overwrite of the same output; --embeddings: the tables too
     assert main(["quantize", "--model", str(classifier["model"]), "--method", "int8", "--out", str(out),
-                 "--no-report", "--overwrite"]) == 0
+                 "--no-report", "--overwrite", "--embeddings"]) == 0
+    spec = json.loads((out / "config.json").read_text(encoding="utf-8"))["quantization"]
+    assert spec["embeddings"] == ["embed", "pos_embed", "type_embed"]
+    assert (out / "model.safetensors").stat().st_size < 0.3 * rows[0]["file_bytes"]
+    assert "3 embedding tables as int8" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 import duplexlm
 from duplexlm.cli import main
 from duplexlm.compress import (
+    QuantEmbedding,
     QuantLinear,
     dequantize_int4,
     dequantize_model,
@@ -221,6 +222,52 @@ def test_int8_file_is_under_30_percent_when_linears_dominate(tmp_path):
         save_model(q, tmp_path / method)
         size = (tmp_path / method / "model.safetensors").stat().st_size
         assert size <= bound * fp32, (method, size / fp32)
+
+
+EMBEDDED = {"gpt2": {"pos_embed"}, "llama": {"embed"}, "bert": {"embed", "pos_embed", "type_embed"},
+            "bert-mlm": {"pos_embed", "type_embed"}, "t5": set(), "rnn": {"embed"}}  # tied tables stay fp32
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_embedding_tables_as_int8(tmp_path, name):
+    model = _model(name)
+    inputs, _ = sample_inputs(model)
+    ref = _logits(model, inputs)
+    q = copy.deepcopy(model)
+    names = quantize_model(q, "int8", embeddings=True)
+    tables = {n for n, m in q.named_modules() if isinstance(m, QuantEmbedding)}
+    assert tables == EMBEDDED[name] and tables <= set(names)
+    for head in TIED.get(name, ()):  # a tied table is the head's weight: both stay fp32 and tied
+        assert type(q.embed) is nn.Embedding and q.get_submodule(head).weight is q.embed.weight
+    set_fast_path(q, False)
+    assert _rel(_logits(q, inputs), ref) < INT8_EXACT  # one more half step per looked-up row
+    save_model(q, tmp_path / "q")
+    loaded, _ = duplexlm.load(tmp_path / "q")
+    set_fast_path(loaded, False)
+    assert torch.equal(_logits(loaded, inputs), _logits(q, inputs))
+    spec = json.loads((tmp_path / "q" / "config.json").read_text())["quantization"]
+    assert set(spec.get("embeddings", [])) == tables
+    stored = load_file(str(tmp_path / "q" / "model.safetensors"))
+    for t in tables:
+        assert stored[f"{t}.qweight"].dtype == torch.int8 and f"{t}.weight" not in stored
+    back = dequantize_model(loaded)
+    assert not any(isinstance(m, QuantEmbedding) for m in back.modules())
+
+
+def test_int8_embeddings_bring_a_small_classifier_under_30_percent(tmp_path):
+    # vocabulary 5000 × 128 is a third of this classifier: with fp32 tables int8 cannot reach 30%
+    torch.manual_seed(0)
+    model = build_model(EncoderConfig(vocab_size=5000, max_seq_len=128, d_model=128, n_layer=4, n_head=4, d_ff=512,
+                                      head="classify", num_labels=2))
+    save_model(model, tmp_path / "fp32")
+    sizes = {}
+    for tables in (False, True):
+        q = copy.deepcopy(model)
+        quantize_model(q, "int8", embeddings=tables)
+        save_model(q, tmp_path / str(tables))
+        sizes[tables] = (tmp_path / str(tables) / "model.safetensors").stat().st_size
+    fp32 = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    assert sizes[False] > 0.30 * fp32 >= sizes[True], {k: v / fp32 for k, v in sizes.items()}
 
 
 def test_bf16_load_runs_the_dequantising_path(tmp_path):

@@ -5,7 +5,11 @@ relations, ``duplex distill`` from the command line, and the mismatches it refus
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +218,27 @@ def test_mismatched_teachers_are_refused(teacher, lm_teacher, review_files, pd_c
     with pytest.raises(ConfigError, match="is not a directory"):
         setup(_cfg(review_files, pd_corpus / "tok", tmp_path / "c", "max_steps=2", *STUDENT,
                    f"distill.teacher={tmp_path / 'nowhere'}"))
+
+
+@pytest.mark.slow
+def test_two_processes_distil_as_one(teacher, review_files, pd_corpus, tmp_path):  # noqa: F811
+    # the teacher's targets join each rank's own rows: 2 gloo processes of 4 rows == 1 process of 8 (the
+    # relations term is a mean per example, so it does not depend on the split either)
+    common = [f"data.train={review_files['train']}", f"data.validation={review_files['validation']}",
+              f"tokenizer={pd_corpus / 'tok'}", "task=classify", "model.preset=bert-tiny", *SMALL, *STUDENT,
+              "max_steps=4", "eval_every=4", "save_every=4", "grad_accum=2", "device=cpu", "model.dropout=0",
+              "model.attn_dropout=0", f"distill.teacher={teacher}", "distill.hidden_weight=0.5"]
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, "batch_size=8"],
+                   check=True, capture_output=True)
+    two = tmp_path / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
+                          f"out_dir={two}", *common, "batch_size=4"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    a = {r["step"]: r["loss"] for r in _records(one) if "loss" in r}
+    b = {r["step"]: r["loss"] for r in _records(two) if "loss" in r}
+    assert a.keys() == b.keys() == {1, 2, 3, 4}
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])

@@ -419,3 +419,22 @@ def test_augment_config_errors(review_files, pd_corpus, tmp_path):
         load_train_config(None, ["objective=mlm", "augment.p=0.1"])
     assert _cfg(review_files, pd_corpus / "tok", tmp_path / "a", "task=tag").augment.p == 0.0  # off by default
     assert not (tmp_path / "a").exists()
+
+
+def test_a_builtin_task_is_split_as_duplex_eval_splits_it(pd_corpus):
+    # the split follows data.split_seed, not the run's seed: a run with any seed is scored by
+    # `duplex eval` (seed 1234 by default) on the test reviews it never trained on
+    from duplexlm.data.tasks import load_task_data
+    from duplexlm.train.loop import _examples_source
+
+    def test_ids(*extra: str) -> list[list[int]]:
+        cfg = load_train_config(None, ["task=classify", "data.train=reviews-zh", f"tokenizer={pd_corpus / 'tok'}",
+                                       "model.preset=bert-tiny", "data.seq_len=32", *extra])
+        test = _examples_source(cfg).test
+        return [list(x) for x in test.ids]
+
+    evaluated = test_ids("seed=1234")
+    assert test_ids("seed=7") == evaluated
+    assert len(evaluated) == len(load_task_data("classify", "reviews-zh").splits["test"])
+    # and the split seed does move it (so the check above can fail)
+    assert test_ids("seed=7", "data.split_seed=7") != evaluated

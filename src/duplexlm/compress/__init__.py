@@ -28,6 +28,7 @@ from .pruning import (
 from .qlinear import (
     DEFAULT_GROUP_SIZE,
     METHODS,
+    QuantEmbedding,
     QuantLinear,
     dequantize_int4,
     dequantize_int8,
@@ -43,7 +44,9 @@ from .quantization import (
     apply_quantization_spec,
     dequantize_model,
     logit_gap,
+    plan_embeddings,
     plan_quantization,
+    quant_embeddings,
     quant_modules,
     quantization_spec,
     quantize,
@@ -54,9 +57,9 @@ from .quantization import (
 )
 from .report import ModelRow, compare, measure, measure_many, write_report
 
-__all__ = ["DEFAULT_GROUP_SIZE", "FORMAT", "METHODS", "ModelRow", "PruneInfo", "PruneReport", "QuantLinear",
+__all__ = ["DEFAULT_GROUP_SIZE", "FORMAT", "METHODS", "ModelRow", "PruneInfo", "PruneReport", "QuantEmbedding", "QuantLinear",
            "QuantReport", "apply_quantization_spec", "compare", "dequantize_int4", "dequantize_int8",
            "dequantize_model", "int8_kernel_available", "keep_sparsity", "logit_gap", "magnitude_modules", "measure",
-           "measure_many", "pack_int4", "plan_quantization", "prune", "prune_model", "quant_modules",
+           "measure_many", "pack_int4", "plan_embeddings", "plan_quantization", "prune", "prune_model", "quant_embeddings", "quant_modules",
            "quantization_spec", "quantize", "quantize_int4", "quantize_int8", "quantize_model", "quantized_parameters",
            "sample_inputs", "set_fast_path", "unpack_int4", "write_report"]

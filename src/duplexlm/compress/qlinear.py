@@ -359,6 +359,65 @@ class QuantLinear(nn.Module):
         return state
 
 
-__all__ = ["DEFAULT_GROUP_SIZE", "METHODS", "MIN_GROUP_SIZE", "QuantLinear", "check_group_size", "check_method",
+class QuantEmbedding(nn.Module):
+    """An embedding table stored as int8 with one fp32 scale per row (per token): buffers ``qweight``
+    (int8 (num, dim)) and ``scales`` (fp32 (num,)). A lookup gathers the rows' integers and scales —
+    a quarter of the table's bytes are read, and only for the ids asked for — so it costs no more than
+    the fp32 lookup. Untied tables only: a table that is also an LM head's weight stays in full
+    precision (see :func:`duplexlm.compress.plan_quantization`).
+
+    >>> emb = nn.Embedding(10, 6, padding_idx=0)
+    >>> q = QuantEmbedding.from_embedding(emb)
+    >>> q
+    QuantEmbedding(10, 6, padding_idx=0, method=int8)
+    >>> ids = torch.tensor([[1, 2, 0]])
+    >>> bool((q(ids) - emb(ids)).abs().max() <= emb.weight.abs().max() / 127)
+    True
+    """
+
+    qweight: Tensor
+    scales: Tensor
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.method, self.bits = "int8", 8
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(num_embeddings, dtype=dtype or torch.float32, device=device))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> QuantEmbedding:
+        w = embedding.weight
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, device=w.device)
+        module.qweight, module.scales = quantize_int8(w)
+        return module
+
+    @property
+    def weight(self) -> Tensor:
+        """The table the integers stand for (for code that reads ``.weight``'s dtype or device)."""
+        return dequantize_int8(self.qweight, self.scales)
+
+    def extra_repr(self) -> str:
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}, method={self.method}"
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.qweight).to(self.scales.dtype) * F.embedding(ids, self.scales[:, None])
+
+    def to_embedding(self) -> nn.Embedding:
+        """A plain Embedding holding the dequantised table."""
+        emb = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, device="meta")
+        emb.weight = nn.Parameter(self.weight, requires_grad=False)
+        return emb
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        t = state_dict.get(prefix + "qweight")
+        if isinstance(t, Tensor) and t.dtype != torch.int8:
+            raise ModelError(f"{prefix}qweight: expected dtype int8, found {str(t.dtype).removeprefix('torch.')}")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+__all__ = ["DEFAULT_GROUP_SIZE", "METHODS", "MIN_GROUP_SIZE", "QuantEmbedding", "QuantLinear", "check_group_size", "check_method",
            "dequantize_int4", "dequantize_int8", "int8_kernel_available", "pack_int4", "quantize_int4",
            "quantize_int8", "storage_shapes", "unpack_int4"]

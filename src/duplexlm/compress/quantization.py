@@ -44,7 +44,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelDirectoryError, ModelError
-from .qlinear import METHODS, QuantLinear, check_group_size, check_method, int8_kernel_available
+from .qlinear import (
+    METHODS,
+    QuantEmbedding,
+    QuantLinear,
+    check_group_size,
+    check_method,
+    int8_kernel_available,
+)
 
 FORMAT = "duplexlm-weight-only"
 # Sample inputs for the comparison when the directory has a tokenizer: everyday Chinese, as the
@@ -84,6 +91,33 @@ def plan_quantization(model: nn.Module) -> tuple[dict[str, nn.Linear], dict[str,
     return targets, kept
 
 
+def quant_embeddings(model: nn.Module) -> dict[str, QuantEmbedding]:
+    """Name → QuantEmbedding for every quantised embedding table, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantEmbedding)}
+
+
+def plan_embeddings(model: nn.Module) -> tuple[dict[str, nn.Embedding], dict[str, str]]:
+    """The embedding tables ``embeddings=True`` quantises (name → module: every ``nn.Embedding`` whose
+    table is not also another parameter, T5's small position-bias tables aside) and those it keeps (name → why: tied to an LM head, which
+    reads the whole table as a matrix)."""
+    from ..models.layers import RelativePositionBias
+
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    # T5's position-bias tables: a few hundred numbers added to every attention score; nothing to gain
+    biases = {id(m.embedding) for m in model.modules() if isinstance(m, RelativePositionBias)}
+    targets, kept = {}, {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and id(module) not in biases:
+            others = [n for n in names.get(id(module.weight), []) if n != f"{name}.weight"]
+            if others:
+                kept[name] = f"table tied to {others[0]}"
+            else:
+                targets[name] = module
+    return targets, kept
+
+
 def _tied_linears(model: nn.Module) -> dict[str, str]:
     """Name → why, for every ``nn.Linear`` whose weight is also another parameter (a tied head)."""
     names: dict[int, list[str]] = {}
@@ -102,12 +136,16 @@ def _tied_linears(model: nn.Module) -> dict[str, str]:
 # Quantise and dequantise a model, in place
 
 
-def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None = None) -> list[str]:
+def quantize_model(model: nn.Module, method: str = "int8", group_size: int | None = None,
+                   embeddings: bool = False) -> list[str]:
     """Swap every untied ``nn.Linear`` of ``model`` in place for a :class:`QuantLinear` (see the module
     docstring for what stays fp32) and return the replaced module names.
 
     ``method``: ``"int8"`` (one scale per output channel) or ``"int4"`` (one scale per ``group_size``
     input columns, default 128; a row that ``group_size`` does not divide ends in a shorter group).
+    ``embeddings``: also store every untied embedding table as int8 with a scale per row
+    (:class:`QuantEmbedding`, whatever ``method`` is): in a small model the tables are a large share of
+    the file. Their names follow the Linears' in the list returned.
 
     >>> from duplexlm.config import RNNConfig
     >>> from duplexlm.models import build_model
@@ -126,10 +164,17 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int | Non
     for name, linear in targets.items():  # checked first: a bad weight leaves the model as it was
         if not torch.isfinite(linear.weight).all():
             raise ModelError(f"{name}: the weight holds NaN or infinite values; a scale cannot be chosen for them")
+    tables = plan_embeddings(model)[0] if embeddings else {}
+    for name, table in tables.items():
+        if not torch.isfinite(table.weight).all():
+            raise ModelError(f"{name}: the table holds NaN or infinite values; a scale cannot be chosen for them")
     for name, linear in targets.items():
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, QuantLinear.from_linear(linear, method, group_size))
-    return list(targets)
+    for name, table in tables.items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, QuantEmbedding.from_embedding(table))
+    return [*targets, *tables]
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
@@ -139,6 +184,9 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     for name, module in quant_modules(model).items():
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, module.to_linear())
+    for name, table in quant_embeddings(model).items():
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf, table.to_embedding())
     return model
 
 
@@ -152,8 +200,10 @@ def set_fast_path(model: nn.Module, enabled: bool = True) -> int:
 
 
 def quantized_parameters(model: nn.Module) -> int:
-    """How many weights the QuantLinears hold as integers (out × in each, whatever the packing)."""
-    return sum(m.in_features * m.out_features for m in quant_modules(model).values())
+    """How many weights the QuantLinears (and QuantEmbeddings) hold as integers (out × in each, whatever
+    the packing)."""
+    return (sum(m.in_features * m.out_features for m in quant_modules(model).values())
+            + sum(m.qweight.numel() for m in quant_embeddings(model).values()))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,14 +230,19 @@ def quantization_spec(model: nn.Module) -> dict[str, Any] | None:
         raise ModelError(f"{type(model).__name__} mixes quantisation settings {sorted(kinds, key=str)}; "
                          "one method and group size per model can be written")
     method, group_size = kinds.pop()
-    return {"format": FORMAT, "method": method, "bits": METHODS[method], "group_size": group_size,
+    spec = {"format": FORMAT, "method": method, "bits": METHODS[method], "group_size": group_size,
             "symmetric": True, "scales": "per output channel" if method == "int8" else "per group of input columns",
             "modules": list(modules), "kept": _tied_linears(model)}
+    tables = quant_embeddings(model)
+    if tables:  # int8, a scale per row, whatever the Linears' method
+        spec["embeddings"] = list(tables)
+    return spec
 
 
 def check_spec(spec: Any, source: str = "config.json") -> tuple[str, int | None, list[str]]:
     """Validate a ``quantization`` entry read from a file → (method, group size, module names);
-    a :class:`ModelError` naming ``source`` and the field otherwise."""
+    a :class:`ModelError` naming ``source`` and the field otherwise. The optional ``embeddings``
+    list (int8 tables) is checked too."""
     where = f"{source}: quantization"
     if not isinstance(spec, dict):
         raise ModelError(f"{where}: expected an object, found {type(spec).__name__}")
@@ -204,6 +259,9 @@ def check_spec(spec: Any, source: str = "config.json") -> tuple[str, int | None,
     modules = spec.get("modules")
     if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
         raise ModelError(f"{where}.modules: expected a non-empty list of module names, found {modules!r}")
+    tables = spec.get("embeddings", [])
+    if not isinstance(tables, list) or not all(isinstance(m, str) and m for m in tables):
+        raise ModelError(f"{where}.embeddings: expected a list of embedding module names, found {tables!r}")
     return method, group_size, modules
 
 
@@ -224,7 +282,18 @@ def apply_quantization_spec(model: nn.Module, spec: Any, source: str = "config.j
         setattr(model.get_submodule(parent_name), leaf,
                 QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None, method=method,
                             group_size=group_size, device=linear.weight.device))
-    return names
+    tables, tied = plan_embeddings(model)
+    for name in spec.get("embeddings", []):
+        if name not in tables:
+            why = f"its {tied[name]}" if name in tied else "it is not an nn.Embedding of this model"
+            raise ModelError(f"{source}: quantization.embeddings names {name!r}, but {why}; expected names among "
+                             f"{_shown(tables)}")
+        table = tables[name]
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), leaf,
+                QuantEmbedding(table.num_embeddings, table.embedding_dim, table.padding_idx,
+                               device=table.weight.device))
+    return names + list(spec.get("embeddings", []))
 
 
 def _shown(modules: dict[str, Any]) -> str:
@@ -345,8 +414,10 @@ class QuantReport:
     def summary(self) -> str:
         """The command's output: where it wrote, the table, and what the numbers mean."""
         kept = "; ".join(f"{n} ({why})" for n, why in self.kept.items())
-        lines = [f"wrote {self.out}: {self.method_label()}; {len(self.modules)} Linears quantised", *self.table(),
-                 f"kept in full precision: embeddings, norms{', ' + kept if kept else ''}",
+        tables = self.extra.get("embeddings") or []
+        lines = [f"wrote {self.out}: {self.method_label()}; {len(self.modules) - len(tables)} Linears quantised"
+                 + (f", {len(tables)} embedding tables as int8 (a scale per row)" if tables else ""), *self.table(),
+                 f"kept in full precision: {'' if tables else 'embeddings, '}norms{', ' + kept if kept else ''}",
                  f"Δlogits: fp32 model vs quantised on {self.inputs}, "
                  + ("the CPU int8 kernel (activations quantised per tensor on the fly)" if self.kernel
                     else "weights dequantised on the fly")]
@@ -365,8 +436,9 @@ def weight_bytes(path: str | Path) -> int:
 
 
 def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group_size: int | None = None,
-             overwrite: bool = False, texts: list[str] | None = None) -> QuantReport:
-    """``duplex quantize``: read ``model_dir`` (ours or Hugging Face), quantise every untied Linear,
+             overwrite: bool = False, texts: list[str] | None = None, embeddings: bool = False) -> QuantReport:
+    """``duplex quantize``: read ``model_dir`` (ours or Hugging Face), quantise every untied Linear
+    (and with ``embeddings`` every untied embedding table, int8 per row),
     write ``out`` atomically (config.json with a ``quantization`` entry, the integer weights and
     scales in model.safetensors, the tokenizer files) and return a :class:`QuantReport`. Errors name
     the command's flags: ``--model``, ``--method``, ``--group-size``, ``--out``.
@@ -392,8 +464,10 @@ def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group
                          "rounded weights; quantise the full-precision model it was made from")
     reference, tokenizer = load(model_dir)
     quantized = copy.deepcopy(reference)
-    names = quantize_model(quantized, method, group_size)
+    names = quantize_model(quantized, method, group_size, embeddings=embeddings)
     _, kept = plan_quantization(reference)
+    if embeddings:
+        kept = {**kept, **plan_embeddings(reference)[1]}
     inputs, what = sample_inputs(reference, tokenizer, texts)
     max_d, mean_d, scale = logit_gap(reference, quantized, inputs)
     kernel = method == "int8" and int8_kernel_available()
@@ -402,9 +476,10 @@ def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group
         out=str(out), method=method, bits=METHODS[method], group_size=group_size,
         parameters=count_parameters(reference), quantized_parameters=quantized_parameters(quantized),
         modules=names, kept=kept, bytes_before=weight_bytes(model_dir), bytes_after=weight_bytes(out),
-        max_abs_dlogits=max_d, mean_abs_dlogits=mean_d, max_abs_logits=scale, inputs=what, kernel=kernel)
+        max_abs_dlogits=max_d, mean_abs_dlogits=mean_d, max_abs_logits=scale, inputs=what, kernel=kernel,
+        extra={"embeddings": list(quant_embeddings(quantized))})
 
 
 __all__ = ["FORMAT", "SAMPLE_TEXTS", "QuantReport", "apply_quantization_spec", "check_spec", "dequantize_model",
-           "logit_gap", "plan_quantization", "quant_modules", "quantization_spec", "quantize",
+           "logit_gap", "plan_embeddings", "plan_quantization", "quant_embeddings", "quant_modules", "quantization_spec", "quantize",
            "quantize_model", "quantized_parameters", "sample_inputs", "set_fast_path", "weight_bytes"]

@@ -58,7 +58,8 @@ def soft_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 def relation_loss(student: Tensor, teacher: Tensor, attention_mask: Tensor | None) -> Tensor:
     """KL between the teacher's and the student's token-to-token relations over (B, T, d) hidden states:
     per query token, ``softmax(h_i · h_j / sqrt(d))`` over the key tokens ``j`` (padding excluded),
-    averaged over the real query tokens. Widths may differ: each side is scaled by its own ``d``.
+    averaged over each example's real query tokens, then over the examples. Widths may differ: each
+    side is scaled by its own ``d``.
 
     >>> h = torch.randn(2, 5, 8)
     >>> relation_loss(h, h.clone(), None).abs().item() < 1e-6
@@ -81,8 +82,12 @@ def relation_loss(student: Tensor, teacher: Tensor, attention_mask: Tensor | Non
     per_token = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, T)
     if attention_mask is None:
         return per_token.mean()
-    real = attention_mask.bool()
-    return per_token[real].sum() / real.sum().clamp(min=1)
+    # a mean per example, then over examples: what the loop weights micro-batches and ranks by, so the
+    # term does not depend on how a batch is split (a mean over all tokens would weight long rows more
+    # in one split than in another)
+    real = attention_mask.to(per_token.dtype)
+    per_example = (per_token * real).sum(-1) / real.sum(-1).clamp(min=1)
+    return per_example.mean()
 
 
 @dataclass(frozen=True)

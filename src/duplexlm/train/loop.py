@@ -273,9 +273,9 @@ def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any =
     data = data if data is not None else cfg.data
     tokenizer = _task_tokenizer(cfg)
     task = load_task_data(objective, data.train, data.validation or None, data.test or None,
-                          text_field=data.text_field, label_field=data.label_field, seed=cfg.seed)
+                          text_field=data.text_field, label_field=data.label_field, seed=cfg.data.split_seed)
     splits = dict(task.splits)
-    _validation_split(splits, cfg.seed)
+    _validation_split(splits, cfg.data.split_seed)
     names = task.label_names
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = {k: encode_examples(v, tokenizer, objective, cfg.data.seq_len, names, split=k)
@@ -336,15 +336,15 @@ def _generative_source(cfg: TrainConfig) -> _Source:
         added = ensure_chat_tokens(tokenizer)
         if added:
             notes.append(f"added the chat tokens {', '.join(added)} to the tokenizer (the embedding grows with them)")
-        data = load_sft_data(d.train, d.validation or None, d.test or None, seed=cfg.seed)
+        data = load_sft_data(d.train, d.validation or None, d.test or None, seed=cfg.data.split_seed)
     else:
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"tokenizer: seq2seq ends sources and targets with an end-of-sequence token; "
                               f"{cfg.init_from or cfg.tokenizer} has none")
         data = load_seq2seq_data(d.train, d.validation or None, d.test or None, source_field=d.source_field,
-                                 target_field=d.target_field, prefix=d.prefix, seed=cfg.seed)
+                                 target_field=d.target_field, prefix=d.prefix, seed=cfg.data.split_seed)
     splits = dict(data.splits)
-    _validation_split(splits, cfg.seed)
+    _validation_split(splits, cfg.data.split_seed)
     encoded: dict[str, tuple[list[list[int]], list[list[int]]]] = {}
     kept_examples: dict[str, list[Any]] = {}
     for split, examples in splits.items():
