@@ -294,6 +294,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown_scores(result: dict) -> str:
+    """The final validation, test and best scores a training command prints, as ``name value, ...``."""
+    from .train.loop import SHOWN_METRICS
+
+    return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
+                     and k.split("_", 1)[0] in ("val", "test", "best")
+                     and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a model on a labelled task (classify, regress, tag, multi) or a generative one (sft:
     instruction tuning of a decoder on conversations; seq2seq: source → target pairs) from a YAML config
@@ -312,11 +321,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])
     if os.environ.get("RANK", "0") == "0":
-        from .train.loop import SHOWN_METRICS
-
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
-                           and k.split("_", 1)[0] in ("val", "test", "best")
-                           and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
+        scores = _shown_scores(result)
         print(f"done: step {result['step']}; {scores}; model in {cfg.out_dir}/model")
     return 0
 
@@ -376,11 +381,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])
     if os.environ.get("RANK", "0") == "0":
-        from .train.loop import SHOWN_METRICS
-
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)
-                           and k.split("_", 1)[0] in ("val", "test", "best")
-                           and k.split("_", 1)[1].split("_", 1)[-1] in SHOWN_METRICS)
+        scores = _shown_scores(result)
         print(f"done: step {result['step']}; {scores}; student in {cfg.out_dir}/model")
         data, split = args.data, args.split
         if data is None:  # the task's own held-out data

@@ -158,7 +158,10 @@ def load_config_and_weights(path: str | Path,
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Load a state dict, checking every name and shape; tied weights may be absent."""
+    """Load a state dict, checking every name and shape; tied weights may be absent. A model that
+    renamed tensors since older directories were written maps the old names (``upgrade_state_dict``)."""
+    if hasattr(model, "upgrade_state_dict"):
+        state_dict = model.upgrade_state_dict(state_dict)
     expected = model.state_dict()
     tied = _tied_names(model)
     missing = [k for k in expected if k not in state_dict and k not in tied]

@@ -112,3 +112,38 @@ def test_bad_prune_arguments(classifier, tmp_path, capsys, args, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_pruned_decoder_serves_its_greedy_answer(tmp_path):
+    """Structured pruning gives an ordinary, smaller directory: `duplex serve` loads it and answers what
+    the engine answers on the same pruned model."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from duplexlm.config import DecoderConfig
+    from duplexlm.infer.engine import Engine, SamplingParams
+    from duplexlm.serve import ServerSettings, create_app
+
+    lines = ["我爱北京天安门", "北京欢迎你", "今天天气很好，我们一起去公园散步吧。", "这家餐厅的菜很好吃"] * 20
+    tok = train_tokenizer(lines, "bpe", vocab_size=300, num_sentinels=0)
+    torch.manual_seed(0)
+    model = build_model(DecoderConfig(vocab_size=tok.vocab_size, max_seq_len=64, d_model=64, n_layer=2, n_head=4,
+                                      n_kv_head=2, positions="rope", norm="rmsnorm", gated_mlp=True,
+                                      activation="silu", tie_word_embeddings=False))
+    save_model(model, tmp_path / "llama", tokenizer=tok)
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tmp_path / "llama"), "--sparsity", "0.5", "--method", "heads,neurons",
+                 "--out", str(out), "--no-report"]) == 0
+    pruned, tok = duplexlm.load(out)
+    assert (pruned.config.n_head, pruned.config.n_kv_head, pruned.config.d_ff) == (2, 1, model.config.d_ff // 2)
+    want = Engine(pruned, tok, max_batch_size=1).generate("我爱", SamplingParams(max_new_tokens=6, temperature=0))
+    with TestClient(create_app(ServerSettings(model_dir=str(out)))) as http:
+        deadline = time.monotonic() + 30
+        while http.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = http.post("/v1/completions", json={"model": "pruned", "prompt": "我爱", "max_tokens": 6,
+                                                "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want.text

@@ -431,8 +431,8 @@ def test_lora_model_and_bad_method_in_python():
     with pytest.raises(ModelError, match=r"LoRA modules .* merge them"):
         quantize_model(model, "int8")
     bad = _model("rnn")
-    bad.head.weight.data[0, 0] = float("nan")
-    with pytest.raises(ModelError, match=r"^head: the weight holds NaN"):
+    bad.classifier.weight.data[0, 0] = float("nan")
+    with pytest.raises(ModelError, match=r"^classifier: the weight holds NaN"):
         quantize_model(bad, "int8")
     assert not quant_modules(bad)  # checked before any module was swapped
     assert plan_quantization(_model("gpt2"))[1] == {"lm_head": "weight tied to embed.weight"}

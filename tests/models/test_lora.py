@@ -108,7 +108,7 @@ def test_identity_at_init_keeps_names_and_freezes_base(name):
     keys = set(model.state_dict())
     assert base_keys <= keys and all(".lora_" in k for k in keys - base_keys)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = {"bert": "classifier.", "rnn": "head."}.get(name)
+    head = {"bert": "classifier.", "rnn": "classifier."}.get(name)
     assert all(".lora_" in n or (head and n.startswith(head)) for n in trainable)
     assert head is None or any(n.startswith(head) for n in trainable)
 

@@ -270,3 +270,25 @@ def test_input_errors_name_the_tensor():
 def test_pad_token_outside_vocab_is_a_config_error():
     with pytest.raises(ConfigError, match="pad_token_id"):
         RNNModel(tiny(pad_token_id=V))
+
+
+@pytest.mark.parametrize("head", ["classify", "lm"])
+def test_heads_are_named_as_every_familys_and_old_directories_load(tmp_path, head):
+    from safetensors.torch import load_file, save_file
+
+    from duplexlm.io import load, save_model
+
+    torch.manual_seed(0)
+    model = build_model(RNNConfig(vocab_size=V, d_embed=8, d_hidden=8, num_labels=2, head=head,
+                                  bidirectional=head != "lm")).eval()
+    name = "classifier" if head == "classify" else "lm_head"
+    assert isinstance(getattr(model, name), torch.nn.Linear) and not hasattr(model, "head")
+    save_model(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    stored = load_file(str(weights))
+    assert f"{name}.weight" in stored
+    # a directory written when the RNN's head was called `head`
+    save_file({k.replace(f"{name}.", "head."): v for k, v in stored.items()}, str(weights))
+    old, _ = load(tmp_path / "m")
+    ids = torch.randint(1, V, (2, 5))
+    assert torch.equal(old.eval()(ids).logits, model(ids).logits)

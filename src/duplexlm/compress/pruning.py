@@ -73,10 +73,18 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..config import PRUNING_IMPORTANCE, PRUNING_METHODS
-from ..errors import ConfigError, ModelDirectoryError, ModelError
+from ..errors import ConfigError, ModelError
 from ..models.layers import MLP, Attention, RelativePositionBias
 from .qlinear import QuantLinear
-from .quantization import _count, _mib, logit_gap, plan_quantization, sample_inputs, weight_bytes
+from .quantization import (
+    _count,
+    _mib,
+    check_source,
+    logit_gap,
+    plan_quantization,
+    sample_inputs,
+    weight_bytes,
+)
 
 STRUCTURED = ("heads", "neurons")
 TRANSFORMERS = ("decoder", "encoder", "seq2seq")
@@ -680,8 +688,7 @@ def prune(model_dir: str | Path, out: str | Path, method: str | Sequence[str] = 
     >>> report = prune("runs/llama", "runs/llama-pruned", "heads,neurons", 0.3)  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    from ..fileutil import check_output_dir
-    from ..io import load, read_quantization, save_model
+    from ..io import load, save_model
 
     methods = parse_method(method, flag="--method")
     sparsity = check_sparsity(sparsity, flag="--sparsity")
@@ -690,16 +697,9 @@ def prune(model_dir: str | Path, out: str | Path, method: str | Sequence[str] = 
     if methods == ("magnitude",) and importance != "weight":
         raise ConfigError("--importance: magnitude pruning ranks weights by |w| alone; --importance is for the heads "
                           "and neurons methods")
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelDirectoryError(f"--model: {model_dir} is not a model directory; expected one with config.json "
-                                  "and weights (ours or Hugging Face's)")
-    check_output_dir(out, "model", overwrite=overwrite, flag="--out", inputs=[model_dir])
-    done = read_quantization(model_dir)
-    if done is not None:
-        found = done.get("method") if isinstance(done, dict) else done
-        raise ModelError(f"--model: {model_dir} is quantised ({found}); its integer weights cannot be pruned and "
-                         "re-quantised exactly; prune the full-precision model, then quantise the pruned one")
+    model_dir = check_source(model_dir, out, overwrite, "is quantised ({found}); its integer weights cannot be "
+                             "pruned and re-quantised exactly; prune the full-precision model, then quantise the "
+                             "pruned one")
     reference, tokenizer = load(model_dir)
     if methods != ("magnitude",) and reference.config.family not in TRANSFORMERS:
         raise ConfigError(f"--method: {','.join(methods)} needs a Transformer; {model_dir} holds an "

@@ -150,7 +150,7 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int | Non
     >>> from duplexlm.config import RNNConfig
     >>> from duplexlm.models import build_model
     >>> quantize_model(build_model(RNNConfig(vocab_size=20, d_embed=8, d_hidden=8, num_labels=2)), "int4", 8)
-    ['attention_pool.proj', 'attention_pool.score', 'head']
+    ['attention_pool.proj', 'attention_pool.score', 'classifier']
     >>> quantize_model(build_model(RNNConfig(vocab_size=20, d_embed=8, d_hidden=8)), "int2")
     Traceback (most recent call last):
     ...
@@ -435,6 +435,25 @@ def weight_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in files)
 
 
+def check_source(model_dir: str | Path, out: str | Path, overwrite: bool, quantized: str) -> Path:
+    """The checks a compression command makes before any work: ``--model`` is a model directory,
+    ``--out`` may receive one, and the source is not quantised (``quantized``: why not, with ``{found}``
+    for the method it holds)."""
+    from ..fileutil import check_output_dir
+    from ..io import read_quantization
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelDirectoryError(f"--model: {model_dir} is not a model directory; expected one with config.json "
+                                  "and weights (ours or Hugging Face's)")
+    check_output_dir(out, "model", overwrite=overwrite, flag="--out", inputs=[model_dir])
+    done = read_quantization(model_dir)
+    if done is not None:
+        found = done.get("method") if isinstance(done, dict) else done
+        raise ModelError(f"--model: {model_dir} " + quantized.format(found=found))
+    return model_dir
+
+
 def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group_size: int | None = None,
              overwrite: bool = False, texts: list[str] | None = None, embeddings: bool = False) -> QuantReport:
     """``duplex quantize``: read ``model_dir`` (ours or Hugging Face), quantise every untied Linear
@@ -446,22 +465,13 @@ def quantize(model_dir: str | Path, out: str | Path, method: str = "int8", group
     >>> report = quantize("runs/gpt2", "runs/gpt2-int8", method="int8")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
-    from ..fileutil import check_output_dir
-    from ..io import load, read_quantization, save_model
+    from ..io import load, save_model
     from ..models import count_parameters
 
     method = check_method(method, flag="--method")
     group_size = check_group_size(method, group_size, flag="--group-size", method_flag="--method")
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelDirectoryError(f"--model: {model_dir} is not a model directory; expected one with config.json "
-                                  "and weights (ours or Hugging Face's)")
-    check_output_dir(out, "model", overwrite=overwrite, flag="--out", inputs=[model_dir])
-    done = read_quantization(model_dir)
-    if done is not None:
-        found = done.get("method") if isinstance(done, dict) else done
-        raise ModelError(f"--model: {model_dir} is already quantised ({found}); quantising again would round "
-                         "rounded weights; quantise the full-precision model it was made from")
+    model_dir = check_source(model_dir, out, overwrite, "is already quantised ({found}); quantising again would "
+                             "round rounded weights; quantise the full-precision model it was made from")
     reference, tokenizer = load(model_dir)
     quantized = copy.deepcopy(reference)
     names = quantize_model(quantized, method, group_size, embeddings=embeddings)

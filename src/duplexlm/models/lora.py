@@ -145,7 +145,7 @@ def task_head_names(model: nn.Module) -> list[str]:
     head = getattr(getattr(model, "config", None), "head", None)
     if head in (None, "none", "lm", "mlm"):
         return []
-    return [name for name in ("classifier", "score", "head") if isinstance(getattr(model, name, None), nn.Module)]
+    return [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
 
 
 def fused_parts(model: nn.Module, name: str) -> dict[str, tuple[int, int]]:

@@ -149,9 +149,18 @@ class RNNModel(nn.Module):
         )
         D = config.d_output
         self.attention_pool = AttentionPooling(D) if config.pooling == "attention" else None
-        n_out = {"classify": config.num_labels, "tag": config.num_labels, "lm": config.vocab_size}
-        self.head = nn.Linear(D, n_out[config.head]) if config.head in n_out else None
+        # named as every family names its heads: `classifier` for a task (classify, tag), `lm_head` for the LM
+        self.classifier = nn.Linear(D, config.num_labels) if config.head in ("classify", "tag") else None
+        self.lm_head = nn.Linear(D, config.vocab_size) if config.head == "lm" else None
         self.crf = crf_for(config) if config.crf else None  # as the encoder's: see models/crf.py
+
+    def upgrade_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Directories written before the heads were named alike hold ``head.*``: the same tensors under
+        the name of the head this model has (``duplexlm.load`` calls it before checking the names)."""
+        new = "classifier." if self.classifier is not None else "lm_head." if self.lm_head is not None else None
+        if new is None:
+            return state_dict
+        return {(new + k[5:] if k.startswith("head.") else k): v for k, v in state_dict.items()}
 
     def run_rnn(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """x (B, T, E), mask (B, T) or None → outputs (B, T, D) zero at padding, final states (L·nd, B, H).
@@ -211,11 +220,13 @@ class RNNModel(nn.Module):
         pooled, weights = self.pool(h, h_n, mask)  # (B, D), (B, T) or None
 
         logits = None
-        if self.head is not None:
+        if self.classifier is not None:
             if self.config.head == "classify":
-                logits = self.head(self.dropout(pooled))  # (B, num_labels)
+                logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
             else:
-                logits = self.head(self.dropout(h))  # (B, T, num_labels) or (B, T, vocab_size)
+                logits = self.classifier(self.dropout(h))  # (B, T, num_labels)
+        elif self.lm_head is not None:
+            logits = self.lm_head(self.dropout(h))  # (B, T, vocab_size)
         attentions = (weights,) if output_attentions and weights is not None else None
         return ModelOutput(last_hidden_state=h, logits=logits, pooled_output=pooled, attentions=attentions)
 
