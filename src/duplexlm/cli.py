@@ -189,9 +189,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .compress import prune
     from .fileutil import atomic_directory, check_output_dir
 
-    texts = None
-    if args.calibration_file:
-        texts = _texts(argparse.Namespace(text=None, file=args.calibration_file))
+    texts = _text_lines(args.calibration_file, "--calibration-file") if args.calibration_file else None
+    if texts == []:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--calibration-file: {args.calibration_file} holds no text; expected one text per line")
     if not args.recover:
         report = prune(args.model, args.out, args.method, args.sparsity, importance=args.importance,
                        overwrite=args.overwrite, texts=texts)
@@ -206,8 +208,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruned = run_dir / "pruned"
     print(prune(args.model, pruned, args.method, args.sparsity, importance=args.importance, overwrite=True,
                 texts=texts))
-    overrides = [*args.recover, f"init_from={pruned}", f"out_dir={run_dir / 'train'}"]
-    cfg = _train_config(argparse.Namespace(config=None, overrides=overrides), default_objective="classify")
+    from .train.config import load_train_config
+
+    cfg = load_train_config(None, [*args.recover, f"init_from={pruned}", f"out_dir={run_dir / 'train'}"],
+                            default_objective="classify")
     result = finetune(cfg, overwrite=args.overwrite)
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])
@@ -371,12 +375,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     states); the best checkpoint is exported to out_dir/model, then teacher and student are compared."""
     from .train.loop import finetune, pretrain
 
-    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        args.overrides.insert(0, args.config)
-        args.config = None
-    args.overrides = _student_overrides(args.student, args.teacher, args.task, list(args.overrides)) \
-        + list(args.overrides)
-    cfg = _train_config(args)
+    given = [*args.overrides, *([args.config] if args.config and "=" in args.config else [])]
+    cfg = _train_config(args, base=_student_overrides(args.student, args.teacher, args.task, given))
     result = (pretrain if args.task == "clm" else finetune)(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
         return 128 + int(result["interrupted"])
@@ -433,18 +433,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_lines(file: str, flag: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; a ``ConfigError`` naming ``flag`` otherwise."""
+    from .errors import ConfigError
+
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"{flag}: {path} is not a file")
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{flag}: {path} is not UTF-8 text (byte {e.start})") from e
+
+
 def _texts(args: argparse.Namespace) -> list[str]:
     from .errors import ConfigError
 
     texts = list(args.text or [])
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise ConfigError(f"--file: {path} is not a file")
-        try:
-            texts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--file: {path} is not UTF-8 text (byte {e.start})") from e
+        texts += _text_lines(args.file, "--file")
     if not texts:
         raise ConfigError("--text or --file: expected at least one text")
     return texts
@@ -666,7 +673,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, default_objective: str | None = None):
+def _train_config(args: argparse.Namespace, default_objective: str | None = None, base: list[str] | None = None):
+    """The run's config from CONFIG.yaml and the key=value overrides; ``base``: overrides the command
+    sets itself, which the user's own come after (and so win over)."""
     from .train.config import load_train_config
 
     config = args.config
@@ -674,7 +683,7 @@ def _train_config(args: argparse.Namespace, default_objective: str | None = None
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         overrides.insert(0, config)  # no file given, only overrides
         config = None
-    return load_train_config(config, overrides, default_objective=default_objective)
+    return load_train_config(config, [*(base or []), *overrides], default_objective=default_objective)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

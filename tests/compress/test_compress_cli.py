@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,21 @@ def test_a_pruned_decoder_serves_its_greedy_answer(tmp_path):
                                                 "temperature": 0})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] == want.text
+
+
+def test_calibration_file_errors_name_the_flag(classifier, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    for path, message in ((tmp_path / "nowhere.txt", "--calibration-file: .* is not a file"),
+                          (empty, "--calibration-file: .* holds no text")):
+        code = main(["prune", "--model", str(classifier["model"]), "--sparsity", "0.3", "--method", "heads",
+                     "--importance", "taylor", "--calibration-file", str(path), "--out", str(tmp_path / "x")])
+        assert code == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("这家酒店很干净\n服务太差了\n", encoding="utf-8")
+    assert main(["prune", "--model", str(classifier["model"]), "--sparsity", "0.3", "--method", "heads",
+                 "--importance", "taylor", "--calibration-file", str(texts), "--out", str(tmp_path / "x"),
+                 "--no-report"]) == 0
+    assert duplexlm.load(tmp_path / "x")[0].config.n_head == 3

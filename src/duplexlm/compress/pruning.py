@@ -79,6 +79,7 @@ from .qlinear import QuantLinear
 from .quantization import (
     _count,
     _mib,
+    aligned,
     check_source,
     logit_gap,
     plan_quantization,
@@ -653,8 +654,7 @@ class PruneReport:
             "mean |Δlogits|": f"{self.mean_abs_dlogits:.3g}",
             "max |logits|": f"{self.max_abs_logits:.3g}",
         }
-        widths = {k: max(len(k), len(v)) for k, v in cells.items()}
-        return ["  ".join(k.ljust(widths[k]) for k in cells), "  ".join(v.ljust(widths[k]) for k, v in cells.items())]
+        return aligned(cells)
 
     def lines(self) -> list[str]:
         """The command's output: where it wrote, the table, and what the numbers mean."""

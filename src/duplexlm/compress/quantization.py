@@ -98,38 +98,36 @@ def quant_embeddings(model: nn.Module) -> dict[str, QuantEmbedding]:
 
 def plan_embeddings(model: nn.Module) -> tuple[dict[str, nn.Embedding], dict[str, str]]:
     """The embedding tables ``embeddings=True`` quantises (name → module: every ``nn.Embedding`` whose
-    table is not also another parameter, T5's small position-bias tables aside) and those it keeps (name → why: tied to an LM head, which
-    reads the whole table as a matrix)."""
+    table is not also another parameter, T5's small position-bias tables aside) and those it keeps
+    (name → why: tied to an LM head, which reads the whole table as a matrix)."""
     from ..models.layers import RelativePositionBias
 
+    tied = _tied(model, nn.Embedding)
+    # T5's position-bias tables: a few hundred numbers added to every attention score; nothing to gain
+    biases = {id(m.embedding) for m in model.modules() if isinstance(m, RelativePositionBias)}
+    targets = {name: module for name, module in model.named_modules()
+               if isinstance(module, nn.Embedding) and id(module) not in biases and name not in tied}
+    return targets, {name: f"table tied to {other}" for name, other in tied.items()}
+
+
+def _tied(model: nn.Module, kind: type[nn.Module]) -> dict[str, str]:
+    """Name → the first other name of its weight, for every ``kind`` module whose weight is also
+    another parameter (a tied head and its embedding)."""
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
-    # T5's position-bias tables: a few hundred numbers added to every attention score; nothing to gain
-    biases = {id(m.embedding) for m in model.modules() if isinstance(m, RelativePositionBias)}
-    targets, kept = {}, {}
+    tied = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and id(module) not in biases:
+        if isinstance(module, kind):
             others = [n for n in names.get(id(module.weight), []) if n != f"{name}.weight"]
             if others:
-                kept[name] = f"table tied to {others[0]}"
-            else:
-                targets[name] = module
-    return targets, kept
+                tied[name] = others[0]
+    return tied
 
 
 def _tied_linears(model: nn.Module) -> dict[str, str]:
     """Name → why, for every ``nn.Linear`` whose weight is also another parameter (a tied head)."""
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    kept = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            others = [n for n in names.get(id(module.weight), []) if n != f"{name}.weight"]
-            if others:
-                kept[name] = f"weight tied to {others[0]}"
-    return kept
+    return {name: f"weight tied to {other}" for name, other in _tied(model, nn.Linear).items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -408,8 +406,7 @@ class QuantReport:
             "mean |Δlogits|": f"{self.mean_abs_dlogits:.3g}",
             "max |logits|": f"{self.max_abs_logits:.3g}",
         }
-        widths = {k: max(len(k), len(v)) for k, v in cells.items()}
-        return ["  ".join(k.ljust(widths[k]) for k in cells), "  ".join(v.ljust(widths[k]) for k, v in cells.items())]
+        return aligned(cells)
 
     def summary(self) -> str:
         """The command's output: where it wrote, the table, and what the numbers mean."""
@@ -425,6 +422,12 @@ class QuantReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"size_ratio": self.size_ratio}
+
+
+def aligned(cells: dict[str, str]) -> list[str]:
+    """A header line and a value line, each column as wide as its longer cell (the reports' tables)."""
+    widths = {k: max(len(k), len(v)) for k, v in cells.items()}
+    return ["  ".join(k.ljust(widths[k]) for k in cells), "  ".join(v.ljust(widths[k]) for k, v in cells.items())]
 
 
 def weight_bytes(path: str | Path) -> int:

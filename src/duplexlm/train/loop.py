@@ -455,9 +455,9 @@ def _same_head(config: Any, head: dict[str, Any]) -> bool:
         return False
     if getattr(config, "num_labels", None) != head.get("num_labels"):
         return False
-    names = getattr(config, "label_names", None)
     if head["head"] == "tag" and bool(getattr(config, "crf", False)) != bool(head.get("crf")):
         return False
+    names = getattr(config, "label_names", None)
     return not names or not head.get("label_names") or list(names) == list(head["label_names"])
 
 
@@ -498,10 +498,10 @@ def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, mult
         changes["pad_token_id"] = source.tokenizer.pad_token_id
     torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
     model = build_model(config.replace(**changes))
-    expected = model.state_dict()
     if _same_head(config, head):  # a task model trained on (a recovery fine-tune, a student from its teacher)
         load_weights(model, sd, source=str(cfg.init_from))
         return model
+    expected = model.state_dict()
     backbone = {k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}
     keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
     missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(_HEAD_PREFIXES)]

@@ -67,11 +67,13 @@ def prepare_method(model: nn.Module, cfg: TrainConfig) -> None:
     zeros: their gradients are zeroed, see :func:`duplexlm.compress.pruning.keep_sparsity`)."""
     from ..compress.pruning import keep_sparsity, magnitude_modules
 
-    if magnitude_modules(model) and (cfg.method == "lora" or cfg.fsdp):
-        raise ConfigError(f"{'method=lora' if cfg.method == 'lora' else 'fsdp'}: the model was magnitude-pruned and "
-                          + ("a merged LoRA update is dense: it would undo the sparsity; use method=full or freeze"
-                             if cfg.method == "lora" else
-                             "FSDP's flattened parameters cannot keep its zeros; train it with DDP (fsdp=false)"))
+    if magnitude_modules(model):
+        if cfg.method == "lora":
+            raise ConfigError("method=lora: the model was magnitude-pruned and a merged LoRA update is dense: it "
+                              "would undo the sparsity; use method=full or freeze")
+        if cfg.fsdp:
+            raise ConfigError("fsdp: the model was magnitude-pruned and FSDP's flattened parameters cannot keep "
+                              "its zeros; train it with DDP (fsdp=false)")
     if cfg.method == "freeze":
         _freeze(model, cfg.method_args.freeze)
     elif cfg.method == "lora":
