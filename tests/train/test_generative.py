@@ -16,8 +16,9 @@ from duplexlm.train.generative import (
     pack,
     packed_mask,
     sft_forward,
+    sft_loss,
 )
-from duplexlm.train.objectives import IGNORE_INDEX
+from duplexlm.train.objectives import IGNORE_INDEX, LossOptions
 
 LINES = ["我爱北京天安门", "北京欢迎你", "今天天气很好", "你好，世界", "hello world", "the cat sat on the mat",
          "请把这句话翻译成英文", "正面", "负面", "这个酒店很干净"] * 20
@@ -106,6 +107,39 @@ def test_packing_leaves_every_conversations_loss_unchanged(tok, positions):
     rows = [sampler.packs[sampler._order.index(g)] for g in range(sampler.n)]
     expected = torch.cat([alone[i] for pack_ids in rows for i in pack_ids])
     torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_example_reduction_averages_each_conversations_own_mean(tok, packed):
+    torch.manual_seed(0)
+    model = build_model(DecoderConfig(vocab_size=tok.vocab_size, max_seq_len=128, d_model=32, n_layer=2,
+                                      n_head=2)).eval()
+    encoded = [encode_chat(tok, m, 128)[:2] for m in CHATS]
+    ids, labels = [e[0] for e in encoded], [e[1] for e in encoded]
+    alone = []
+    with torch.no_grad():
+        for x, y in zip(ids, labels):
+            y = torch.tensor(y)
+            logits = model(torch.tensor([x])).logits[0]
+            alone.append(torch.nn.functional.cross_entropy(logits[y != IGNORE_INDEX], y[y != IGNORE_INDEX],
+                                                           reduction="none"))
+    if packed:
+        sampler = PackedSampler(ids, labels, max_length=128, seed=0, pad_id=0)
+        batch = sampler.batch(0, sampler.n)
+        assert batch["input_ids"].shape[0] < len(ids)  # conversations share rows
+    else:  # right-padded rows, one conversation each
+        width = max(map(len, ids))
+        batch = {"input_ids": torch.tensor([x + [0] * (width - len(x)) for x in ids]),
+                 "labels": torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in labels]),
+                 "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])}
+    with torch.no_grad():
+        per_example, n = sft_loss(model, batch, LossOptions(reduction="example"))
+        per_token, m = sft_loss(model, batch, LossOptions())
+    assert n == len(CHATS) and m == sum(len(a) for a in alone)
+    torch.testing.assert_close(per_example, torch.stack([a.mean() for a in alone]).mean(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(per_token, torch.cat(alone).mean(), atol=1e-5, rtol=1e-5)
+    # the short answers (正面: 2 tokens) weigh as much as the long ones, so the two means differ
+    assert abs(per_example.item() - per_token.item()) > 1e-3
 
 
 def test_pack_and_mask():

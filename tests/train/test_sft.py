@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import duplexlm
-from duplexlm.errors import DataError
+from duplexlm.errors import ConfigError, DataError
 from duplexlm.train.config import load_train_config
 from duplexlm.train.loop import finetune
 
@@ -195,3 +195,32 @@ def test_finetune_command_takes_sft(chat_files, pd_corpus, tmp_path, capsys):
     assert (out / "model" / "config.json").is_file()
     assert main(["finetune", "task=span", f"out_dir={tmp_path / 'x'}"]) == 2
     assert "expected classify, regress, tag, multi, sft or seq2seq" in capsys.readouterr().err
+
+
+def test_example_reduction_splits_across_micro_batches_as_one_batch(chat_files, pd_corpus, tmp_path):
+    """loss_reduction=example: each conversation weighs the same, however the batch is split."""
+    from duplexlm.train.generative import sft_loss
+    from duplexlm.train.loop import cleanup, make_batch, setup, train_step
+    from duplexlm.train.objectives import LossOptions
+
+    def first_steps(out: Path, *extra: str) -> tuple[list[float], dict, float]:
+        run = setup(_cfg(chat_files, pd_corpus / "tok", out, "max_steps=3", "loss_reduction=example",
+                         "generation.test=false", "model.dropout=0.0", *extra), overwrite=True)
+        try:
+            with torch.no_grad():  # the first global batch of 8, as one batch, before any update
+                expected, n = sft_loss(run.raw_model, make_batch(run, run.train, 0, 8, (run.cfg.seed,)),
+                                       LossOptions(reduction="example"))
+            assert n == 8
+            losses = [train_step(run, step)["loss"] for step in range(3)]
+            return losses, {k: v.detach().clone() for k, v in run.raw_model.state_dict().items()}, expected.item()
+        finally:
+            cleanup(run.info)
+
+    one, w_one, expected = first_steps(tmp_path / "one", "batch_size=8")
+    two, w_two, _ = first_steps(tmp_path / "two", "batch_size=4", "grad_accum=2")
+    assert one[0] == pytest.approx(expected, rel=1e-5)  # the mean over the 8 conversations
+    assert one == pytest.approx(two, rel=1e-5)
+    for k in w_one:
+        torch.testing.assert_close(w_one[k], w_two[k], atol=1e-5, rtol=1e-4, msg=k)
+    with pytest.raises(ConfigError, match="loss_reduction=example: .*task=sft or seq2seq"):
+        load_train_config(None, ["task=classify", "loss_reduction=example"])

@@ -172,6 +172,9 @@ class TrainConfig:
     eval_metric: str | None = None  # what early stopping and the best checkpoint follow (default: the task's)
     patience: int = 0  # evaluations without improvement before stopping early (0: never)
     label_smoothing: float = 0.0  # classify / tag
+    # sft, seq2seq: the training loss is a mean over target tokens, or over examples ("example": each
+    # the mean of its own tokens, so short answers weigh as much as long ones); validation stays per token
+    loss_reduction: Literal["token", "example"] = "token"
     class_weights: bool = False  # classify: weight classes by inverse frequency (imbalanced labels)
     crf: bool = False  # tag: a CRF layer over the tag scores (BERT-CRF), Viterbi decoding
     # task=multi: named tasks trained together on one encoder, one head each (tasks.NAME.task, .train, ...)
@@ -217,6 +220,9 @@ class TrainConfig:
                 raise ConfigError(f"eval_metric={self.eval_metric}: a score of generated text needs "
                                   "generation.val_examples > 0 (how many validation examples to generate for)")
         self._check_distill()
+        if self.loss_reduction == "example" and self.objective not in ("sft", "seq2seq"):
+            raise ConfigError(f"loss_reduction=example: a mean over examples' answers is for task=sft or seq2seq, "
+                              f"found {self.objective!r}")
         if self.data.packing and self.objective != "sft":
             raise ConfigError(f"data.packing: packs conversations for task=sft, found {self.objective!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",

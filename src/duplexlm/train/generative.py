@@ -257,11 +257,39 @@ def seq2seq_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
                  decoder_attention_mask=batch.get("decoder_attention_mask"))
 
 
-def _token_loss(logits: Tensor | None, labels: Tensor, options: LossOptions) -> tuple[Tensor, int]:
+def example_index(batch: Mapping[str, Tensor]) -> Tensor:
+    """The example each labelled position belongs to, row-major over the labelled positions: its row,
+    or in a packed row (``segment_ids``) its row and conversation."""
+    scored = batch["labels"] != IGNORE_INDEX
+    rows = scored.nonzero()[:, 0]
+    if "segment_ids" in batch:
+        segments = batch["segment_ids"]
+        rows = rows * (int(segments.max()) + 1) + segments[scored]
+    return rows
+
+
+def example_count(batch: Mapping[str, Tensor]) -> int:
+    """How many examples of a batch have a labelled token: what ``reduction="example"`` averages over."""
+    return int(example_index(batch).unique().numel())
+
+
+def _token_loss(logits: Tensor | None, labels: Tensor, options: LossOptions,
+                batch: Mapping[str, Tensor]) -> tuple[Tensor, int]:
+    """Cross-entropy of ``logits`` (..., V) against ``labels`` (...), the batch's labelled positions
+    or all of them: a mean over target tokens, or (``options.reduction == "example"``) over examples."""
     if logits is None or logits.shape[:-1] != labels.shape:
         found = None if logits is None else tuple(logits.shape)
         raise ValueError(f"logits: expected shape {tuple(labels.shape)} + (V,), found {found} (does the model have "
                          "an LM head?)")
+    if options.reduction == "example":
+        scored = labels != IGNORE_INDEX
+        per_token = F.cross_entropy(logits.float()[scored], labels[scored], reduction="none",
+                                    label_smoothing=options.label_smoothing)
+        _, which = example_index(batch).unique(return_inverse=True)
+        n = int(which.max()) + 1 if which.numel() else 0
+        sums = per_token.new_zeros(n).index_add(0, which, per_token)
+        sizes = per_token.new_zeros(n).index_add(0, which, torch.ones_like(per_token))
+        return (sums / sizes).sum() / max(n, 1), n
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=options.label_smoothing)
     count = (labels != IGNORE_INDEX).sum()
@@ -269,14 +297,14 @@ def _token_loss(logits: Tensor | None, labels: Tensor, options: LossOptions) -> 
 
 
 def sft_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
-    """Mean cross-entropy over the answers' tokens (labels already shifted; logits at those only)."""
+    """Cross-entropy over the answers' tokens (labels already shifted; logits at those only)."""
     labels = batch["labels"]
-    return _token_loss(sft_forward(model, batch).logits, labels[labels != IGNORE_INDEX], options)
+    return _token_loss(sft_forward(model, batch).logits, labels[labels != IGNORE_INDEX], options, batch)
 
 
 def seq2seq_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
-    """Mean cross-entropy over the target tokens, teacher-forced."""
-    return _token_loss(seq2seq_forward(model, batch).logits, batch["labels"], options)
+    """Cross-entropy over the target tokens, teacher-forced."""
+    return _token_loss(seq2seq_forward(model, batch).logits, batch["labels"], options, batch)
 
 
 def token_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) -> tuple[list[int], list[int]]:
@@ -306,5 +334,5 @@ SEQ2SEQ = register(ObjectiveSpec(
 
 
 __all__ = ["SEQ2SEQ", "SFT", "PackedSampler", "Seq2SeqSampler", "answer_spans", "encode_chat", "encode_pair",
-           "grow_vocab",
+           "example_count", "example_index", "grow_vocab",
            "pack", "packed_mask", "seq2seq_loss", "sft_loss"]

@@ -611,7 +611,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     else:
         flops = model.num_flops_per_token(cfg.data.seq_len)
     options = obj.LossOptions(
-        label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight,
+        label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight, reduction=cfg.loss_reduction,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -739,6 +739,10 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             with autocast(info.device, run.amp_dtype):
                 batches[-1].update(run.distiller.targets(batches[-1]))
     count = (task.spec if run.multi is not None else run.spec).count or _target_count
+    if options.reduction == "example":
+        from .generative import example_count
+
+        count = example_count
     local_targets = sum(count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
     loss_sum = 0.0
@@ -855,7 +859,8 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
     cfg, info = run.cfg, run.info
     spec = task.spec if task is not None else run.spec
     label_names = task.label_names if task is not None else run.label_names
-    options = task.options if task is not None else run.loss_options
+    # scored per target token whatever the training loss averages over, so losses and perplexities compare
+    options = dataclasses.replace(task.options if task is not None else run.loss_options, reduction="token")
     model = unwrap(run.model) if not cfg.fsdp else run.model
     reader = TaskView(model, run.raw_model, task.name) if task is not None else model
     model.eval()

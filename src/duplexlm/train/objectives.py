@@ -701,6 +701,9 @@ class LossOptions:
     label_smoothing: float = 0.0
     class_weights: Tensor | None = None  # (num_labels,) for classify
     rtd_weight: float = 50.0  # rtd: the discriminator's loss weight against the generator's (ELECTRA: 50)
+    # sft, seq2seq in training: a mean over target tokens ("token"), or over examples, each the mean of
+    # its own tokens ("example": a 2-token answer weighs as much as a 40-token one)
+    reduction: Literal["token", "example"] = "token"
 
 
 @dataclass(frozen=True)
