@@ -222,5 +222,5 @@ def test_example_reduction_splits_across_micro_batches_as_one_batch(chat_files, 
     assert one == pytest.approx(two, rel=1e-5)
     for k in w_one:
         torch.testing.assert_close(w_one[k], w_two[k], atol=1e-5, rtol=1e-4, msg=k)
-    with pytest.raises(ConfigError, match="loss_reduction=example: .*task=sft or seq2seq"):
+    with pytest.raises(ConfigError, match=r"loss_reduction=example: .*task=sft or seq2seq"):
         load_train_config(None, ["task=classify", "loss_reduction=example"])
