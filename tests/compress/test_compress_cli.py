@@ -118,13 +118,9 @@ def test_bad_prune_arguments(classifier, tmp_path, capsys, args, message):
 def test_a_pruned_decoder_serves_its_greedy_answer(tmp_path):
     """Structured pruning gives an ordinary, smaller directory: `duplex serve` loads it and answers what
     the engine answers on the same pruned model."""
-    import time
-
-    from fastapi.testclient import TestClient
-
     from duplexlm.config import DecoderConfig
-    from duplexlm.infer.engine import Engine, SamplingParams
-    from duplexlm.serve import ServerSettings, create_app
+
+    from .serving import assert_serves_its_greedy_answer
 
     lines = ["我爱北京天安门", "北京欢迎你", "今天天气很好，我们一起去公园散步吧。", "这家餐厅的菜很好吃"] * 20
     tok = train_tokenizer(lines, "bpe", vocab_size=300, num_sentinels=0)
@@ -138,16 +134,7 @@ def test_a_pruned_decoder_serves_its_greedy_answer(tmp_path):
                  "--out", str(out), "--no-report"]) == 0
     pruned, tok = duplexlm.load(out)
     assert (pruned.config.n_head, pruned.config.n_kv_head, pruned.config.d_ff) == (2, 1, model.config.d_ff // 2)
-    want = Engine(pruned, tok, max_batch_size=1).generate("我爱", SamplingParams(max_new_tokens=6, temperature=0))
-    with TestClient(create_app(ServerSettings(model_dir=str(out)))) as http:
-        deadline = time.monotonic() + 30
-        while http.get("/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        r = http.post("/v1/completions", json={"model": "pruned", "prompt": "我爱", "max_tokens": 6,
-                                                "temperature": 0})
-    assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["text"] == want.text
+    assert_serves_its_greedy_answer(pruned, tok, out)
 
 
 def test_calibration_file_errors_name_the_flag(classifier, tmp_path, capsys):

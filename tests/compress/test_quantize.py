@@ -484,21 +484,9 @@ def test_corrupt_quantised_directories_name_the_file(model_dir, tmp_path):
 def test_a_quantised_decoder_serves_its_greedy_answer(model_dir, tmp_path):
     """`duplex serve` on a quantised directory: the completion is the engine's greedy text on the same
     quantised model (the server builds its own engine over what `duplexlm.load` rebuilt)."""
-    import time
-
-    from fastapi.testclient import TestClient
-
-    from duplexlm.serve import ServerSettings, create_app
+    from .serving import assert_serves_its_greedy_answer
 
     out = tmp_path / "q8"
     assert main(["quantize", "--model", str(model_dir), "--method", "int8", "--out", str(out)]) == 0
     model, tok = duplexlm.load(out)
-    want = Engine(model, tok, max_batch_size=1).generate("我爱", SamplingParams(max_new_tokens=6, temperature=0))
-    with TestClient(create_app(ServerSettings(model_dir=str(out)))) as http:
-        deadline = time.monotonic() + 30
-        while http.get("/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        r = http.post("/v1/completions", json={"model": "q8", "prompt": "我爱", "max_tokens": 6, "temperature": 0})
-    assert r.status_code == 200
-    assert r.json()["choices"][0]["text"] == want.text
+    assert_serves_its_greedy_answer(model, tok, out)

@@ -285,11 +285,9 @@ def _token_loss(logits: Tensor | None, labels: Tensor, options: LossOptions,
         scored = labels != IGNORE_INDEX
         per_token = F.cross_entropy(logits.float()[scored], labels[scored], reduction="none",
                                     label_smoothing=options.label_smoothing)
-        _, which = example_index(batch).unique(return_inverse=True)
-        n = int(which.max()) + 1 if which.numel() else 0
-        sums = per_token.new_zeros(n).index_add(0, which, per_token)
-        sizes = per_token.new_zeros(n).index_add(0, which, torch.ones_like(per_token))
-        return (sums / sizes).sum() / max(n, 1), n
+        _, which, sizes = example_index(batch).unique(return_inverse=True, return_counts=True)
+        sums = per_token.new_zeros(len(sizes)).index_add(0, which, per_token)
+        return (sums / sizes).sum() / max(len(sizes), 1), len(sizes)
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=options.label_smoothing)
     count = (labels != IGNORE_INDEX).sum()
