@@ -667,7 +667,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_dir=args.model, model_name=args.model_name, api_key=key, cors_origins=tuple(args.cors_origin or ()),
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_tokens=args.max_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n, max_body_bytes=args.max_body_bytes,
-        request_timeout=args.timeout, device=args.device, compile=args.compile)
+        request_timeout=args.timeout, device=args.device, compile=args.compile,
+        packed_weights=not args.plain_weights)
     print(f"duplex serve: http://{args.host}:{args.port}/  (model {args.model}; loading…)", file=sys.stderr, flush=True)
     serve(settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -959,6 +960,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: as loaded)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoding step (GPUs)")
+    p.add_argument("--plain-weights", action="store_true",
+                   help="on a CPU, keep no oneDNN-packed copy of the Linear weights: less memory (one copy "
+                        "of them instead of two), slower decoding of several rows at once")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -77,27 +77,6 @@ class MLP(nn.Module):
         return self.down(self.dropout(h))
 
 
-def column_major_linears(model: nn.Module) -> int:
-    """Store every ``nn.Linear`` weight of ``model`` column-major, in place: the same (out, in) values,
-    laid out as the transpose of a contiguous (in, out) matrix, as GPT-2's ``Conv1D`` keeps them.
-
-    Why: on CPU a batch-1 decoding step is a chain of matrix-vector products, and MKL reads an
-    ``x @ W.T`` whose ``W.T`` is contiguous about 1.5x faster than one whose ``W`` is; larger batches
-    run at the same speed either way. Parameters stay the same objects (tied weights stay tied) and
-    every result the same up to rounding. Returns how many weights were moved.
-
-    >>> lin = nn.Linear(4, 3)
-    >>> column_major_linears(lin), lin.weight.shape, lin.weight.stride()
-    (1, torch.Size([3, 4]), (1, 3))
-    """
-    moved = 0
-    for module in model.modules():
-        if type(module) is nn.Linear and module.weight.stride() != (1, module.weight.shape[0]):
-            module.weight.data = module.weight.data.t().contiguous().t()
-            moved += 1
-    return moved
-
-
 # ----------------------------------------------------------------------------------------------------
 # Positions
 

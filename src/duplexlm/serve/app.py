@@ -75,6 +75,7 @@ class ServerSettings:
     request_timeout: float = 300.0
     device: str | None = None
     compile: bool = False
+    packed_weights: bool = True  # a oneDNN-packed copy of the Linear weights on a CPU (Engine's cpu_layout)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_tokens", "max_n", "max_inputs", "max_body_bytes"):
@@ -126,7 +127,8 @@ class _State:
             raise ConfigError(f"--model: {s.model_dir} has no tokenizer.json; the server needs one")
         self.caps = capabilities(model)
         if "completions" in self.caps:
-            engine = Engine(model, tokenizer, max_batch_size=s.max_batch_size, compile=s.compile)
+            engine = Engine(model, tokenizer, max_batch_size=s.max_batch_size, compile=s.compile,
+                            cpu_layout=s.packed_weights)
             self.worker = EngineWorker(engine, max_pending=s.max_batch_size + s.max_queue,
                                        on_step=self._stepped)
         self.model, self.tokenizer = model, tokenizer
