@@ -94,11 +94,14 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict) -> tuple[fl
     first = None
     async with http.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if line.startswith("data: {") and first is None and json.loads(line[6:])["choices"][0]["text"]:
+        async for line in r.aiter_lines():  # the clients share the server's cores: parse each event once
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if not event["choices"]:
+                tokens = event["usage"]["completion_tokens"]
+            elif first is None and event["choices"][0]["text"]:
                 first = time.perf_counter() - start
-            elif line.startswith("data: {") and not json.loads(line[6:])["choices"]:
-                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     latency = time.perf_counter() - start
     return first if first is not None else latency, latency, tokens
 

@@ -39,7 +39,8 @@ def test_packed_linear_computes_what_linear_does(shape, bias):
 
 
 def test_the_packed_kernel_is_the_one_used_for_few_rows(monkeypatch):
-    """Few rows without gradients go to oneDNN; many rows, and anything recording gradients, to F.linear."""
+    """2 to 256 rows without gradients go to oneDNN; one row (MKL's column-major product is as fast),
+    many rows, and anything recording gradients go to F.linear."""
     lin = _packed(nn.Linear(8, 4))
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
@@ -55,9 +56,11 @@ def test_the_packed_kernel_is_the_one_used_for_few_rows(monkeypatch):
     monkeypatch.setattr(torch.ops, "mkldnn", Spy(), raising=False)
     with torch.no_grad():
         lin(torch.randn(4, 8))
+        lin(torch.randn(2, 1, 8))
+        lin(torch.randn(1, 8))
         lin(torch.randn(PackedLinear.max_rows + 1, 8))
     lin(torch.randn(4, 8))  # weight.requires_grad: autograd needs F.linear
-    assert calls == [4]
+    assert calls == [4, 2]
 
 
 def test_training_goes_through_and_the_packed_copy_follows_the_weight():
@@ -84,6 +87,8 @@ def test_copies_pickles_and_state_dicts_are_those_of_the_plain_model():
     keys = {k: v.clone() for k, v in model.state_dict().items()}
     n = pack_linears(model)
     assert n == sum(type(m) is PackedLinear for m in model.modules()) > 0
+    w = model.blocks[0].attn.qkv.weight  # stored column-major for one-row products, the same values
+    assert w.stride() == (1, w.shape[0]) and torch.equal(w, keys["blocks.0.attn.qkv.weight"])
     assert model.lm_head.weight is model.embed.weight  # tied weights stay tied
     assert set(model.state_dict()) == set(keys)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in keys.items())

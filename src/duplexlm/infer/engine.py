@@ -362,11 +362,12 @@ class Engine:
     ``max_source_len`` source positions per row. ``tokenizer`` (optional) turns text prompts into ids
     and ids into text; without it the engine works on ids alone. ``compile=True`` runs the decoding
     step through ``torch.compile`` (for GPUs; on a 2-core CPU it compiled for 45 s and did not run
-    faster). ``cpu_layout`` (default on a CPU): keep a copy of each Linear weight packed for oneDNN
-    (:func:`~duplexlm.infer.packed.pack_linears`: the same parameters, plus one more copy of the
-    Linear weights in memory), which makes a decoding step of 4 to 16 rows about 2x faster there
-    than MKL's GEMM on the plain weights; it changes the model's Linear modules in place (they still
-    train as before). The model is put in eval mode.
+    faster). ``cpu_layout`` (default on a CPU): keep a copy of each Linear weight packed for oneDNN,
+    and the weights themselves column-major (:func:`~duplexlm.infer.packed.pack_linears`: the same
+    parameters and values, plus one more copy of the Linear weights in memory), which makes the
+    matrix products of a decoding step of 4 to 16 rows about 2x faster there than MKL's on the plain
+    weights; it changes the model's Linear modules in place (they still train as before). The model
+    is put in eval mode.
 
     Thread safety: :meth:`add_request` and :meth:`abort` may be called from any thread; :meth:`step`
     from one thread at a time.

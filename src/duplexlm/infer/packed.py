@@ -4,30 +4,37 @@ A decoding step multiplies a few rows (one per running sequence) by every weight
 On a CPU ``F.linear`` hands each product to MKL's GEMM, which at 2 to 64 rows runs at a fraction of
 the speed it reaches at hundreds; oneDNN's inner product on a weight reordered once into its own
 blocked layout does not. Measured on a 2-core AVX2 machine over the 25 matrices of a 13.8 M GPT-2
-shape (6 × 384, vocabulary 8,000), milliseconds per decoding step:
+shape (6 × 384, vocabulary 8,000), milliseconds for all 25 (best of 5 interleaved rounds):
 
-======  ==========  ======================
-rows    F.linear    packed (oneDNN)
-======  ==========  ======================
-1       3.6         3.5
-4       8.6         3.8
-16      12.1        6.7
-512     87          92
-======  ==========  ======================
+=====  ======================  =========================  ================
+rows   F.linear, (out, in)     F.linear, column-major     packed (oneDNN)
+=====  ======================  =========================  ================
+1      5.1                     4.3                        3.9
+4      10.5                    10.2                       4.7
+16     13.0                    12.7                       6.8
+64     20.4                    20.3                       15.9
+512    103.6                   102.1                      99.7
+=====  ======================  =========================  ================
 
 :func:`pack_linears` turns a model's ``nn.Linear`` modules into :class:`PackedLinear` in place: the
 same parameters (the same objects: tied weights stay tied, ``state_dict`` keys and values unchanged),
 plus a packed copy of each weight, which is what costs memory (one more copy of the Linear weights).
+:func:`pack_linears` also stores each weight column-major (the transpose of a contiguous (in, out)
+matrix, as GPT-2's ``Conv1D`` keeps it: the same values), which is MKL's fastest layout for one row.
 A :class:`PackedLinear` computes what ``nn.Linear`` does, up to rounding, and uses the packed copy
 only where it pays and is safe:
 
 - no gradient is being recorded (training goes through ``F.linear`` as before);
-- the input has at most :attr:`PackedLinear.max_rows` rows (above that MKL is as fast or faster);
+- the input has from :attr:`PackedLinear.min_rows` (2) to :attr:`PackedLinear.max_rows` (256) rows:
+  one row goes to MKL on the column-major weight (as fast in a decoding step, measured end to end),
+  and above a few hundred MKL catches up (it was ahead at 512 and 2,048 rows in other runs);
 - the weight is on the CPU, in the input's dtype, and oneDNN could pack it (bf16 needs AVX-512 or
   AVX-NE-CONVERT; where it cannot, the layer falls back to ``F.linear``).
 
 The packed copy follows the weight: an in-place update (an optimizer step, ``load_state_dict``) or a
-new tensor in ``weight.data`` repacks it at the next call. Copies and pickles of the module drop the
+new tensor in ``weight.data`` repacks it at the next call. (An in-place change made through
+``weight.data``, which PyTorch's version counter does not see, is not noticed: change the parameter
+itself, or call :func:`unpack_linears` first.) Copies and pickles of the module drop the
 packed copy (oneDNN's opaque tensors have no storage to copy) and repack on their first call.
 
 >>> lin = nn.Linear(4, 3)
@@ -57,30 +64,24 @@ class PackedLinear(nn.Linear):
     """``nn.Linear`` with a oneDNN-packed copy of its weight for small, gradient-free products (see the
     module's docstring). Made from an ``nn.Linear`` by :func:`pack_linears`, not built directly."""
 
+    min_rows = 2  # fewer rows (one): MKL's product with the column-major weight, as fast and no copy read
     max_rows = 256  # rows above which MKL's GEMM on the plain weight is as fast (see the table above)
 
     _packed: Tensor | None
-    _packed_key: tuple[int, int, torch.dtype] | None
+    _packed_key: tuple[int, int] | None
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if (w.device.type != "cpu" or x.dtype != w.dtype or x.numel() == 0
-                or x.numel() > self.max_rows * x.shape[-1]
-                or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+        n, k = x.numel(), x.shape[-1]
+        if ((torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+                or n < self.min_rows * k or n > self.max_rows * k or x.dtype != w.dtype):
             return F.linear(x, w, self.bias)
-        packed = self._current()
-        if packed is None:
+        key = (w._version, w.data_ptr())  # checked on every call: a decoding step makes few, and the
+        if key != self._packed_key:  # weight may have been trained or loaded in place since
+            self._packed, self._packed_key = _pack(w), key
+        if self._packed is None:
             return F.linear(x, w, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
-
-    def _current(self) -> Tensor | None:
-        """The packed weight, repacked if the weight changed since (or None where oneDNN cannot)."""
-        w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype)
-        if key != self._packed_key:
-            self._packed = _pack(w)
-            self._packed_key = key
-        return self._packed
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -89,7 +90,8 @@ class PackedLinear(nn.Linear):
 
 
 def _pack(weight: Tensor) -> Tensor | None:
-    if weight.dtype not in _DTYPES:
+    """``weight`` reordered for oneDNN, or None where it cannot be (not on the CPU, another dtype)."""
+    if weight.device.type != "cpu" or weight.dtype not in _DTYPES:
         return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
@@ -106,9 +108,13 @@ def pack_linears(model: nn.Module) -> int:
     packed = 0
     for module in model.modules():
         if type(module) is nn.Linear and module.weight.device.type == "cpu":
+            w = module.weight
+            if w.dim() == 2 and w.stride() != (1, w.shape[0]):  # column-major, for one row at a time
+                w.data = w.data.t().contiguous().t()
             module.__class__ = PackedLinear
-            module._packed, module._packed_key = None, None
-            packed += module._current() is not None
+            module._packed, module._packed_key = _pack(module.weight), (module.weight._version,
+                                                                        module.weight.data_ptr())
+            packed += module._packed is not None
     return packed
 
 

@@ -494,12 +494,15 @@ class _TimedOut(Exception):
 async def _next(queue: asyncio.Queue[Any], request: Request, deadline: float) -> Any:
     """The queue's next item; raises _Gone when the client left (checked every 0.25 s while waiting),
     _TimedOut past the deadline."""
+    if not queue.empty() and time.monotonic() < deadline:  # the common case while a stream runs
+        return queue.get_nowait()
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _TimedOut()
         try:
-            return await asyncio.wait_for(queue.get(), timeout=min(left, 0.25))
+            async with asyncio.timeout(min(left, 0.25)):  # no task per item, as wait_for makes one
+                return await queue.get()
         except TimeoutError:
             if await request.is_disconnected():
                 raise _Gone() from None
@@ -625,14 +628,16 @@ async def _stream(state: _State, request: Request, subs: list[Submission], n: in
             if out.finished:
                 return
 
-    tasks = [asyncio.create_task(pump(i, sub)) for i, sub in open_subs.items()]
+    single = len(subs) == 1  # the common case: read its queue directly, no merging task
+    tasks = [] if single else [asyncio.create_task(pump(i, sub)) for i, sub in open_subs.items()]
     finished = False
     try:
         if chat:
             for i in range(len(subs)):
                 yield chunk(i, "", None, role=True)
         while open_subs:
-            i, out = await _next(merged, request, deadline)
+            i, out = (0, await _next(subs[0].queue, request, deadline)) if single else \
+                await _next(merged, request, deadline)
             if out.token_ids and counts[i] == 0:
                 state.metrics.first_token(time.perf_counter() - subs[i].submitted)
             counts[i] = out.completion_tokens or counts[i] + len(out.token_ids)
