@@ -133,7 +133,7 @@ def write_section(path: Path, heading: str, text: str) -> None:
     if heading in old:
         start = old.index(heading)
         nxt = old.find("\n### ", start + len(heading))
-        old = old[:start] + text + (old[nxt + 1:] if nxt != -1 else "")
+        old = old[:start] + (text.rstrip("\n") + "\n\n" + old[nxt + 1:] if nxt != -1 else text)
         new = old
     else:
         new = old.rstrip("\n") + "\n\n" + text
