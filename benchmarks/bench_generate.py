@@ -8,8 +8,10 @@ sides so both see the same machine noise. Reports decode tokens/s (new tokens ov
 included) per side, the ratio per round, its median and range, and whether both produced the same
 tokens. A third column is a ceiling: the matrix products of one decoding step alone (every Linear and
 the head on the step's activations, nothing else: no attention, no norms, no Python), timed in the
-same rounds, as tokens/s, with the faster of two kernels: ``F.linear`` on the plain weights (MKL) and
-oneDNN on weights packed for it (what our engine uses on a CPU). No implementation of this model in
+same rounds, as tokens/s, with the fastest of the kernels: ``F.linear`` on the model's weights (MKL;
+column-major, as the engine leaves them on a CPU), oneDNN on weights packed for it (what our engine
+uses there for 2 rows or more), and at batch 1 each weight split in two halves multiplied at once by
+``torch.bmm`` (what our engine uses there for one row). No implementation of this model in
 fp32 with PyTorch's kernels decodes faster than that on the machine. Writes a section of
 docs/benchmarks.md.
 
@@ -40,17 +42,26 @@ from duplexlm.precision import synchronize
 SHAPE = dict(vocab_size=8000, max_seq_len=256, d_model=384, n_layer=6, n_head=6)
 
 
-def matmul_step(model: torch.nn.Module, batch: int, device: torch.device, packed: bool = False):
+def matmul_step(model: torch.nn.Module, batch: int, device: torch.device, kind: str = "linear"):
     """The matrix products of one decoding step of ``batch`` rows, and nothing else: ``F.linear`` on
-    the plain weights (MKL on a CPU, cuBLAS on a GPU), or oneDNN on weights packed for it (CPU)."""
+    the model's weights (MKL on a CPU, cuBLAS on a GPU), oneDNN on weights packed for it (``packed``),
+    or, for one row, each column-major weight's two halves in one ``torch.bmm`` (``split``)."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {n: torch.randn(batch, n, device=device) for n in {m.in_features for m in linears}}
-    if packed:
+    if kind == "packed":
         weights = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None) for m in linears]
 
         def run() -> None:
             for m, w in zip(linears, weights):
                 torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], w, m.bias, "none", [], "")
+    elif kind == "split":
+        halves = [m.weight.detach().t().contiguous().view(2, m.in_features // 2, m.out_features) for m in linears]
+
+        def run() -> None:
+            for m, w in zip(linears, halves):
+                y = torch.bmm(inputs[m.in_features].view(2, 1, -1), w).sum(0)
+                if m.bias is not None:
+                    y.add_(m.bias)
     else:
         def run() -> None:
             for m in linears:
@@ -84,7 +95,9 @@ def bench_batch(ours: torch.nn.Module, theirs: torch.nn.Module, B: int, prompt_l
     prompts = ids.tolist()
     steps = {"ceiling": matmul_step(ours, B, device)}
     if device.type == "cpu" and packing_available():
-        steps["ceiling_packed"] = matmul_step(ours, B, device, packed=True)
+        steps["ceiling_packed"] = matmul_step(ours, B, device, "packed")
+    if device.type == "cpu" and B == 1:
+        steps["ceiling_split"] = matmul_step(ours, B, device, "split")
 
     def run_ours() -> list[list[int]]:
         return [c.token_ids for c in engine.generate(prompts, params)]
@@ -152,7 +165,8 @@ def main() -> int:
         f"`GPT2LMHeadModel.generate(do_sample=False)` on the same weights (converted by `to_hf`); prompts of "
         f"{args.prompt_len} tokens, {args.new} new tokens per row (end-of-text ignored), prefill included; "
         f"median of {args.rounds} rounds alternating the two sides. On a CPU our engine multiplies 2 to 256 rows "
-        f"with oneDNN on weights packed once and one row with MKL on column-major weights "
+        f"with oneDNN on weights packed once, and one row by each column-major weight's two halves at once "
+        f"(`torch.bmm`, a core each) "
         f"(`duplexlm.infer.packed`); transformers uses MKL on its `Conv1D` weights. Command: `{cmd.strip()}`.",
         "",
         "| batch | duplexlm tok/s | transformers tok/s | ours is faster by (median [min–max] per round) "

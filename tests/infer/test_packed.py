@@ -25,13 +25,14 @@ def _packed(lin: nn.Linear) -> nn.Linear:
     return lin
 
 
+@pytest.mark.parametrize("width", [48, 47])  # odd: one row cannot be split in two
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 48), (16, 48), (3, 5, 48), (300, 48)])
-def test_packed_linear_computes_what_linear_does(shape, bias):
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (16,), (3, 5), (300,)])
+def test_packed_linear_computes_what_linear_does(shape, bias, width):
     torch.manual_seed(0)
-    plain = nn.Linear(48, 40, bias=bias)
+    plain = nn.Linear(width, 40, bias=bias)
     packed = _packed(copy.deepcopy(plain))
-    x = torch.randn(*shape)
+    x = torch.randn(*shape, width)
     with torch.no_grad():
         want, got = plain(x), packed(x)
     assert got.shape == want.shape
@@ -39,8 +40,8 @@ def test_packed_linear_computes_what_linear_does(shape, bias):
 
 
 def test_the_packed_kernel_is_the_one_used_for_few_rows(monkeypatch):
-    """2 to 256 rows without gradients go to oneDNN; one row (MKL's column-major product is as fast),
-    many rows, and anything recording gradients go to F.linear."""
+    """2 to 256 rows without gradients go to oneDNN; one row (split in two), many rows, and anything
+    recording gradients do not."""
     lin = _packed(nn.Linear(8, 4))
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
@@ -81,6 +82,40 @@ def test_training_goes_through_and_the_packed_copy_follows_the_weight():
         torch.testing.assert_close(packed(x), (x.sum(-1, keepdim=True) * 2 + 1).expand(4, 8))
 
 
+def test_a_trainable_bias_under_a_frozen_weight_still_gets_its_gradient():
+    torch.manual_seed(0)
+    plain = nn.Linear(16, 8)
+    packed = _packed(copy.deepcopy(plain))
+    x = torch.randn(4, 16)
+    for lin in (plain, packed):
+        lin.weight.requires_grad_(False)
+        lin(x).square().sum().backward()
+    assert packed.bias.grad is not None
+    torch.testing.assert_close(packed.bias.grad, plain.bias.grad)
+
+
+def test_what_the_packed_kernel_cannot_serve_falls_back_to_linear():
+    """Autocast (its dtype rules), another dtype after .double() (the packed copy is dropped), and
+    weights made in inference mode (no version counter to watch: left unpacked)."""
+    torch.manual_seed(0)
+    plain = nn.Linear(16, 8)
+    packed = _packed(copy.deepcopy(plain))
+    x = torch.randn(4, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = plain(x), packed(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    packed.double()
+    assert packed._packed is None
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x.double()), plain.double()(x.double()))
+    with torch.inference_mode():
+        frozen = nn.Linear(16, 8)
+    assert pack_linears(frozen) == 0 and type(frozen) is nn.Linear
+    with torch.inference_mode():
+        frozen(x)
+
+
 def test_copies_pickles_and_state_dicts_are_those_of_the_plain_model():
     torch.manual_seed(0)
     model = build_model(DecoderConfig(vocab_size=64, max_seq_len=16, d_model=32, n_layer=2, n_head=2))
@@ -114,7 +149,8 @@ def test_the_engine_packs_and_decodes_as_the_plain_model():
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
     got = [c.token_ids for c in Engine(model, max_batch_size=3).generate(prompts, params)]
-    assert any(type(m) is PackedLinear for m in model.modules())
+    packed = [m for m in model.modules() if type(m) is PackedLinear]
+    assert len(packed) == 2 * 2 + 2 * 2 + 1 and all(m._packed is not None for m in packed)
     want = [c.token_ids for c in Engine(plain, max_batch_size=3, cpu_layout=False).generate(prompts, params)]
     assert not any(type(m) is PackedLinear for m in plain.modules())
     assert got == want

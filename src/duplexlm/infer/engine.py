@@ -387,7 +387,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.family = c.family
         self.device = next(model.parameters()).device
-        if cpu_layout and self.device.type == "cpu":
+        if cpu_layout and self.device.type == "cpu" and not compile:  # a compiled step wants F.linear
             pack_linears(model)
         if c.family == "decoder":
             limit = min(c.max_seq_len, 2048) if max_len is None else max_len
