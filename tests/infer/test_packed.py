@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from duplexlm.config import DecoderConfig
@@ -37,6 +38,21 @@ def test_packed_linear_computes_what_linear_does(shape, bias, width):
         want, got = plain(x), packed(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_is_split_in_two_only_with_two_threads_or_more(monkeypatch):
+    lin = _packed(nn.Linear(8, 4))
+    calls = []
+    real = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(1, 8)
+    with torch.no_grad():
+        want = F.linear(x, lin.weight, lin.bias)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+        torch.testing.assert_close(lin(x), want)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        torch.testing.assert_close(lin(x), want)
+    assert calls == [(2, 1, 4)]
 
 
 def test_the_packed_kernel_is_the_one_used_for_few_rows(monkeypatch):

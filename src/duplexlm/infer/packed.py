@@ -83,7 +83,7 @@ class PackedLinear(nn.Linear):
                 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
             return F.linear(x, w, b)  # oneDNN's op has no autograd formula, and autocast would not cast it
         if n == k:  # one row: the column-major weight's two halves, a core each
-            if k % 2 or w.stride() != (1, w.shape[0]) or w.device.type != "cpu":
+            if k % 2 or w.stride() != (1, w.shape[0]) or w.device.type != "cpu" or torch.get_num_threads() < 2:
                 return F.linear(x, w, b)
             y = torch.bmm(x.reshape(2, 1, k // 2), w.t().view(2, k // 2, w.shape[0])).sum(0)
             return (y if b is None else y.add_(b)).view(*x.shape[:-1], w.shape[0])
