@@ -130,7 +130,7 @@ def bench_batch(ours: torch.nn.Module, theirs: torch.nn.Module, B: int, prompt_l
         "batch": B,
         "ours": B * new / statistics.median(times["duplexlm"]),
         "hf": B * new / statistics.median(times["transformers"]),
-        # the faster of the kernels: no fp32 implementation's matrix products run faster on this machine
+        # the fastest of the kernels: no fp32 implementation's products run faster here with PyTorch's kernels
         "ceiling": B * new / min(statistics.median(times[k]) for k in steps),
         "ratio": statistics.median(ratios), "lo": min(ratios), "hi": max(ratios),
         "same": tokens["duplexlm"] == tokens["transformers"],
@@ -166,8 +166,7 @@ def main() -> int:
         f"{args.prompt_len} tokens, {args.new} new tokens per row (end-of-text ignored), prefill included; "
         f"median of {args.rounds} rounds alternating the two sides. On a CPU our engine multiplies 2 to 256 rows "
         f"with oneDNN on weights packed once, and one row by each column-major weight's two halves at once "
-        f"(`torch.bmm`, a core each) "
-        f"(`duplexlm.infer.packed`); transformers uses MKL on its `Conv1D` weights. Command: `{cmd.strip()}`.",
+        f"(`torch.bmm`, a core each; `duplexlm.infer.packed`); transformers uses MKL on its `Conv1D` weights. Command: `{cmd.strip()}`.",
         "",
         "| batch | duplexlm tok/s | transformers tok/s | ours is faster by (median [min–max] per round) "
         "| same tokens | matmul-only ceiling tok/s (× transformers) |",
