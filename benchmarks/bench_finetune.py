@@ -102,9 +102,10 @@ def our_run(work: Path, args: argparse.Namespace, method: str, out: Path) -> Any
 def train_sampler(work: Path, seq: int) -> Any:
     """The training examples exactly as ``setup`` builds them (same files, tokenizer, truncation and
     seed): what a process without our loop reads, so both sides see the same batches."""
+    from duplexlm.data.examples import encode_examples
     from duplexlm.data.tasks import load_task_data
     from duplexlm.tokenizer import Tokenizer
-    from duplexlm.train.data import ExampleSampler, encode_examples
+    from duplexlm.train.samplers import ExampleSampler
 
     tok = Tokenizer.from_dir(work / "ours-init")
     task = load_task_data("classify", str(work / "train.csv"), str(work / "validation.csv"), seed=SEED)

@@ -94,25 +94,51 @@ def test_atomic_directory_keeps_old_on_failure(tmp_path):
 
 
 def test_tokenizer_saved_and_loaded(tmp_path):
+    """A tokenizer saved with the model comes back the same: vocabulary, pipeline (CJK characters split,
+    [BOS] … [EOS] added), special tokens and their ids, batches, decoding, and extra config."""
+    from tokenizers import Regex, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTok
-    from tokenizers import models, pre_tokenizers
 
     from duplexlm.tokenizer import Tokenizer
 
-    vocab = {"[PAD]": 0, "[UNK]": 1, "你": 2, "好": 3, "hello": 4}
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3, "你": 4, "好": 5, "hello": 6}
     backend = HFTok(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Split("", "isolated")])
-    tok = Tokenizer(backend, {"pad_token": "[PAD]", "unk_token": "[UNK]"})
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Split(Regex("[\u4e00-\u9fff]"), "isolated")])
+    backend.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
+                                                           special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    backend.add_special_tokens(["[PAD]", "[UNK]", "[BOS]", "[EOS]"])
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
+    tok = Tokenizer(backend, {**specials, "model_max_length": 32})
+    texts = ["你好", "hello 你好世"]  # 世 is not in the vocabulary
+    want_ids = [[2, 4, 5, 3, 0, 0], [2, 6, 4, 5, 1, 3]]
+    assert tok(texts)["input_ids"].tolist() == want_ids  # what the original does, to compare against
+
     model = build_model(CFG)
     duplexlm.save_model(model, tmp_path / "m", tokenizer=tok)
     _, loaded = duplexlm.load(tmp_path / "m")
-    batch = loaded(["你好", "hello 你"])
-    assert batch["input_ids"].tolist() == [[2, 3], [4, 2]] or batch["input_ids"].shape[0] == 2
-    assert loaded.pad_token_id == 0
+    assert isinstance(loaded, Tokenizer)
+    assert loaded.backend.get_vocab(with_added_tokens=True) == tok.backend.get_vocab(with_added_tokens=True)
+    assert loaded.special_tokens == tok.special_tokens == specials
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 2, 3)
+    assert loaded.special_ids == tok.special_ids == {0, 1, 2, 3}
+    assert loaded.config["model_max_length"] == 32
+    batch, before = loaded(texts), tok(texts)
+    assert batch["input_ids"].tolist() == want_ids
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
+    for key in before:
+        assert torch.equal(batch[key], before[key]), key
+    for text in texts:
+        assert loaded.encode(text) == tok.encode(text)
+        assert loaded.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
+    assert loaded.decode(want_ids[1]) == tok.decode(want_ids[1]) == "hello 你 好"  # specials and [UNK] skipped
+    assert loaded.decode(torch.tensor(want_ids[0]), skip_special_tokens=False) == "[BOS] 你 好 [EOS] [PAD] [PAD]"
+    # the same files read by transformers: the same special tokens, ids and text
     transformers = pytest.importorskip("transformers")
     fast = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "m")
-    assert fast.pad_token == "[PAD]"
-    assert fast("hello")["input_ids"] == loaded.encode("hello")
+    assert (fast.pad_token, fast.unk_token, fast.bos_token, fast.eos_token) == ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+    assert fast(texts, padding=True)["input_ids"] == want_ids
+    assert fast.decode(want_ids[1], skip_special_tokens=True) == loaded.decode(want_ids[1])
 
 
 def test_real_minilm_directory_loads_with_its_tokenizer():

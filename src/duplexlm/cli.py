@@ -4,6 +4,7 @@
     duplex info PATH                   describe a model directory (ours or Hugging Face)
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
+    duplex convert --to-peft --base BASE ADAPTER DST   a LoRA adapter → PEFT (for the Hugging Face form of BASE)
     duplex quantize --model DIR --method int8|int4 --out DIR [--embeddings]   weight-only quantisation
     duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
                                                                 pruning (heads/neurons: a smaller model), recovery
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 
 from .errors import DuplexError
+from .units import format_count
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,6 +53,12 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+def _exit_status(result: dict) -> int:
+    """0, or for a run stopped by a signal the shell's convention: 128 + its number (130 for Ctrl-C, 143
+    for SIGTERM); the training commands return the signal as ``result["interrupted"]``."""
+    return 128 + int(result["interrupted"]) if result.get("interrupted") else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,13 +105,6 @@ def _param_count(name: str) -> int:
         return count_parameters(build_model(get_preset(name)))
 
 
-def _human(n: float) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(int(n))
-
-
 def cmd_presets(args: argparse.Namespace) -> int:
     """List the model presets with their family, shape and parameter count."""
     from .presets import PRESETS
@@ -113,7 +114,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
         c = fn()
         heads = getattr(c, "n_head", "-")
         width = getattr(c, "d_model", getattr(c, "d_hidden", "-"))
-        print(f"{name:<20}{c.family:<10}{c.n_layer:>7}{width:>7}{heads!s:>7}{_human(_param_count(name)):>10}")
+        print(f"{name:<20}{c.family:<10}{c.n_layer:>7}{width:>7}{heads!s:>7}{format_count(_param_count(name), digits=1):>10}")
     return 0
 
 
@@ -126,11 +127,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     model, tok = load(args.path)
     c = model.config
     quantized = quantized_parameters(model)  # integer weights are buffers, not parameters
-    print(f"{args.path}: {c.family} ({type(model).__name__}), {_human(count_parameters(model) + quantized)} "
+    print(f"{args.path}: {c.family} ({type(model).__name__}), {format_count(count_parameters(model) + quantized, digits=1)} "
           f"parameters, tokenizer: {'yes, vocab ' + str(tok.vocab_size) if tok else 'none'}")
     if quantized:
         q = next(iter(quant_modules(model).values()))
-        print(f"  quantised: {_human(quantized)} weights in {len(quant_modules(model))} Linears as int{q.bits}")
+        print(f"  quantised: {format_count(quantized, digits=1)} weights in {len(quant_modules(model))} Linears as int{q.bits}")
     for k, v in c.to_dict().items():
         print(f"  {k:<24}{v}")
     return 0
@@ -140,7 +141,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert between duplexlm and Hugging Face model directories (weights and tokenizer)."""
     from .io import convert_from_hf, convert_to_hf
 
-    if args.to_hf:
+    if args.to_peft:
+        from .io import convert_adapter_to_peft
+
+        if not args.base:
+            from .errors import ConfigError
+
+            raise ConfigError("--base: --to-peft needs the base model the adapter was trained on (init_from)")
+        hf = convert_adapter_to_peft(args.base, args.src, args.dst, overwrite=args.overwrite)
+        print(f"wrote {args.dst}: PEFT LoRA adapter for Hugging Face {hf['architectures'][0]} "
+              f"(load it onto `duplex convert --to-hf {args.base}`)")
+    elif args.to_hf:
         hf = convert_to_hf(args.src, args.dst, overwrite=args.overwrite)
         print(f"wrote {args.dst}: Hugging Face {hf['architectures'][0]} (model_type {hf['model_type']})")
     else:
@@ -184,10 +195,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Prune a model: unstructured magnitude pruning, or structured pruning of attention heads and
     feed-forward neurons (a smaller model), optionally followed by a recovery fine-tune (--recover
     key=value ...: the settings of `duplex finetune`, init_from the pruned model); then compare."""
-    import shutil
-
     from .compress import prune
-    from .fileutil import atomic_directory, check_output_dir
 
     texts = _text_lines(args.calibration_file, "--calibration-file") if args.calibration_file else None
     if texts == []:
@@ -200,29 +208,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(report)
         _compression_report([(args.model, "original"), (args.out, "pruned")], args.out, args)
         return 0
-    from .train.loop import finetune
+    from .train.recover import prune_and_recover
 
-    check_output_dir(args.out, "model", overwrite=args.overwrite, flag="--out", inputs=[args.model])
-    run_dir = Path(args.run_dir or f"{str(args.out).rstrip('/')}-recovery")
-    check_output_dir(run_dir, "run", overwrite=args.overwrite, flag="--run-dir", inputs=[args.model])
-    pruned = run_dir / "pruned"
-    print(prune(args.model, pruned, args.method, args.sparsity, importance=args.importance, overwrite=True,
-                texts=texts))
-    from .train.config import load_train_config
-
-    cfg = load_train_config(None, [*args.recover, f"init_from={pruned}", f"out_dir={run_dir / 'train'}"],
-                            default_objective="classify")
-    result = finetune(cfg, overwrite=args.overwrite)
-    if result.get("interrupted"):
-        return 128 + int(result["interrupted"])
-    with atomic_directory(args.out) as tmp:  # the recovered model is the command's output
-        for entry in (run_dir / "train" / "model").iterdir():
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-    print(f"recovered: step {result['step']}; model in {args.out} (run in {run_dir})")
-    data, split = args.data, args.split
-    if data is None and cfg.data.train:  # the recovery task's own held-out data
-        data, split = (cfg.data.test, None) if cfg.data.test else (cfg.data.train, "test")
-    _compression_report([(args.model, "original"), (pruned, "pruned"), (args.out, "pruned + recovery")],
+    done = prune_and_recover(args.model, args.out, args.method, args.sparsity, args.recover, run_dir=args.run_dir,
+                             importance=args.importance, overwrite=args.overwrite, texts=texts, on_pruned=print)
+    if done.result.get("interrupted"):
+        return _exit_status(done.result)
+    print(f"recovered: step {done.result['step']}; model in {args.out} (run in {done.run_dir})")
+    data, split = (args.data, args.split) if args.data is not None else done.config.held_out()
+    _compression_report([(args.model, "original"), (done.pruned, "pruned"), (args.out, "pruned + recovery")],
                         args.out, args, data=data, split=split)
     return 0
 
@@ -290,7 +284,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           "`duplex finetune`)")
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
-        return 128 + int(result["interrupted"])  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+        return _exit_status(result)
     if "val_loss" in result and os.environ.get("RANK", "0") == "0":
         bpb = f", bits/byte {result['val_bpb']:.4f}" if "val_bpb" in result else ""
         print(f"done: step {result['step']}, val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}{bpb}; "
@@ -323,49 +317,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                           "(pretraining objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
-        return 128 + int(result["interrupted"])
+        return _exit_status(result)
     if os.environ.get("RANK", "0") == "0":
         scores = _shown_scores(result)
         print(f"done: step {result['step']}; {scores}; model in {cfg.out_dir}/model")
     return 0
-
-
-def _student_overrides(student: str, teacher: str, task: str, overrides: list[str]) -> list[str]:
-    """``--student``: a model directory (init_from), a preset name, or a YAML/JSON file of model fields
-    (the model section) → config overrides; the teacher's tokenizer unless one is named."""
-    import json
-
-    import yaml
-
-    from .errors import ConfigError
-    from .presets import PRESETS
-
-    given = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
-    path = Path(student)
-    out: list[str] = []
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"--student: {path} is a directory without config.json (expected a model directory)")
-        out.append(f"init_from={path}")
-    elif student in PRESETS:
-        out.append(f"model.preset={student}")
-    elif path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-            fields = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-            raise ConfigError(f"--student: {path} is not a JSON/YAML mapping of model fields ({e})") from e
-        if not isinstance(fields, dict):
-            raise ConfigError(f"--student: {path} must hold a mapping of model fields (preset, d_model, n_layer, ...), "
-                              f"found {type(fields).__name__}")
-        fields = fields.get("model", fields)  # a train config's model section, or the fields alone
-        out += [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()]
-    else:
-        raise ConfigError(f"--student: expected a model directory, a preset ({', '.join(PRESETS)}) or a YAML/JSON file "
-                          f"of model fields, found {student!r}")
-    if task == "classify" and not path.is_dir() and "tokenizer" not in given:
-        out.append(f"tokenizer={teacher}")  # the logits are compared token by token: the teacher's tokenizer
-    return [*out, f"distill.teacher={teacher}", f"task={task}" if task != "clm" else "objective=clm"]
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -373,22 +329,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
     --task (classify: a labelled data.train; clm: data.path token shards) with the loss mixed with the
     --teacher's softened outputs (distill.temperature, distill.alpha; distill.hidden_weight matches hidden
     states); the best checkpoint is exported to out_dir/model, then teacher and student are compared."""
+    from .train.distill import student_overrides
     from .train.loop import finetune, pretrain
 
     given = [*args.overrides, *([args.config] if args.config and "=" in args.config else [])]
-    cfg = _train_config(args, base=_student_overrides(args.student, args.teacher, args.task, given))
+    cfg = _train_config(args, base=student_overrides(args.student, args.teacher, args.task, given))
     result = (pretrain if args.task == "clm" else finetune)(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):
-        return 128 + int(result["interrupted"])
+        return _exit_status(result)
     if os.environ.get("RANK", "0") == "0":
         scores = _shown_scores(result)
         print(f"done: step {result['step']}; {scores}; student in {cfg.out_dir}/model")
-        data, split = args.data, args.split
-        if data is None:  # the task's own held-out data
-            if args.task == "clm":
-                data, split = cfg.data.path, "val"
-            else:
-                data, split = (cfg.data.test, None) if cfg.data.test else (cfg.data.train, "test")
+        data, split = (args.data, args.split) if args.data is not None else cfg.held_out()
         _compression_report([(args.teacher, "teacher"), (Path(cfg.out_dir) / "model", "student")], cfg.out_dir,
                             args, data=data, split=split)
     return 0
@@ -609,21 +561,12 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     with their probabilities (--json: one object per text)."""
     import json
 
-    from .errors import ConfigError
     from .infer.fill_mask import fill_mask
 
     model, tokenizer = _loaded(args.model)
-    if model.config.family != "encoder" or model.config.head != "mlm":
-        raise ConfigError(f"--model: fill-mask needs an encoder with a masked-LM head, found a "
-                          f"{model.config.family} with head={model.config.head!r}")
     mask = tokenizer.special_tokens.get("mask_token")
-    if mask is None:
-        raise ConfigError(f"--model: {args.model}'s tokenizer has no mask token")
-    for text in args.text:
-        if mask not in text:
-            raise ConfigError(f"--text: no {mask} in {text!r}")
-    for text in args.text:
-        filled = fill_mask(model, tokenizer, text, top_k=args.top_k)
+    filled_texts = [fill_mask(model, tokenizer, text, top_k=args.top_k) for text in args.text]  # all checked first
+    for text, filled in zip(args.text, filled_texts):
         if args.json:
             print(json.dumps({"text": text, "masks": [[{"token": t, "score": round(p, 6)} for t, p in m]
                                                       for m in filled]}, ensure_ascii=False))
@@ -688,8 +631,10 @@ def _train_config(args: argparse.Namespace, default_objective: str | None = None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: build every family from scratch, check what makes each one what it is, and run
-    real pretrained weights (all-MiniLM-L6-v2) through our own encoder."""
+    """The main job: does pretraining pay? On real Chinese data, in one run: the encoder half (masked-LM
+    pretraining; sentiment on reviews-zh against the same encoder from scratch, a BiGRU and TF-IDF; the
+    label-efficiency curve; the model zoo) and the decoder half (causal-LM pretraining; instruction tuning
+    on zh-tasks against the same decoder from scratch)."""
     from .demo import run_demo
 
     return run_demo(quick=args.quick, out_dir=Path(args.out), minutes=args.minutes, only=args.only)
@@ -785,6 +730,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--to-hf", action="store_true", help="SRC is a duplexlm directory")
     way.add_argument("--from-hf", action="store_true", help="SRC is a Hugging Face directory")
+    way.add_argument("--to-peft", action="store_true",
+                     help="SRC is a LoRA adapter (a fine-tuning run's out_dir/adapter); writes it in PEFT's format "
+                          "for the Hugging Face form of --base")
+    p.add_argument("--base", default=None, help="with --to-peft: the base model directory the adapter was trained on")
     p.add_argument("src", help="source model directory")
     p.add_argument("dst", help="destination directory (new or empty; written atomically)")
     _overwrite_arg(p)
@@ -977,7 +926,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="run one half: the encoder (sentiment, label curve, model zoo) or the decoder "
                         "(causal-LM pretraining, instruction tuning on zh-tasks)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="the run's budget in minutes (default 15; pretraining gets 40%% of it)")
+                   help="the run's budget in minutes (default 15): the encoder's masked-LM pretraining gets 32%% of "
+                        "it, the decoder's causal-LM pretraining an eighth and each of its two instruction-tuning "
+                        "runs a sixteenth; the rest does not grow with it")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its model directories")
 
 

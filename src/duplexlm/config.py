@@ -12,6 +12,8 @@ strings resolved to modules in one place (``models/layers.py``); the config stay
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_type_hints
@@ -29,6 +31,47 @@ RNNHead = Literal["none", "classify", "tag", "lm"]
 
 # What a pruned model's ``pruning`` entry may say (duplexlm.compress.pruning writes it): the methods,
 # the importance scores of the structured ones, and the entry's keys.
+# the named heads of a multi-task encoder (duplexlm.models.heads builds them)
+TASK_HEAD_KINDS = ("classify", "tag")
+TASK_HEAD_KEYS = ("head", "num_labels", "label_names", "crf")
+TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def check_task_heads(tasks: Any, where: str) -> None:
+    """The ``tasks`` field of a multi-task config: ``{name: {head, num_labels, label_names?, crf?}}``.
+
+    >>> check_task_heads({"ner": {"head": "tag", "num_labels": 3, "label_names": ["O", "B-X"]}}, "EncoderConfig.tasks")
+    Traceback (most recent call last):
+    ...
+    duplexlm.errors.ConfigError: EncoderConfig.tasks.ner.label_names: 2 names for num_labels=3
+    """
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ConfigError(f"{where}: expected a mapping of task names to heads, found {tasks!r}")
+    for name, spec in tasks.items():
+        at = f"{where}.{name}"
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ConfigError(f"{where}: task name {name!r} must be letters, digits, '_' or '-', starting with a "
+                              "letter or '_'")
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{at}: expected a mapping with 'head' and 'num_labels', found {spec!r}")
+        unknown = sorted(set(spec) - set(TASK_HEAD_KEYS))
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {unknown[0]!r}; expected {', '.join(TASK_HEAD_KEYS)}")
+        if spec.get("head") not in TASK_HEAD_KINDS:
+            raise ConfigError(f"{at}.head: expected one of {', '.join(TASK_HEAD_KINDS)}, found {spec.get('head')!r}")
+        n = spec.get("num_labels")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"{at}.num_labels: expected a positive integer, found {n!r}")
+        names = spec.get("label_names")
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                raise ConfigError(f"{at}.label_names: expected a list of strings, found {names!r}")
+            if len(names) != n:
+                raise ConfigError(f"{at}.label_names: {len(names)} names for num_labels={n}")
+        if spec.get("crf") and spec["head"] != "tag":
+            raise ConfigError(f"{at}.crf: a CRF scores tag sequences; it needs head='tag', found {spec['head']!r}")
+
+
 PRUNING_METHODS = ("magnitude", "heads", "neurons")
 PRUNING_IMPORTANCE = ("weight", "taylor")
 _PRUNING_KEYS = ("method", "sparsity", "importance", "modules", "shapes", "previous")
@@ -302,8 +345,6 @@ class EncoderConfig(BaseConfig):
             self.head_dim = self.d_model // self.n_head
         self._positive("head_dim")
         if self.tasks is not None:
-            from .models.heads import check_task_heads
-
             check_task_heads(self.tasks, "EncoderConfig.tasks")
             if self.head != "none":
                 raise ConfigError(f"EncoderConfig.head: a multi-task model (tasks set) has head='none' and its heads "

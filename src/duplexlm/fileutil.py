@@ -24,9 +24,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError, OutputError
+
+if TYPE_CHECKING:  # safetensors' tensors; this module itself needs no torch
+    from torch import Tensor
 
 
 def sha256_file(path: str | Path) -> str:
@@ -232,5 +235,19 @@ def check_output_dir(path: str | Path, kind: OutputKind, *, overwrite: bool = Fa
     return out
 
 
-__all__ = ["OUTPUT_NAMES", "atomic_directory", "atomic_write", "check_output_dir", "fsync_dir", "read_json_object",
+def independent(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors that share no storage: what safetensors requires."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state_dict.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    return out
+
+
+__all__ = ["OUTPUT_NAMES", "atomic_directory", "atomic_write", "check_output_dir", "fsync_dir", "independent", "read_json_object",
            "remove_stale_temporaries", "sha256_file", "write_json"]

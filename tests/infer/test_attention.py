@@ -205,7 +205,7 @@ def test_special_and_wordpiece_tokens_keep_their_spelling(wordpiece: Tokenizer, 
 def _capture_ticks(monkeypatch) -> list[dict[str, object]]:
     """Record each figure's tick labels and title as plot_attention saves it."""
     seen: list[dict[str, object]] = []
-    save = attention_module._save
+    save = attention_module.save_figure
 
     def recording(fig, path, dpi, font):
         ax = fig.axes[0]
@@ -213,7 +213,7 @@ def _capture_ticks(monkeypatch) -> list[dict[str, object]]:
                      "y": [t.get_text() for t in ax.get_yticklabels()], "title": ax.get_title()})
         return save(fig, path, dpi, font)
 
-    monkeypatch.setattr(attention_module, "_save", recording)
+    monkeypatch.setattr(attention_module, "save_figure", recording)
     return seen
 
 
@@ -247,7 +247,7 @@ def test_the_png_is_written_for_each_family(models, name: str, tmp_path: Path, m
 
 
 def test_chinese_tokens_draw_without_missing_glyphs(models, tmp_path: Path, monkeypatch) -> None:
-    from duplexlm.eval.plots import setup_cjk_font
+    from duplexlm.plots import setup_cjk_font
 
     if setup_cjk_font() is None:
         pytest.skip("no CJK font on this machine (apt-get install fonts-wqy-microhei)")

@@ -156,7 +156,7 @@ def test_fill_mask(dirs, capsys) -> None:
     assert len(record["masks"]) == 2 and all(len(m) == 5 for m in record["masks"])
     assert all(0 <= c["score"] <= 1 for m in record["masks"] for c in m)
     code, _, err = _run(capsys, "fill-mask", "--model", dirs["bert"], "--text", "no mask here")
-    assert code == 2 and "--text: no [MASK] in 'no mask here'" in err
+    assert code == 2 and "no [MASK] in 'no mask here'" in err
     code, _, err = _run(capsys, "fill-mask", "--model", dirs["gpt2"], "--text", "[MASK]")
     assert code == 2 and "fill-mask needs an encoder with a masked-LM head" in err
 

@@ -3,7 +3,10 @@ and not, the answers' exactness, and errors mapped to the client's exceptions.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import socket
 import threading
 import time
 
@@ -17,6 +20,7 @@ from duplexlm.infer.embed import embed
 from duplexlm.infer.engine import Engine, SamplingParams
 from duplexlm.infer.predict import classify
 from duplexlm.io import load
+from duplexlm.serve.app import BATCH_PEAK_HEADER
 
 from .conftest import KEY, run_server
 
@@ -30,6 +34,13 @@ def metric(server, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def batch_steps(server) -> dict[str, float]:
+    """Engine steps so far by the number of requests they decoded together (/metrics' histogram)."""
+    one = metric(server, 'duplex_step_batch_size_bucket{le="1.0"}')
+    total = metric(server, "duplex_step_batch_size_count")
+    return {"one": one, "more than one": total - one}
 
 
 def wait_idle(server, timeout: float = 10.0) -> None:
@@ -105,22 +116,34 @@ def test_chat_streamed_equals_non_streamed_and_uses_the_chat_template(server, re
 def test_the_same_answer_alone_and_inside_a_busy_batch(server):
     client = server.client()
     ask = {"model": server.name, "prompt": "北京欢迎你", "max_tokens": 24, "temperature": 0}
-    alone = client.completions.create(**ask).choices[0].text
-    # the same greedy request again, while 12 sampled requests of other lengths share the batch
-    results: dict[int, str] = {}
-
-    def noise(i: int) -> None:
-        client.completions.create(model=server.name, prompt="hello " * (i + 1), max_tokens=30 + i, temperature=1.0,
-                                  top_p=0.9, seed=i)
-
-    threads = [threading.Thread(target=noise, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    time.sleep(0.05)
-    results[0] = client.completions.create(**ask).choices[0].text
-    for t in threads:
-        t.join()
-    assert results[0] == alone
+    wait_idle(server)
+    alone = client.completions.with_raw_response.create(**ask)
+    assert alone.headers[BATCH_PEAK_HEADER] == "1", (
+        f"on an idle server the request should run alone, found a batch peak of {alone.headers[BATCH_PEAK_HEADER]}")
+    steps_before = batch_steps(server)
+    # the same greedy request again, while 12 sampled streams of other lengths run in the batch: each has
+    # sent its first piece (so it is decoding) and has some 900 tokens to go when the request is sent
+    noise = [{"model": server.name, "prompt": "hello " * (i + 1), "max_tokens": 900, "temperature": 1.0,
+              "top_p": 0.9, "seed": i, "ignore_eos": True, "stream": True} for i in range(12)]
+    readers = []  # each stream's line iterator, kept: dropping one half-read closes its connection
+    with httpx.Client(timeout=60) as http, contextlib.ExitStack() as streams:
+        for body in noise:
+            r = streams.enter_context(http.stream("POST", f"{server.url}/v1/completions", json=body,
+                                                  headers=server.headers()))
+            assert r.status_code == 200
+            readers.append(r.iter_lines())
+            assert next(line for line in readers[-1] if line.startswith("data: {"))
+        busy = client.completions.with_raw_response.create(**ask)
+        readers.clear()
+    assert busy.parse().choices[0].text == alone.parse().choices[0].text
+    # the request really shared its decoding steps: the server's own count of the most requests decoded
+    # together while it ran, and /metrics' count of steps that decoded more than one request
+    peak = int(busy.headers[BATCH_PEAK_HEADER])
+    assert peak > 1, f"the request under test ran alone (batch peak {peak}); expected it to share the batch"
+    shared = batch_steps(server)
+    assert shared["more than one"] - steps_before["more than one"] >= 24, (
+        f"the request's 24 steps shared the batch, yet /metrics counted {steps_before} then {shared}")
+    wait_idle(server)  # the hung-up streams are aborted
 
 
 def test_seeded_sampling_is_reproducible_and_n_choices_differ(server):
@@ -218,6 +241,97 @@ def test_malformed_and_oversized_bodies(server):
     with pytest.raises(openai.APIStatusError) as e:
         server.client().completions.create(model=server.name, prompt="好" * (1 << 20), max_tokens=2)
     assert e.value.status_code == 413
+
+
+POST_ROUTES = ("/v1/attention", "/v1/chat/completions", "/v1/classify", "/v1/completions", "/v1/embeddings")
+ACCESS_LINE = re.compile(r'^INFO: +\S+ - "POST \S+ HTTP/1\.1" \d{3}')
+
+
+def test_a_body_that_is_not_json_is_415_and_broken_json_400_on_every_post_route(server):
+    doc = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    posted = tuple(sorted(path for path, item in doc["paths"].items() if "post" in item))
+    assert posted == POST_ROUTES, f"expected the POST routes {POST_ROUTES}, found {posted}: test them all"
+    log_start = len(server.log.read_bytes())
+    valid = json.dumps({"model": server.name, "prompt": "hi", "max_tokens": 2}).encode()
+    not_json = [("text/plain", b"hello"), ("text/plain; charset=utf-8", valid), ("text/plain", b""),
+                ("application/x-www-form-urlencoded", b"model=x&prompt=hi"), ("multipart/form-data; boundary=b", b"--b--")]
+    with httpx.Client(timeout=30, headers=server.headers()) as http:
+        for path in posted:
+            for content_type, body in not_json:
+                r = http.post(f"{server.url}{path}", content=body, headers={"Content-Type": content_type})
+                where = f"POST {path} with Content-Type {content_type!r}"
+                assert r.status_code == 415, f"{where}: expected 415, found {r.status_code}: {r.text}"
+                assert r.headers["content-type"] == "application/json", where
+                error = r.json()["error"]
+                assert set(error) == {"message", "type", "param", "code"}, f"{where}: {r.text}"
+                assert error["type"] == "invalid_request_error" and error["code"] == "unsupported_media_type"
+                assert content_type.split(";")[0] in error["message"] and "application/json" in error["message"]
+            # JSON that does not parse is a 400, with the JSON type or with no type at all (read as JSON)
+            for headers in ({"Content-Type": "application/json"}, {}):
+                r = http.post(f"{server.url}{path}", content=b"hello", headers=headers)
+                assert ("content-type" in r.request.headers) == bool(headers)
+                assert r.status_code == 400, f"POST {path} of 'hello' with {headers}: {r.status_code} {r.text}"
+                error = r.json()["error"]
+                assert "not valid JSON" in error["message"] and error["param"] is None, r.text
+    # nothing in the server's log but access lines (at this log level, none): no traceback
+    new = server.log.read_bytes()[log_start:].decode(errors="replace")
+    stray = [line for line in new.splitlines() if not ACCESS_LINE.match(line)]
+    assert stray == [], "the server logged more than access lines:\n" + "\n".join(stray[-40:])
+
+
+def _raw_post(server, size: int, headers: dict[str, str], *, version: str = "1.1", chunked: bool = False,
+              send_body: bool = True) -> tuple[int, dict[str, str], dict]:
+    """POST ``size`` bytes to /v1/completions the way http.client or requests do: the whole request
+    first, then the answer, read until the server closes (every call asks it to) → status, headers
+    and the JSON body. A connection reset fails the test."""
+    port = int(server.url.rsplit(":", 1)[1])
+    lines = [f"POST /v1/completions HTTP/{version}", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
+             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}",
+             *(f"{k}: {v}" for k, v in {**server.headers(), **headers}.items())]
+    piece, sent, data = b"x" * (1 << 16), 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        try:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            while send_body and sent < size:
+                n = min(len(piece), size - sent)
+                sock.sendall(b"%x\r\n%s\r\n" % (n, piece[:n]) if chunked else piece[:n])
+                sent += n
+            if chunked and send_body:
+                sock.sendall(b"0\r\n\r\n")
+            while more := sock.recv(1 << 16):
+                data += more
+        except (ConnectionResetError, BrokenPipeError) as e:
+            pytest.fail(f"{version} {headers} chunked={chunked}: the connection was reset ({e!r}) after {sent} of "
+                        f"{size} body bytes and {len(data)} bytes of answer; expected the server's answer")
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), fields, json.loads(body)
+
+
+def test_a_20_mb_body_gets_the_413_not_a_connection_reset(server):
+    size = 20 << 20
+    for kwargs in ({"headers": {"Connection": "close"}}, {"headers": {}, "version": "1.0"},
+                   {"headers": {"Connection": "close"}, "chunked": True}):
+        status, _, body = _raw_post(server, size, **kwargs)
+        assert status == 413 and body["error"]["code"] == "request_too_large", (kwargs, status, body)
+        assert f"found {size} bytes" in body["error"]["message"], body
+    # refused before the body is read (a wrong key): the body is read all the same, then the 401
+    status, _, body = _raw_post(server, 5 << 20, {"Connection": "close", "Authorization": "Bearer wrong"})
+    assert status == 401 and body["error"]["code"] == "invalid_api_key", (status, body)
+    # a client that waits to be asked for its body is answered at once, and told the connection closes
+    status, fields, body = _raw_post(server, size, {"Expect": "100-continue"}, send_body=False)
+    assert status == 413 and fields.get("connection") == "close", (status, fields, body)
+    # httpx, keeping the connection open or not, and the official client
+    content = json.dumps({"model": server.name, "prompt": "x" * size}).encode()
+    for headers in ({}, {"Connection": "close"}):
+        r = httpx.post(f"{server.url}/v1/completions", content=content, timeout=60,
+                       headers={**server.headers(), "Content-Type": "application/json", **headers})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", (headers, r.text[:300])
+    with pytest.raises(openai.APIStatusError) as e:
+        server.client().completions.create(model=server.name, prompt="x" * size, max_tokens=2)
+    assert e.value.status_code == 413 and e.value.code == "request_too_large"
+    assert server.client().completions.create(model=server.name, prompt="hi", max_tokens=2).choices
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_rows(server):

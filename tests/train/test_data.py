@@ -7,7 +7,7 @@ import random
 import pytest
 
 from duplexlm.errors import DataError
-from duplexlm.train.data import ExampleSampler
+from duplexlm.train.samplers import ExampleSampler
 
 
 def _examples(n: int = 200, seed: int = 0) -> tuple[list[list[int]], list[int]]:

@@ -7,18 +7,13 @@ import pytest
 import torch
 
 from duplexlm.config import DecoderConfig
+from duplexlm.data.examples import encode_chat
 from duplexlm.models import build_model
+from duplexlm.objectives import IGNORE_INDEX, LossOptions
+from duplexlm.objectives.generative import packed_mask, sft_forward, sft_loss
 from duplexlm.tokenizer import CHATML_TEMPLATE, Tokenizer, ensure_chat_tokens, train_tokenizer
-from duplexlm.train.generative import (
-    PackedSampler,
-    encode_chat,
-    grow_vocab,
-    pack,
-    packed_mask,
-    sft_forward,
-    sft_loss,
-)
-from duplexlm.train.objectives import IGNORE_INDEX, LossOptions
+from duplexlm.train.build import grow_vocab
+from duplexlm.train.samplers import PackedSampler, pack
 
 LINES = ["我爱北京天安门", "北京欢迎你", "今天天气很好", "你好，世界", "hello world", "the cat sat on the mat",
          "请把这句话翻译成英文", "正面", "负面", "这个酒店很干净"] * 20

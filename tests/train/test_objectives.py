@@ -13,12 +13,9 @@ from tokenizers import models as tk_models
 
 from duplexlm.models import build_model
 from duplexlm.models.seq2seq import shift_right
-from duplexlm.presets import get_preset
-from duplexlm.tokenizer import Tokenizer
-from duplexlm.train.objectives import (
+from duplexlm.objectives import (
     IGNORE_INDEX,
     ObjectiveTokens,
-    _random_segmentation,
     chunk_length,
     clm_batch,
     compute_loss,
@@ -28,6 +25,9 @@ from duplexlm.train.objectives import (
     span_batch,
     span_lengths,
 )
+from duplexlm.objectives.pretraining import _random_segmentation
+from duplexlm.presets import get_preset
+from duplexlm.tokenizer import Tokenizer
 
 V = 8000
 SPECIALS = {0, 1, 2, 3, 4}  # pad, eos/sep, cls, unk, mask
@@ -526,7 +526,7 @@ def test_mlm_loss_on_masked_positions_equals_the_full_logits_loss():
 
 
 def test_rtd_batch_masks_every_chosen_position_and_rows_are_independent():
-    from duplexlm.train.objectives import rtd_batch
+    from duplexlm.objectives import rtd_batch
 
     kw = dict(mask_token_id=4, vocab_size=100, special_ids={0, 1, 2, 3, 4}, cls_token_id=2, sep_token_id=3,
               mask_prob=0.3)
@@ -573,7 +573,7 @@ def test_rtd_generator_samples_by_inverse_cdf():
 
 def test_rtd_loss_learns_and_fine_tuning_drops_the_generator(tmp_path):
     from duplexlm.io import save_model
-    from duplexlm.train.objectives import rtd_batch, rtd_loss
+    from duplexlm.objectives import rtd_batch, rtd_loss
 
     model = _rtd_model(norm_position="pre")
     batch = rtd_batch(torch.randint(5, 50, (8, 14), generator=torch.Generator().manual_seed(1)),

@@ -199,9 +199,9 @@ def test_finetune_command_takes_sft(chat_files, pd_corpus, tmp_path, capsys):
 
 def test_example_reduction_splits_across_micro_batches_as_one_batch(chat_files, pd_corpus, tmp_path):
     """loss_reduction=example: each conversation weighs the same, however the batch is split."""
-    from duplexlm.train.generative import sft_loss
+    from duplexlm.objectives import LossOptions
+    from duplexlm.objectives.generative import sft_loss
     from duplexlm.train.loop import cleanup, make_batch, setup, train_step
-    from duplexlm.train.objectives import LossOptions
 
     def first_steps(out: Path, *extra: str) -> tuple[list[float], dict, float]:
         run = setup(_cfg(chat_files, pd_corpus / "tok", out, "max_steps=3", "loss_reduction=example",

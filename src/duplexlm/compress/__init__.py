@@ -17,15 +17,7 @@ loaded back by :func:`duplexlm.load`; ``duplex quantize`` on the command line.
 
 from __future__ import annotations
 
-from .pruning import (
-    PruneInfo,
-    PruneReport,
-    keep_sparsity,
-    magnitude_modules,
-    prune,
-    prune_model,
-)
-from .qlinear import (
+from ..models.qlinear import (
     DEFAULT_GROUP_SIZE,
     METHODS,
     QuantEmbedding,
@@ -37,6 +29,14 @@ from .qlinear import (
     quantize_int4,
     quantize_int8,
     unpack_int4,
+)
+from .pruning import (
+    PruneInfo,
+    PruneReport,
+    keep_sparsity,
+    magnitude_modules,
+    prune,
+    prune_model,
 )
 from .quantization import (
     FORMAT,

@@ -75,10 +75,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..config import PRUNING_IMPORTANCE, PRUNING_METHODS
 from ..errors import ConfigError, ModelError
 from ..models.layers import MLP, Attention, RelativePositionBias
-from .qlinear import QuantLinear
+from ..models.qlinear import QuantLinear
+from ..units import format_bytes, format_count
 from .quantization import (
-    _count,
-    _mib,
     aligned,
     check_source,
     logit_gap,
@@ -646,9 +645,9 @@ class PruneReport:
             "method": self.method,
             "sparsity": f"{self.sparsity:.0%}",
             "reached": ", ".join(f"{k} {v:.1%}" for k, v in self.reached.items()),
-            "parameters": f"{_count(self.parameters_before)} → {_count(self.parameters_after)}",
-            "size before": _mib(self.bytes_before),
-            "size after": _mib(self.bytes_after),
+            "parameters": f"{format_count(self.parameters_before)} → {format_count(self.parameters_after)}",
+            "size before": format_bytes(self.bytes_before),
+            "size after": format_bytes(self.bytes_after),
             "after/before": f"{self.size_ratio:.1%}",
             "max |Δlogits|": f"{self.max_abs_dlogits:.3g}",
             "mean |Δlogits|": f"{self.mean_abs_dlogits:.3g}",

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelDirectoryError
 from ..fileutil import atomic_write, write_json
+from ..units import format_bytes, format_count
 from .quantization import quantization_spec, quantized_parameters, weight_bytes
 
 REPORT_JSON = "compression_report.json"
@@ -353,7 +354,7 @@ def quality_change(metric: str, new: float, old: float) -> tuple[float, str]:
     >>> quality_change("perplexity", 25.0, 20.0)
     (25.0, '%')
     """
-    from ..eval.metrics import higher_is_better
+    from ..scores.labels import higher_is_better
 
     try:
         higher = higher_is_better(metric)
@@ -387,19 +388,6 @@ def ratios(row: ModelRow, base: ModelRow) -> dict[str, Any]:
             changes[k] = {"change": change, "unit": unit}
     return {"size": div(row.file_bytes, base.file_bytes), "latency_speedup": div(base.latency_ms, row.latency_ms),
             "throughput_speedup": div(row.throughput_seqs, base.throughput_seqs), "quality": changes}
-
-
-def _count(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def _bytes(n: int) -> str:
-    if n >= 2**20:
-        return f"{n / 2**20:,.2f} MiB"
-    return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} B"
 
 
 def _num(x: float) -> str:
@@ -438,7 +426,7 @@ def compare(rows: Sequence[ModelRow]) -> list[str]:
     base = rows[0]
     for i, r in enumerate(rows):
         family = r.family + (f", {r.quantization}" if r.quantization else "")
-        cells = [r.name, family, _count(r.parameters), _bytes(r.file_bytes), _num(r.latency_ms),
+        cells = [r.name, family, format_count(r.parameters), format_bytes(r.file_bytes), _num(r.latency_ms),
                  _num(r.throughput_seqs), _num(r.throughput_tokens)]
         cells += [f"{r.quality[m]:.4f}" if m in r.quality and abs(r.quality[m]) < 10 else
                   _num(r.quality[m]) if m in r.quality else "—" for m in metrics]

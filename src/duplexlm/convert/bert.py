@@ -25,8 +25,9 @@ from torch import Tensor
 
 from ..config import EncoderConfig
 from ..errors import ConfigError, ModelError, UnsupportedModelError
+from ..fileutil import independent
 from ..models.encoder import Encoder
-from .common import OUR_ACTIVATIONS, activation_from_hf, independent, labels_from_hf, labels_to_hf
+from .common import OUR_ACTIVATIONS, activation_from_hf, labels_from_hf, labels_to_hf
 
 # ours → BERT, outside the blocks; BERT's backbone keys get the ``bert.`` prefix in headed models
 _BACKBONE = {
@@ -37,7 +38,7 @@ _BACKBONE = {
     "embed_norm.bias": "embeddings.LayerNorm.bias",
 }
 _POOLER = {"pooler.weight": "pooler.dense.weight", "pooler.bias": "pooler.dense.bias"}
-_LAYER = {  # ours → BERT, inside block i (``encoder.layer.{i}.``); q/k/v are handled apart
+LAYER = {  # ours → BERT, inside block i (``encoder.layer.{i}.``); q/k/v are handled apart
     "attn.proj": "attention.output.dense",
     "norm_1": "attention.output.LayerNorm",
     "mlp.up": "intermediate.dense",
@@ -132,7 +133,7 @@ def _key_map(config: EncoderConfig) -> dict[str, str]:
     if config.pooler:
         keys.update(_POOLER)
     for i in range(config.n_layer):
-        for ours, theirs in _LAYER.items():
+        for ours, theirs in LAYER.items():
             for kind in ("weight", "bias"):
                 keys[f"blocks.{i}.{ours}.{kind}"] = f"encoder.layer.{i}.{theirs}.{kind}"
     keys.update(_HEADS[config.head])

@@ -78,19 +78,5 @@ def check_all_used(state_dict: dict[str, Tensor], model: str, ignore: Iterable[s
                          f"{extra[:8]}{' ...' if len(extra) > 8 else ''}")
 
 
-def independent(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Contiguous tensors that share no storage: what safetensors requires."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in state_dict.items():
-        v = v.detach().contiguous()
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen:
-            v = v.clone()
-        seen.add(v.untyped_storage().data_ptr())
-        out[k] = v
-    return out
-
-
 def fuse(*tensors: Tensor) -> Tensor:
     return torch.cat(tensors, dim=0)

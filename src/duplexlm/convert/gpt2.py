@@ -9,18 +9,18 @@ from torch import Tensor
 
 from ..config import DecoderConfig
 from ..errors import UnsupportedModelError
+from ..fileutil import independent
 from .common import (
     OUR_ACTIVATIONS,
     activation_from_hf,
     check_all_used,
-    independent,
     labels_from_hf,
     labels_to_hf,
     strip_prefix,
     take,
 )
 
-_LAYER = {  # ours → GPT-2, inside block i
+LAYER = {  # ours → GPT-2, inside block i
     "norm_1": "ln_1", "norm_2": "ln_2",
     "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
     "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj",
@@ -57,7 +57,7 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[DecoderConf
     sd = strip_prefix(state_dict, ["transformer."])
     out: dict[str, Tensor] = {"embed.weight": take(sd, "wte.weight"), "pos_embed.weight": take(sd, "wpe.weight")}
     for i in range(config.n_layer):
-        for ours, theirs in _LAYER.items():
+        for ours, theirs in LAYER.items():
             for kind in ("weight", "bias"):
                 t = take(sd, f"h.{i}.{theirs}.{kind}")
                 out[f"blocks.{i}.{ours}.{kind}"] = t.t() if kind == "weight" and ours in _CONV1D else t
@@ -99,7 +99,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     sd = dict(state_dict)
     out = {f"{prefix}wte.weight": take(sd, "embed.weight"), f"{prefix}wpe.weight": take(sd, "pos_embed.weight")}
     for i in range(c.n_layer):
-        for ours, theirs in _LAYER.items():
+        for ours, theirs in LAYER.items():
             for kind in ("weight", "bias"):
                 t = take(sd, f"blocks.{i}.{ours}.{kind}")
                 out[f"{prefix}h.{i}.{theirs}.{kind}"] = t.t() if kind == "weight" and ours in _CONV1D else t

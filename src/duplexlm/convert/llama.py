@@ -10,12 +10,12 @@ from torch import Tensor
 
 from ..config import DecoderConfig
 from ..errors import UnsupportedModelError
+from ..fileutil import independent
 from .common import (
     OUR_ACTIVATIONS,
     activation_from_hf,
     check_all_used,
     fuse,
-    independent,
     labels_from_hf,
     labels_to_hf,
     strip_prefix,
@@ -23,7 +23,7 @@ from .common import (
 )
 
 _NORMS = {"norm_1": "input_layernorm", "norm_2": "post_attention_layernorm"}
-_MLP = {"mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj", "mlp.down": "mlp.down_proj"}
+MLP = {"mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj", "mlp.down": "mlp.down_proj"}
 _HEADS = {"ForCausalLM": "lm", "Model": "none", "ForSequenceClassification": "classify"}
 
 
@@ -80,7 +80,7 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[DecoderConf
         out[f"{q}attn.proj.weight"] = take(sd, f"{p}self_attn.o_proj.weight")
         if c.out_bias:
             out[f"{q}attn.proj.bias"] = take(sd, f"{p}self_attn.o_proj.bias")
-        for ours, theirs in _MLP.items():
+        for ours, theirs in MLP.items():
             out[f"{q}{ours}.weight"] = take(sd, f"{p}{theirs}.weight")
             if c.mlp_bias:
                 out[f"{q}{ours}.bias"] = take(sd, f"{p}{theirs}.bias")
@@ -142,7 +142,7 @@ def to_hf(config: DecoderConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
         out[f"{p}self_attn.o_proj.weight"] = take(sd, f"{q}attn.proj.weight")
         if c.out_bias:
             out[f"{p}self_attn.o_proj.bias"] = take(sd, f"{q}attn.proj.bias")
-        for ours, theirs in _MLP.items():
+        for ours, theirs in MLP.items():
             out[f"{p}{theirs}.weight"] = take(sd, f"{q}{ours}.weight")
             if c.mlp_bias:
                 out[f"{p}{theirs}.bias"] = take(sd, f"{q}{ours}.bias")

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..config import Seq2SeqConfig
 from ..errors import ModelError, UnsupportedModelError
-from .common import HF_ACTIVATIONS, OUR_ACTIVATIONS, fuse, independent, take
+from ..fileutil import independent
+from .common import HF_ACTIVATIONS, OUR_ACTIVATIONS, fuse, take
 
 _HEADS = {"T5ForConditionalGeneration": "lm", "T5Model": "none"}
 _ARCHITECTURES = {"lm": "T5ForConditionalGeneration", "none": "T5Model"}
@@ -86,7 +87,7 @@ def _scales_output(hf: dict) -> bool:
     return hf.get("tie_word_embeddings", True) is not False
 
 
-def _layer_map(i: int, decoder: bool, gated: bool) -> dict[str, str | tuple[str, ...]]:
+def layer_map(i: int, decoder: bool, gated: bool) -> dict[str, str | tuple[str, ...]]:
     """Ours → HF names inside block i (ours ``blocks.i.``, theirs ``block.i.``); a tuple is fused."""
     ff = 2 if decoder else 1
     names: dict[str, str | tuple[str, ...]] = {
@@ -109,7 +110,7 @@ def _layer_map(i: int, decoder: bool, gated: bool) -> dict[str, str | tuple[str,
     return names
 
 
-def _stacks(config: Seq2SeqConfig) -> list[tuple[str, int, bool]]:
+def stacks(config: Seq2SeqConfig) -> list[tuple[str, int, bool]]:
     return [("encoder", config.n_layer, False), ("decoder", config.n_decoder_layer, True)]
 
 
@@ -127,11 +128,11 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> tuple[Seq2SeqConf
     if embed is None:
         raise ModelError("checkpoint: missing tensor 'shared.weight'")
     out: dict[str, Tensor] = {"embed.weight": embed}
-    for stack, n_layer, decoder in _stacks(config):
+    for stack, n_layer, decoder in stacks(config):
         out[f"{stack}.rel_bias.embedding.weight"] = take(
             sd, f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
         for i in range(n_layer):
-            for ours, theirs in _layer_map(i, decoder, config.gated_mlp).items():
+            for ours, theirs in layer_map(i, decoder, config.gated_mlp).items():
                 if isinstance(theirs, tuple):
                     t = fuse(*(take(sd, f"{stack}.block.{i}.{name}") for name in theirs))
                 else:
@@ -163,7 +164,7 @@ def _check_shapes(config: Seq2SeqConfig, sd: dict[str, Tensor]) -> None:
     c = config
     inner = c.n_head * c.head_dim
     expected = {"embed.weight": (c.vocab_size, c.d_model)}
-    for stack, _, _ in _stacks(c):
+    for stack, _, _ in stacks(c):
         expected[f"{stack}.rel_bias.embedding.weight"] = (c.relative_buckets, c.n_head)
         expected[f"{stack}.blocks.0.attn.qkv.weight"] = (3 * inner, c.d_model)
         expected[f"{stack}.blocks.0.mlp.up.weight"] = (c.d_ff, c.d_model)
@@ -196,11 +197,11 @@ def to_hf(config: Seq2SeqConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     sd = dict(state_dict)
     inner = c.n_head * c.head_dim
     out: dict[str, Tensor] = {"shared.weight": take(sd, "embed.weight")}
-    for stack, n_layer, decoder in _stacks(c):
+    for stack, n_layer, decoder in stacks(c):
         out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = take(
             sd, f"{stack}.rel_bias.embedding.weight")
         for i in range(n_layer):
-            for ours, theirs in _layer_map(i, decoder, c.gated_mlp).items():
+            for ours, theirs in layer_map(i, decoder, c.gated_mlp).items():
                 t = take(sd, f"{stack}.blocks.{i}.{ours}")
                 if isinstance(theirs, tuple):
                     for name, part in zip(theirs, t.split(inner, dim=0), strict=True):

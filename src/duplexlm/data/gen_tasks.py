@@ -18,7 +18,7 @@ SFT files are JSON lines (``.jsonl``/``.ndjson``), each in one of two forms:
   assistant turn is a training target.
 
 Either form may carry a ``task`` string (it names the metrics of
-:func:`duplexlm.eval.generation.score_generations`).
+:func:`duplexlm.scores.text.score_generations`).
 
 Seq2seq files are ``.jsonl``/``.ndjson`` (fields are dotted paths), ``.csv``, ``.tsv`` or ``.parquet``,
 read by :mod:`duplexlm.data.tasks`'s record readers, with the fields ``source_field`` and
@@ -43,30 +43,30 @@ import importlib.util
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError, did_you_mean
-from ..eval.metrics import extract_entities
-from .corpus import _json_type
+from ..scores.labels import extract_entities
+from ..scores.text import ENTITY_LABELS, NO_ENTITY, SENTIMENT_ANSWERS, format_entities
+from .corpus import json_type
 from .tasks import (
     CSV_SUFFIXES,
     JSONL_SUFFIXES,
     PARQUET_SUFFIXES,
     SPLITS,
     TSV_SUFFIXES,
-    _get,
-    _jsonl_records,
-    _kind_of,
-    _peoples_daily_ner,
-    _read_peoples_daily,
-    _records,
-    _reviews_zh,
-    _shown,
-    _split,
-    _where,
+    get_field,
+    jsonl_records,
+    kind_of,
+    peoples_daily_ner,
+    read_peoples_daily,
+    read_records,
+    reviews_zh,
+    shown_value,
+    split_three,
+    where_in,
 )
 
 GenKind = Literal["sft", "seq2seq"]
@@ -74,15 +74,6 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 ZH_TASKS: tuple[str, ...] = ("情感判断", "翻译", "转繁体", "实体识别")
 """The tasks of the built-in ``zh-tasks``, in the order their examples are listed."""
-
-SENTIMENT_ANSWERS: dict[str, str] = {"positive": "正面", "negative": "负面"}
-"""reviews-zh label → the answer of the ``情感判断`` task."""
-
-ENTITY_LABELS: dict[str, str] = {"PER": "人名", "LOC": "地名", "ORG": "机构名"}
-"""Entity type → its name in the ``实体识别`` answer, in the answer's order."""
-
-NO_ENTITY = "无"
-"""What the ``实体识别`` answer writes for a type with no entity."""
 
 BUILTIN_SFT: dict[str, str] = {
     "zh-tasks": "chat: four Chinese tasks with short, parseable answers (情感判断 from reviews-zh, 翻译 from "
@@ -173,7 +164,7 @@ class PairExample:
     """One source → target pair for an encoder-decoder. ``source_text`` already carries the prefix
     given to :func:`load_seq2seq_data`; ``where`` is ``file:line`` (``cedict-en-zh:EnWords.csv:12``
     for built-ins); ``task`` names the metrics of
-    :func:`~duplexlm.eval.generation.score_generations` (``翻译`` for ``cedict-en-zh``, ``转繁体`` for
+    :func:`~duplexlm.scores.text.score_generations` (``翻译`` for ``cedict-en-zh``, ``转繁体`` for
     ``s2t``, ``None`` for files)."""
 
     source_text: str
@@ -192,30 +183,6 @@ class GenData:
     kind: GenKind
     splits: dict[str, list[Any]]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Answer formats (the parsers are in duplexlm.eval.generation)
-
-
-def format_entities(entities: Iterable[tuple[str, str]]) -> str:
-    """The ``实体识别`` answer for ``(type, text)`` entities (types ``PER``, ``LOC``, ``ORG``).
-
-    Always the three types, in that order: ``人名：…；地名：…；机构名：…``, each type's names in order
-    of first appearance, repeats written once, joined by ``、``; a type with none is ``无``. The names
-    of People's Daily contain none of ``：；、`` and none is exactly ``无`` (``无锡`` is fine), so
-    :func:`duplexlm.eval.generation.parse_entities` reads every answer back to the same set.
-
-    >>> format_entities([("PER", "江泽民"), ("LOC", "北京"), ("PER", "李鹏"), ("LOC", "北京")])
-    '人名：江泽民、李鹏；地名：北京；机构名：无'
-    """
-    names: dict[str, list[str]] = {t: [] for t in ENTITY_LABELS}
-    for typ, text in entities:
-        if typ not in names:
-            raise DataError(f"entity {text!r}: expected a type {', '.join(ENTITY_LABELS)}, found {typ!r}")
-        if text not in names[typ]:
-            names[typ].append(text)
-    return "；".join(f"{label}：{'、'.join(names[t]) or NO_ENTITY}" for t, label in ENTITY_LABELS.items())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -322,7 +289,7 @@ def _read_cedict() -> tuple[tuple[PairExample, ...], dict[str, Any]]:
 
 def _cedict_en_zh(seed: int) -> tuple[dict[str, list[PairExample]], dict[str, Any]]:
     pairs, stats = _read_cedict()
-    return dict(zip(SPLITS, _split(list(pairs), random.Random(seed)))), copy.deepcopy(stats)
+    return dict(zip(SPLITS, split_three(list(pairs), random.Random(seed)))), copy.deepcopy(stats)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,7 +309,7 @@ def _opencc(config: str) -> Any:
 def _read_s2t() -> tuple[dict[str, tuple[str, str]], dict[str, Any]]:
     """People's Daily NER source → (simplified, traditional) for lines of at most S2T_MAX_CHARS
     characters, and stats. Converted once per process (19,000 lines, about a second)."""
-    examples, _, _ = _read_peoples_daily()
+    examples, _, _ = read_peoples_daily()
     converter = _opencc("s2t")
     table: dict[str, tuple[str, str]] = {}
     too_long = changed = 0
@@ -363,7 +330,7 @@ def _s2t(seed: int) -> tuple[dict[str, list[PairExample]], dict[str, Any]]:
     """The pairs, split as ``peoples-daily-ner`` is with the same seed: a sentence is in the same split
     in ``s2t``, in ``peoples-daily-ner`` and in both zh-tasks made from them."""
     table, stats = _read_s2t()
-    ner_splits, _, _ = _peoples_daily_ner(seed)
+    ner_splits, _, _ = peoples_daily_ner(seed)
     splits: dict[str, list[PairExample]] = {}
     for split, part in ner_splits.items():
         splits[split] = [PairExample(*table[e.source], "转繁体", "s2t:" + e.source.removeprefix("peoples-daily-ner:"))
@@ -380,7 +347,7 @@ def _zh_items(task: str, seed: int) -> dict[str, list[tuple[str, str, str]]]:
     limit = _ZH_MAX_CHARS.get(task)
     out: dict[str, list[tuple[str, str, str]]] = {}
     if task == "情感判断":
-        reviews, _, _ = _reviews_zh(seed)
+        reviews, _, _ = reviews_zh(seed)
         for split, part in reviews.items():
             out[split] = [(str(e.text), SENTIMENT_ANSWERS[str(e.label)], e.source) for e in part]
     elif task == "翻译":
@@ -392,7 +359,7 @@ def _zh_items(task: str, seed: int) -> dict[str, list[tuple[str, str, str]]]:
         for split, part in pairs.items():
             out[split] = [(p.source_text, p.target, p.where) for p in part]
     else:
-        ner, _, _ = _peoples_daily_ner(seed)
+        ner, _, _ = peoples_daily_ner(seed)
         for split, part in ner.items():
             items = []
             for e in part:
@@ -438,7 +405,7 @@ def _zh_tasks_cached(seed: int, train_per_task: int, eval_per_task: int
 
 def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 200) -> GenData:
     """The built-in ``zh-tasks``: chat examples of four Chinese tasks whose answers are short and
-    parseable (:func:`duplexlm.eval.generation.score_generations` scores each).
+    parseable (:func:`duplexlm.scores.text.score_generations` scores each).
 
     - ``情感判断``: a review of ``reviews-zh`` (at most 200 characters) → ``正面`` or ``负面``.
     - ``翻译``: an English headword of ``cedict-en-zh`` → its Chinese gloss (:func:`clean_gloss`).
@@ -484,8 +451,8 @@ def _text(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) 
                         f"(keys: {', '.join(obj) or 'none'})")
     value = obj[key]
     if not isinstance(value, str):
-        raise DataError(f"{where}: expected a string in field {key!r}, found a JSON {_json_type(value)} "
-                        f"({_shown(value)})")
+        raise DataError(f"{where}: expected a string in field {key!r}, found a JSON {json_type(value)} "
+                        f"({shown_value(value)})")
     if not optional and not value.strip():
         raise DataError(f"{where}: expected a non-empty text in field {key!r}, found {value!r}")
     return value
@@ -494,18 +461,18 @@ def _text(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) 
 def _message(value: Any, where: str, i: int) -> dict[str, str]:
     at = f"{where}: messages[{i}]"
     if not isinstance(value, dict):
-        raise DataError(f"{at}: expected an object with 'role' and 'content', found a JSON {_json_type(value)} "
-                        f"({_shown(value)})")
+        raise DataError(f"{at}: expected an object with 'role' and 'content', found a JSON {json_type(value)} "
+                        f"({shown_value(value)})")
     for key in ("role", "content"):
         if key not in value:
             raise DataError(f"{at}: expected a field {key!r}, found none (keys: {', '.join(value) or 'none'})")
     role, content = value["role"], value["content"]
     if not isinstance(role, str) or role not in ROLES:
         hint = did_you_mean(role, ROLES) if isinstance(role, str) else ""
-        raise DataError(f"{at}: expected the role 'system', 'user' or 'assistant', found {_shown(role)}{hint}")
+        raise DataError(f"{at}: expected the role 'system', 'user' or 'assistant', found {shown_value(role)}{hint}")
     if not isinstance(content, str):
-        raise DataError(f"{at}: expected a string as the {role}'s content, found a JSON {_json_type(content)} "
-                        f"({_shown(content)})")
+        raise DataError(f"{at}: expected a string as the {role}'s content, found a JSON {json_type(content)} "
+                        f"({shown_value(content)})")
     if not content.strip():
         raise DataError(f"{at}: expected a non-empty {role} content, found {content!r}")
     return {"role": role, "content": content}
@@ -514,7 +481,7 @@ def _message(value: Any, where: str, i: int) -> dict[str, str]:
 def _chat_messages(value: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(value, list):
         raise DataError(f"{where}: expected 'messages' to be a list of {{role, content}} objects, found a JSON "
-                        f"{_json_type(value)} ({_shown(value)})")
+                        f"{json_type(value)} ({shown_value(value)})")
     if not value:
         raise DataError(f"{where}: expected at least one user and one assistant message, found an empty "
                         "'messages' list")
@@ -539,7 +506,7 @@ def _chat_messages(value: Any, where: str) -> list[dict[str, str]]:
 def _sft_example(obj: dict[str, Any], where: str) -> ChatExample:
     task = obj.get("task")
     if task is not None and not isinstance(task, str):
-        raise DataError(f"{where}: expected a string in field 'task', found a JSON {_json_type(task)} ({_shown(task)})")
+        raise DataError(f"{where}: expected a string in field 'task', found a JSON {json_type(task)} ({shown_value(task)})")
     has_chat, has_alpaca = "messages" in obj, "output" in obj
     if has_chat and has_alpaca:
         raise DataError(f"{where}: expected either 'messages' (chat form) or 'instruction'/'output' (Alpaca form), "
@@ -561,7 +528,7 @@ def _sft_example(obj: dict[str, Any], where: str) -> ChatExample:
 
 
 def _read_sft_file(path: Path, name: str) -> list[ChatExample]:
-    examples = [_sft_example(obj, _where(name, line)) for line, obj in _jsonl_records(path, name)]
+    examples = [_sft_example(obj, where_in(name, line)) for line, obj in jsonl_records(path, name)]
     if not examples:
         raise DataError(f"{name}: expected at least one example, found none")
     return examples
@@ -585,11 +552,11 @@ def _check_field(flag: str, value: Any) -> str:
 
 
 def _pair_text(row: dict[str, Any], name: str, where: str, dotted: bool) -> str:
-    value, why = _get(row, name, dotted)
+    value, why = get_field(row, name, dotted)
     if why is not None:
         raise DataError(f"{where}: expected a field {name!r}, found {why}")
     if not isinstance(value, str):
-        raise DataError(f"{where}: expected a string in field {name!r}, found a {_kind_of(value)} ({_shown(value)})")
+        raise DataError(f"{where}: expected a string in field {name!r}, found a {kind_of(value)} ({shown_value(value)})")
     if not value.strip():
         raise DataError(f"{where}: expected a non-empty text in field {name!r}, found {value!r}")
     return value
@@ -598,8 +565,8 @@ def _pair_text(row: dict[str, Any], name: str, where: str, dotted: bool) -> str:
 def _read_pairs_file(path: Path, name: str, source_field: str, target_field: str) -> list[PairExample]:
     dotted = path.suffix.lower() not in CSV_SUFFIXES + TSV_SUFFIXES
     out = []
-    for line, row in _records(path, name):
-        where = _where(name, line)
+    for line, row in read_records(path, name):
+        where = where_in(name, line)
         out.append(PairExample(_pair_text(row, source_field, where, dotted),
                                _pair_text(row, target_field, where, dotted), None, where))
     if not out:

@@ -47,13 +47,13 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError
-from .corpus import Source, SourceStats, _builtin_sources, _field, _json_type, _Reader
+from .corpus import RecordReader, Source, SourceStats, builtin_sources, json_type, record_field
 
 Task = Literal["classify", "regress", "tag"]
 TASKS: tuple[str, ...] = ("classify", "regress", "tag")
@@ -123,13 +123,13 @@ class TaskData:
 # Records: (line, row) from each file format
 
 
-def _where(path: str, line: int | None) -> str:
+def where_in(path: str, line: int | None) -> str:
     return path if line is None else f"{path}:{line}"
 
 
 def _lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
     """Decoded lines (UTF-8, a byte-order mark dropped), with corpus.py's ``file:line`` errors."""
-    reader = _Reader(Source(name, path, "text"), SourceStats(name, str(path)), "raise")
+    reader = RecordReader(Source(name, path, "text"), SourceStats(name, str(path)), "raise")
     yield from reader.lines()
 
 
@@ -154,33 +154,33 @@ def _csv_records(path: Path, name: str, delimiter: str) -> Iterator[tuple[int, d
         except StopIteration:
             return
         except csv.Error as e:
-            raise DataError(f"{_where(name, start)}: expected a {kind} row, found a malformed one ({e})") from e
+            raise DataError(f"{where_in(name, start)}: expected a {kind} row, found a malformed one ({e})") from e
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if header is None:
             header = [h.strip() for h in row]
             dupes = sorted(h for h, n in Counter(header).items() if n > 1)
             if dupes:
-                raise DataError(f"{_where(name, start)}: expected a {kind} header of distinct column names, "
+                raise DataError(f"{where_in(name, start)}: expected a {kind} header of distinct column names, "
                                 f"found {', '.join(map(repr, dupes))} more than once")
             continue
         if len(row) != len(header):
-            raise DataError(f"{_where(name, start)}: expected {len(header)} {kind} fields (as in the header "
+            raise DataError(f"{where_in(name, start)}: expected {len(header)} {kind} fields (as in the header "
                             f"{', '.join(header)}), found {len(row)}")
         yield start, dict(zip(header, row))
 
 
-def _jsonl_records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in _lines(path, name):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{_where(name, lineno)}: expected a JSON object, found invalid JSON "
+            raise DataError(f"{where_in(name, lineno)}: expected a JSON object, found invalid JSON "
                             f"({e.msg} at column {e.colno})") from e
         if not isinstance(obj, dict):
-            raise DataError(f"{_where(name, lineno)}: expected a JSON object, found a JSON {_json_type(obj)}")
+            raise DataError(f"{where_in(name, lineno)}: expected a JSON object, found a JSON {json_type(obj)}")
         yield lineno, obj
 
 
@@ -201,14 +201,14 @@ def _parquet_records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any
         raise DataError(f"{name}: expected a Parquet file, found one pyarrow cannot read: {e}") from e
 
 
-def _records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_records(path: Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
         return _csv_records(path, name, ",")
     if suffix in TSV_SUFFIXES:
         return _csv_records(path, name, "\t")
     if suffix in JSONL_SUFFIXES:
-        return _jsonl_records(path, name)
+        return jsonl_records(path, name)
     if suffix in PARQUET_SUFFIXES:
         return _parquet_records(path, name)
     raise AssertionError(suffix)  # _check_suffix ran first
@@ -229,23 +229,23 @@ def _split_fields(name: str, value: Any) -> list[str]:
     return parts
 
 
-def _get(row: dict[str, Any], name: str, dotted: bool) -> tuple[Any, str | None]:
+def get_field(row: dict[str, Any], name: str, dotted: bool) -> tuple[Any, str | None]:
     if not dotted:  # a CSV/TSV column: its name as written, dots and all
         if name in row:
             return row[name], None
         return None, f"no column {name!r} (columns: {', '.join(row) or 'none'})"
-    return _field(row, name)
+    return record_field(row, name)
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """A value as a message shows it: a string quoted, anything else as JSON; at most about 40 characters."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = text if len(text) <= 40 else text[:37] + "..."
     return repr(text) if isinstance(value, str) else text
 
 
-def _kind_of(value: Any) -> str:
-    return _json_type(value) if not isinstance(value, tuple) else "array"
+def kind_of(value: Any) -> str:
+    return json_type(value) if not isinstance(value, tuple) else "array"
 
 
 class _Parser:
@@ -255,7 +255,7 @@ class _Parser:
         self.task, self.text_fields, self.label_fields = task, text_fields, label_fields
 
     def fetch(self, row: dict[str, Any], name: str, where: str, dotted: bool) -> Any:
-        value, why = _get(row, name, dotted)
+        value, why = get_field(row, name, dotted)
         if why is not None:
             raise DataError(f"{where}: expected a field {name!r}, found {why}")
         return value
@@ -266,7 +266,7 @@ class _Parser:
             value = self.fetch(row, name, where, dotted)
             if not isinstance(value, str):
                 raise DataError(f"{where}: expected a string in field {name!r}, found a "
-                                f"{_kind_of(value)} ({_shown(value)})")
+                                f"{kind_of(value)} ({shown_value(value)})")
             if not value.strip():
                 raise DataError(f"{where}: expected a non-empty text in field {name!r}, found {value!r}")
             texts.append(value)
@@ -289,7 +289,7 @@ class _Parser:
             value = str(value)
         if not isinstance(value, str):
             raise DataError(f"{where}: expected a label (a string or an integer) in field {name!r}, found a "
-                            f"{_kind_of(value)} ({_shown(value)})")
+                            f"{kind_of(value)} ({shown_value(value)})")
         label = value.strip()
         if not label:
             raise DataError(f"{where}: expected a label in field {name!r}, found an empty string")
@@ -312,22 +312,22 @@ class _Parser:
         tags = self.fetch(row, tag_name, where, dotted)
         for name, value, what in ((text_name, tokens, "tokens"), (tag_name, tags, "tags")):
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                found = (f"a {_kind_of(value)} ({_shown(value)})" if not isinstance(value, list | tuple) else
-                         "a list holding a " + next(_kind_of(v) for v in value if not isinstance(v, str)))
+                found = (f"a {kind_of(value)} ({shown_value(value)})" if not isinstance(value, list | tuple) else
+                         "a list holding a " + next(kind_of(v) for v in value if not isinstance(v, str)))
                 raise DataError(f"{where}: expected a list of strings ({what}) in field {name!r}, found {found}")
         return _tagged_example(list(tokens), list(tags), where)
 
 
 def _number(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise DataError(f"{where}: expected a number in field {name!r}, found a {_kind_of(value)} "
-                        f"({_shown(value)})")
+        raise DataError(f"{where}: expected a number in field {name!r}, found a {kind_of(value)} "
+                        f"({shown_value(value)})")
     try:
         number = float(value)
     except ValueError:
-        raise DataError(f"{where}: expected a number in field {name!r}, found {_shown(value)}") from None
+        raise DataError(f"{where}: expected a number in field {name!r}, found {shown_value(value)}") from None
     if not math.isfinite(number):
-        raise DataError(f"{where}: expected a finite number in field {name!r}, found {_shown(value)}")
+        raise DataError(f"{where}: expected a finite number in field {name!r}, found {shown_value(value)}")
     return number
 
 
@@ -365,18 +365,18 @@ def _conll_examples(path: Path, name: str) -> Iterator[Example]:
             continue
         if not cols:
             if tokens:
-                yield _tagged_example(tokens, tags, _where(name, first))
+                yield _tagged_example(tokens, tags, where_in(name, first))
                 tokens, tags = [], []
             continue
         if len(cols) < 2:
-            raise DataError(f"{_where(name, lineno)}: expected a token and a tag separated by whitespace, "
-                            f"found one field {_shown(cols[0])}")
+            raise DataError(f"{where_in(name, lineno)}: expected a token and a tag separated by whitespace, "
+                            f"found one field {shown_value(cols[0])}")
         if not tokens:
             first = lineno
         tokens.append(cols[0])
-        tags.append(check_bio(cols[-1], _where(name, lineno)))
+        tags.append(check_bio(cols[-1], where_in(name, lineno)))
     if tokens:
-        yield _tagged_example(tokens, tags, _where(name, first))
+        yield _tagged_example(tokens, tags, where_in(name, first))
 
 
 def _suffixes(task: str) -> tuple[str, ...]:
@@ -398,7 +398,7 @@ def _read_file(task: str, path: Path, name: str, parser: _Parser) -> list[Exampl
         examples = list(_conll_examples(path, name))
     else:
         dotted = path.suffix.lower() not in CSV_SUFFIXES + TSV_SUFFIXES
-        examples = [parser.example(row, _where(name, line), dotted) for line, row in _records(path, name)]
+        examples = [parser.example(row, where_in(name, line), dotted) for line, row in read_records(path, name)]
     if not examples:
         raise DataError(f"{name}: expected at least one example, found none")
     return examples
@@ -408,7 +408,7 @@ def _read_file(task: str, path: Path, name: str, parser: _Parser) -> list[Exampl
 # Built-ins
 
 
-def _split(items: list[Any], rng: random.Random) -> list[list[Any]]:
+def split_three(items: list[Any], rng: random.Random) -> list[list[Any]]:
     """Seeded 80/10/10 split of ``items`` (in a stable order): train, validation, test."""
     order = list(items)
     rng.shuffle(order)
@@ -429,7 +429,7 @@ def _read_reviews() -> tuple[dict[str, tuple[Example, ...]], dict[str, Any]]:
     read: Counter[str] = Counter()
     blank: Counter[str] = Counter()
     dupes: Counter[str] = Counter()
-    for source in _builtin_sources("reviews-zh"):
+    for source in builtin_sources("reviews-zh"):
         label = REVIEW_LABELS[source.path.name]
         seen = first.setdefault(label, {})
         for lineno, line in _lines(source.path, str(source.path)):
@@ -452,13 +452,13 @@ def _read_reviews() -> tuple[dict[str, tuple[Example, ...]], dict[str, Any]]:
     return kept, stats
 
 
-def _reviews_zh(seed: int) -> tuple[dict[str, list[Example]], list[str], dict[str, Any]]:
+def reviews_zh(seed: int) -> tuple[dict[str, list[Example]], list[str], dict[str, Any]]:
     """The reviews split 80/10/10 within each label (the same label shares in every split)."""
     kept, stats = _read_reviews()
     rng = random.Random(seed)
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for label in sorted(kept):
-        for name, part in zip(SPLITS, _split(list(kept[label]), rng)):
+        for name, part in zip(SPLITS, split_three(list(kept[label]), rng)):
             splits[name] += part
     for part in splits.values():
         rng.shuffle(part)  # labels mixed within each split
@@ -568,10 +568,10 @@ def _pku_units(tokens: list[str], where: str) -> list[tuple[str, str, str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _read_peoples_daily() -> tuple[tuple[Example, ...], list[str], dict[str, Any]]:
+def read_peoples_daily() -> tuple[tuple[Example, ...], list[str], dict[str, Any]]:
     """People's Daily as character-level NER: one example per non-blank line, repeated lines (headings
     such as ``图片：``) kept once. Read once per process (10 MB, a few seconds)."""
-    (source,) = _builtin_sources("peoples-daily")
+    (source,) = builtin_sources("peoples-daily")
     examples: list[Example] = []
     seen: set[tuple[str, ...]] = set()
     read = blank = dupes = 0
@@ -594,16 +594,16 @@ def _read_peoples_daily() -> tuple[tuple[Example, ...], list[str], dict[str, Any
     return tuple(examples), _label_names("tag", examples) or [], stats
 
 
-def _peoples_daily_ner(seed: int) -> tuple[dict[str, list[Example]], list[str], dict[str, Any]]:
+def peoples_daily_ner(seed: int) -> tuple[dict[str, list[Example]], list[str], dict[str, Any]]:
     """The sentences split 80/10/10."""
-    examples, labels, stats = _read_peoples_daily()
-    splits = dict(zip(SPLITS, _split(list(examples), random.Random(seed))))
+    examples, labels, stats = read_peoples_daily()
+    splits = dict(zip(SPLITS, split_three(list(examples), random.Random(seed))))
     return splits, list(labels), copy.deepcopy(stats)
 
 
 def _builtin(name: str, seed: int) -> tuple[dict[str, list[Example]], list[str], dict[str, Any]]:
     """A built-in's splits (new lists each call), label names and reading stats."""
-    return _reviews_zh(seed) if name == "reviews-zh" else _peoples_daily_ner(seed)
+    return reviews_zh(seed) if name == "reviews-zh" else peoples_daily_ner(seed)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -752,76 +752,6 @@ def _label_names(task: str, examples: list[Example]) -> list[str] | None:
     return ["O", *(f"{p}-{t}" for t in types for p in "BI")]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Sub-word alignment for tagging
-
-
-def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int], ignore_index: int = -100) -> list[int]:
-    """One label per sub-token: the first sub-token of each word gets the word's label; later
-    sub-tokens of the same word and special tokens (word id ``None``) get ``ignore_index``.
-
-    >>> align_labels([None, 0, 1, 1, 2, None], [3, 0, 5])
-    [-100, 3, 0, -100, 5, -100]
-    """
-    out: list[int] = []
-    previous: int | None = None
-    for wid in word_ids:
-        if wid is None or wid == previous:  # a special token, or a later piece of the same word
-            out.append(ignore_index)
-        else:
-            if not 0 <= wid < len(word_labels):
-                raise ValueError(f"word_ids: word id {wid} is out of range for {len(word_labels)} word labels")
-            out.append(word_labels[wid])
-        previous = wid
-    return out
-
-
-def encode_tagged(tokenizer: Any, tokens: Sequence[str], labels: Sequence[int], max_length: int, *,
-                  ignore_index: int = -100, add_prefix_space: bool = False) -> dict[str, list[Any]]:
-    """Encode pre-tokenized words and align their label ids to the sub-tokens.
-
-    ``tokenizer`` is a :class:`duplexlm.tokenizer.Tokenizer` (or a ``tokenizers.Tokenizer``); the words
-    go through its backend with ``is_pretokenized=True``, with its special tokens (WordPiece: ``[CLS]``
-    … ``[SEP]``, byte-level BPE: none). Returns ``input_ids``, ``labels`` (:func:`align_labels`) and
-    ``word_ids`` (the word of each sub-token, ``None`` for special tokens), at most ``max_length``
-    long: a longer encoding is cut before its closing special tokens, which are kept. Words cut off,
-    or that encode to nothing, have no labelled sub-token: compare ``word_ids`` with ``tokens`` when
-    scoring words.
-
-    Byte-level BPE: each pre-tokenized word is encoded on its own and gets no leading space, so
-    ``["hello", "world"]`` gives ``hello``, ``wor``, ``ld`` where running text gives ``hello``,
-    ``Ġworld``. For space-separated languages pass ``add_prefix_space=True``: every word but the first
-    then gets the space it has in running text. Chinese characters (as in ``peoples-daily-ner``) are
-    written without spaces: leave it ``False``; a character then encodes to its own byte-level
-    tokens (one to three), never merged with its neighbours. WordPiece ignores the space either way.
-
-    >>> from duplexlm.tokenizer import train_tokenizer
-    >>> tok = train_tokenizer(["江泽民在北京"] * 5, "wordpiece", vocab_size=100, num_sentinels=0)
-    >>> out = encode_tagged(tok, list("江泽民"), [5, 6, 6], max_length=8)
-    >>> [tok.id_to_token(i) for i in out["input_ids"]], out["labels"], out["word_ids"]
-    (['[CLS]', '江', '泽', '民', '[SEP]'], [-100, 5, 6, 6, -100], [None, 0, 1, 2, None])
-    """
-    if len(tokens) != len(labels):
-        raise DataError(f"tokens and labels: expected one label per token, found {len(tokens)} tokens and "
-                        f"{len(labels)} labels")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ConfigError(f"max_length: expected a positive integer, found {max_length!r}")
-    backend = getattr(tokenizer, "backend", tokenizer)
-    words = [(" " + w if add_prefix_space and i else w) for i, w in enumerate(tokens)]
-    enc = backend.encode(words, is_pretokenized=True, add_special_tokens=True)
-    n = sum(enc.attention_mask)  # a tokenizer.json may pad (all-MiniLM pads to 128): real tokens only
-    ids, word_ids, special = list(enc.ids[:n]), list(enc.word_ids[:n]), list(enc.special_tokens_mask[:n])
-    if n > max_length:
-        tail = 0
-        while tail < n and special[n - 1 - tail]:
-            tail += 1
-        keep = max_length - tail
-        if keep < 1:
-            raise ConfigError(f"max_length: expected room for a token besides the {tail} closing special "
-                              f"token(s), found max_length={max_length}")
-        ids = ids[:keep] + ids[n - tail:]
-        word_ids = word_ids[:keep] + word_ids[n - tail:]
-    return {"input_ids": ids, "labels": align_labels(word_ids, list(labels), ignore_index), "word_ids": word_ids}
 
 
 __all__ = [
@@ -832,9 +762,7 @@ __all__ = [
     "Example",
     "Task",
     "TaskData",
-    "align_labels",
     "check_bio",
-    "encode_tagged",
     "load_task_data",
     "peoples_daily_bio",
 ]

@@ -118,8 +118,8 @@ def evaluate_model(model_dir: str | Path, data: str, *, split: str | None = None
     from ..data.tasks import load_task_data
     from ..infer.predict import classify, tag, task_of
     from ..io import load
+    from ..scores.labels import classification_metrics, entity_metrics, regression_metrics
     from .lm import evaluate_lm, is_shards_dir, lm_objective, write_lm_report
-    from .metrics import classification_metrics, entity_metrics, regression_metrics
 
     if out is not None:
         check_output_dir(out, "eval", overwrite=overwrite, flag="--out", inputs=[model_dir])
@@ -206,7 +206,7 @@ def _write_report(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
                       for k, d in detail.items()]
             lines.append("")
         if metrics["task"] == "classify" and names:
-            from .plots import plot_confusion_matrix
+            from ..plots import plot_confusion_matrix
 
             plot_confusion_matrix(metrics["confusion_matrix"], names, tmp / "confusion_matrix.png")
             lines += ["![confusion matrix](confusion_matrix.png)", ""]

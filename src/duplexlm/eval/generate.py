@@ -1,6 +1,6 @@
 """Scoring a generative model by what it generates: answers to held-out conversations (``sft``) or
 targets of held-out sources (``seq2seq``), decoded greedily (or with beams) by the decoding engine,
-then scored per task (:func:`duplexlm.eval.generation.score_generations`: accuracy of the parsed
+then scored per task (:func:`duplexlm.scores.text.score_generations`: accuracy of the parsed
 answer, chrF, BLEU, exact match, entity F1, ...). The generations are kept beside the scores so a
 person can read them.
 
@@ -77,7 +77,7 @@ def score_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Any], **
     (``{task}_{metric}``) when the examples name their tasks, plus the mean over tasks of each metric
     they share (``chrf``, ``accuracy``, ...) without a prefix; ``generations``: one record per example
     (source, task, reference, prediction)."""
-    from .generation import score_generations
+    from ..scores.text import score_generations
 
     preds = generate_for(model, tokenizer, examples, **kwargs)
     by_task: dict[str | None, list[int]] = defaultdict(list)

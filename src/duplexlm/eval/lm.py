@@ -38,13 +38,13 @@ spaces, can shift that count by a few bytes).
 **Masked LMs** (encoders with an ``mlm`` head). Pseudo-perplexity (masking each token in turn) costs
 one forward pass per token; instead the stream is cut into rows of ``context`` tokens (``[CLS]`` and
 ``[SEP]`` included), 15 % of the non-special tokens are masked with BERT's 80/10/10 corruption
-(:func:`duplexlm.train.objectives.mlm_batch`, one seeded generator per row, so the score is
+(:func:`duplexlm.objectives.mlm_batch`, one seeded generator per row, so the score is
 reproducible), and the loss is the mean cross-entropy over the masked tokens. Its exponential is a
 *masked-token* perplexity: each prediction sees both sides of the text, so it is not comparable with
 a causal LM's perplexity. No bits per byte.
 
 **T5** (seq2seq with an ``lm`` head). The same with T5's span corruption
-(:func:`duplexlm.train.objectives.span_batch`: 15 % noise in spans of mean length 3, seeded per
+(:func:`duplexlm.objectives.span_batch`: 15 % noise in spans of mean length 3, seeded per
 row): the loss is the mean cross-entropy per target token (sentinels, the hidden tokens and the
 closing eos), and its exponential the span-corruption perplexity — again not a causal LM's.
 
@@ -68,8 +68,8 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ModelError
 from ..fileutil import atomic_directory, write_json
+from ..scores.labels import perplexity
 from ..tokenizer import Tokenizer
-from .metrics import perplexity
 
 LMObjective = Literal["clm", "mlm", "span"]
 
@@ -289,7 +289,7 @@ def score_corrupted(model: nn.Module, ids: torch.Tensor, objective: Literal["mlm
     """``(total loss in nats, target tokens, rows)`` of a masked LM (``mlm``) or a T5 (``span``) on the
     stream ``ids`` cut into rows of ``row_length`` tokens (the last may be shorter), each corrupted
     with its own generator seeded by ``(seed, row)``."""
-    from ..train.objectives import compute_loss, make_batch
+    from ..objectives import compute_loss, make_batch
 
     device = next(model.parameters()).device
     ids = ids.long().cpu()
@@ -330,7 +330,7 @@ def evaluate_lm(model: nn.Module, tokenizer: Tokenizer, data: str, *, objective:
     most this many tokens of the stream (0: all); ``seed``: the held-out slice of a built-in corpus
     and the masks or spans.
     """
-    from ..train.objectives import ObjectiveTokens, chunk_length, span_lengths
+    from ..objectives import ObjectiveTokens, chunk_length, span_lengths
 
     if max_tokens < 0:
         raise ConfigError(f"--max-tokens: expected an integer >= 0 (0: all), found {max_tokens}")

@@ -3,9 +3,9 @@ chat prompts, embeddings."""
 
 from .chat import ChatPrompt, chat_prompt
 from .embed import embed
-from .engine import Completion, Engine, RequestOutput, SamplingParams
+from .engine import Completion, Engine, RequestOutput, SamplingParams, generate
 from .fill_mask import fill_mask
-from .sampling import generate, sample_next
+from .sampling import sample_next
 from .stream import IncrementalDetokenizer, TextStream
 
 __all__ = [

@@ -42,7 +42,7 @@ from tokenizers import decoders
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..eval.plots import _new_figure, _png_path, _save, setup_cjk_font
+from ..plots import new_figure, png_path, save_figure, setup_cjk_font
 from ..tokenizer import Tokenizer
 
 Kind = Literal["self", "cross", "pooling"]
@@ -363,7 +363,7 @@ def plot_attention(maps: AttentionMaps, path: str | Path, *, layer: int = -1, he
                    dpi: int = 120) -> Path:
     """Draw one layer's attention as a heat map (``head=None``: the mean over heads; negative
     ``layer`` and ``head`` count from the end), tokens on both axes, and write it as a PNG,
-    atomically. Chinese tokens need a CJK font (see :func:`duplexlm.eval.plots.setup_cjk_font`).
+    atomically. Chinese tokens need a CJK font (see :func:`duplexlm.plots.setup_cjk_font`).
     RNN attention pooling is one row over the tokens, each cell annotated with its weight. Returns
     ``path``.
 
@@ -374,7 +374,7 @@ def plot_attention(maps: AttentionMaps, path: str | Path, *, layer: int = -1, he
     >>> png.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
     """
-    out = _png_path(path)
+    out = png_path(path)
     if maps.layers.dim() != 4:
         raise ConfigError(f"maps.layers: expected a tensor (L, nh, Tq, Tk), found shape {tuple(maps.layers.shape)}")
     L, nh, Tq, Tk = maps.layers.shape
@@ -387,7 +387,7 @@ def plot_attention(maps: AttentionMaps, path: str | Path, *, layer: int = -1, he
     pooling = maps.kind == "pooling"
     width = float(np.clip(3.0 + 0.3 * Tk, 5.0, 32.0))
     height = 2.6 if pooling else float(np.clip(2.2 + 0.3 * Tq, 3.5, 32.0))
-    fig = _new_figure(width + 1.2, height)
+    fig = new_figure(width + 1.2, height)
     ax = fig.add_subplot()
     im = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(float(data.max()), 1e-6), aspect="auto",
                    interpolation="nearest")
@@ -418,7 +418,7 @@ def plot_attention(maps: AttentionMaps, path: str | Path, *, layer: int = -1, he
     else:
         heads = f"mean of {nh} heads" if hi is None else f"head {hi} of {nh}"
         ax.set_title(f"{maps.family} · {what} · layer {li} of {L} · {heads}")
-    return _save(fig, out, dpi, font)
+    return save_figure(fig, out, dpi, font)
 
 
 __all__ = ["AttentionMaps", "attention_maps", "attention_weights", "plot_attention", "token_labels"]

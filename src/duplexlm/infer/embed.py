@@ -31,7 +31,7 @@ from ..models.encoder import mean_pool
 def embed(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
           max_length: int | None = None, normalize: bool = True) -> Tensor:
     """Mean-pooled (and by default L2-normalised) last hidden states of ``texts`` → (N, C) in fp32."""
-    from ..train.data import encode_texts
+    from ..data.examples import encode_texts
 
     if not texts:
         raise ConfigError("texts: expected at least one text")

@@ -9,19 +9,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError, DataError
 from ..tokenizer import Tokenizer
 
 
 @torch.no_grad()
 def fill_mask(model: nn.Module, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each mask token in ``text``, the ``top_k`` (token, probability) pairs, best first."""
+    """For each mask token in ``text``, the ``top_k`` (token, probability) pairs, best first.
+
+    A model that is not a masked-LM encoder, or a tokenizer without a mask token, is a
+    :class:`~duplexlm.errors.ConfigError`; a text without a mask token a :class:`~duplexlm.errors.DataError`.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "family", None) != "encoder" or getattr(config, "head", None) != "mlm":
+        raise ConfigError(f"model: fill-mask needs an encoder with a masked-LM head, found a "
+                          f"{getattr(config, 'family', type(model).__name__)} with head={getattr(config, 'head', None)!r}")
     mask_id = tokenizer.mask_token_id
     if mask_id is None:
-        raise ValueError("fill_mask: the tokenizer has no mask token")
+        raise ConfigError("tokenizer: fill-mask needs a mask token, and this tokenizer has none")
     ids = torch.tensor([tokenizer.encode(text)], device=next(model.parameters()).device)
     positions = (ids[0] == mask_id).nonzero().flatten().tolist()
     if not positions:
-        raise ValueError(f"fill_mask: no {tokenizer.special_tokens.get('mask_token')} in {text!r}")
+        raise DataError(f"text: no {tokenizer.special_tokens.get('mask_token')} in {text!r}; expected a mask token to fill")
     model.eval()
     logits = model(ids).logits[0]  # (T, V)
     special = torch.tensor(sorted(tokenizer.special_ids), device=logits.device)

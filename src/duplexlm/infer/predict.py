@@ -84,7 +84,7 @@ def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretok
                batch_size: int = 32, max_length: int | None = None,
                task: str | None = None) -> list[tuple[Any, torch.Tensor]]:
     """``(encoding, logits)`` per text, run in batches padded to their longest row."""
-    from ..train.data import encode_texts
+    from ..data.examples import encode_texts
 
     model.eval()
     device = next(model.parameters()).device
@@ -142,7 +142,7 @@ def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], 
     """Per text (a string, split by :func:`words`, or a list of words already): ``words`` with their ``tags`` (words past the model's context get ``O``), and the
     ``entities`` read from the BIO tags as ``{"type", "text", "start", "end"}`` (word indices, end
     exclusive). ``task``: which head of a multi-task model."""
-    from ..eval.metrics import extract_entities
+    from ..scores.labels import extract_entities
 
     if not texts:
         raise ConfigError("texts: expected at least one text")

@@ -16,7 +16,7 @@ batch. Filters follow transformers' order: repetition penalty, temperature, top-
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
 
@@ -125,55 +125,12 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-             generator: torch.Generator | None = None) -> Tensor:
-    """Continue each prompt row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens, as a tensor:
-    rows that produced ``eos_token_id`` keep emitting it; at most up to the model's context.
-    Returns (B, T + new). A thin layer over :class:`~duplexlm.infer.engine.Engine`, which also
-    streams, stops on strings, batches prompts of different lengths and runs encoder-decoders.
-
-    >>> from duplexlm.config import DecoderConfig
-    >>> from duplexlm.models import build_model
-    >>> model = build_model(DecoderConfig(vocab_size=40, max_seq_len=16, d_model=16, n_layer=1, n_head=2))
-    >>> generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=4, temperature=0).shape
-    torch.Size([1, 7])
-    """
-    from .engine import Engine, SamplingParams
-
-    if input_ids.dim() != 2:
-        raise ConfigError(f"input_ids: expected shape (batch, seq_len), found {tuple(input_ids.shape)}")
-    B, T = input_ids.shape
-    limit = getattr(model.config, "max_seq_len", T + max_new_tokens)
-    max_new_tokens = min(max_new_tokens, limit - T)
-    if max_new_tokens <= 0:
-        return input_ids
-    # one seed per row from the caller's generator: the same generator state gives the same tokens
-    seeds = torch.randint(0, 2**62, (B,), generator=generator).tolist()
-    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or 0,
-                             top_p=1.0 if top_p is None else top_p, seed=s, ignore_eos=True,
-                             stop_token_ids=() if eos_token_id is None else (eos_token_id,)) for s in seeds]
-    was_training = model.training
-    try:  # leave the weights' layout and the model's mode as they were: a caller may be mid-training
-        engine = Engine(model, max_batch_size=B, max_len=T + max_new_tokens, cpu_layout=False)
-        outs = engine.generate([row.tolist() for row in input_ids], params)
-    finally:
-        model.train(was_training)
-    width = max(len(o.token_ids) for o in outs)
-    fill = eos_token_id if eos_token_id is not None else 0
-    new = torch.full((B, width), fill, dtype=input_ids.dtype)
-    for i, o in enumerate(outs):
-        new[i, :len(o.token_ids)] = torch.tensor(o.token_ids, dtype=input_ids.dtype)
-    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
-
 
 __all__ = [
     "apply_repetition_penalty",
     "filter_min_p",
     "filter_top_k",
     "filter_top_p",
-    "generate",
     "process_logits",
     "sample_from_probs",
     "sample_next",

@@ -18,20 +18,16 @@ True
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
 from torch import Tensor, nn
 
+from ..config import TASK_HEAD_KINDS, check_task_heads
 from ..errors import ConfigError
 from .crf import crf_for
 from .layers import ACTIVATIONS, build_norm
-
-TASK_HEAD_KINDS = ("classify", "tag")
-TASK_HEAD_KEYS = ("head", "num_labels", "label_names", "crf")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 class MLMHead(nn.Module):
@@ -87,41 +83,6 @@ class TaskHead(nn.Module):
                 raise ConfigError("task head: a classify head reads the pooled vector, and this encoder pools nothing")
             return self.classifier(self.dropout(pooled))
         return self.classifier(self.dropout(hidden))
-
-
-def check_task_heads(tasks: Any, where: str) -> None:
-    """The ``tasks`` field of a multi-task config: ``{name: {head, num_labels, label_names?, crf?}}``.
-
-    >>> check_task_heads({"ner": {"head": "tag", "num_labels": 3, "label_names": ["O", "B-X"]}}, "EncoderConfig.tasks")
-    Traceback (most recent call last):
-    ...
-    duplexlm.errors.ConfigError: EncoderConfig.tasks.ner.label_names: 2 names for num_labels=3
-    """
-    if not isinstance(tasks, Mapping) or not tasks:
-        raise ConfigError(f"{where}: expected a mapping of task names to heads, found {tasks!r}")
-    for name, spec in tasks.items():
-        at = f"{where}.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{where}: task name {name!r} must be letters, digits, '_' or '-', starting with a "
-                              "letter or '_'")
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{at}: expected a mapping with 'head' and 'num_labels', found {spec!r}")
-        unknown = sorted(set(spec) - set(TASK_HEAD_KEYS))
-        if unknown:
-            raise ConfigError(f"{at}: unknown key {unknown[0]!r}; expected {', '.join(TASK_HEAD_KEYS)}")
-        if spec.get("head") not in TASK_HEAD_KINDS:
-            raise ConfigError(f"{at}.head: expected one of {', '.join(TASK_HEAD_KINDS)}, found {spec.get('head')!r}")
-        n = spec.get("num_labels")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"{at}.num_labels: expected a positive integer, found {n!r}")
-        names = spec.get("label_names")
-        if names is not None:
-            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-                raise ConfigError(f"{at}.label_names: expected a list of strings, found {names!r}")
-            if len(names) != n:
-                raise ConfigError(f"{at}.label_names: {len(names)} names for num_labels={n}")
-        if spec.get("crf") and spec["head"] != "tag":
-            raise ConfigError(f"{at}.crf: a CRF scores tag sequences; it needs head='tag', found {spec['head']!r}")
 
 
 def build_task_heads(tasks: Mapping[str, Mapping[str, Any]], d_model: int, dropout: float) -> nn.ModuleDict:

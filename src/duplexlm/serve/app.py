@@ -15,7 +15,14 @@ static files never do — they hold no model output):
 
 Limits (:class:`ServerSettings`): request body size (413), ``max_tokens``, prompt tokens and ``n``
 (400), requests held at once (429), a per-request timeout (408, or an error event in a stream). A
-client that disconnects stops its generation at the next step and frees its batch rows.
+client that disconnects stops its generation at the next step and frees its batch rows. A POST body
+must be JSON (415 for another ``Content-Type``; one without is read as JSON). A request refused before
+its body is read (401, 503, 413) has the body read and dropped first (up to 64 MiB), so that a client
+still sending it reads the answer rather than a connection reset.
+
+Every error is a JSON body in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, and
+``/openapi.json`` declares each route's answers: its statuses, their bodies' schemas, ``text/plain``
+for ``/metrics`` and ``text/event-stream`` for streamed generations.
 """
 
 from __future__ import annotations
@@ -37,17 +44,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError
 from ..infer.engine import Engine, RequestOutput, SamplingParams
+from .bodies import DRAIN_BYTES, discard, is_json, media_type, refuse, replay, send_error, too_large
 from .metrics import Metrics
 from .protocol import (
     APIError,
     AttentionRequest,
+    AttentionResponse,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatCompletionResponse,
     ClassifyRequest,
+    ClassifyResponse,
+    CompletionChunk,
     CompletionRequest,
+    CompletionResponse,
     EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    HealthNotReady,
+    HealthReady,
+    ModelList,
 )
 from .worker import EngineWorker, QueueFull, Submission
 
@@ -55,6 +75,8 @@ log = logging.getLogger("duplexlm.serve")
 STATIC = Path(__file__).parent / "static"
 _ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
               "/v1/embeddings", "/v1/classify", "/v1/attention")
+_POST_ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/classify", "/v1/attention")
+BATCH_PEAK_HEADER = "X-Duplex-Batch-Peak"
 
 
 @dataclass
@@ -134,8 +156,8 @@ class _State:
         self.model, self.tokenizer = model, tokenizer
         self.status = "ready"
 
-    def _stepped(self, outputs: list[RequestOutput], seconds: float) -> None:
-        self.metrics.step(seconds)
+    def _stepped(self, outputs: list[RequestOutput], seconds: float, batch: int) -> None:
+        self.metrics.step(seconds, batch)
         self.metrics.tokens(generated=sum(len(o.token_ids) for o in outputs))
 
 
@@ -151,6 +173,86 @@ def _load_in_background(state: _State) -> None:
     except Exception as e:  # shown by /health and every route's 503
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
         log.error("loading %s failed: %s", s.model_dir, state.error)
+
+
+# ----------------------------------------------------------------------------------------------------
+# What /openapi.json declares each route answers
+
+_ERROR_TEXT = {
+    400: "A parameter is wrong (the message names it and what was expected), the body is not valid JSON, or "
+         "the model cannot answer this route.",
+    401: "The API key is missing or wrong.",
+    404: "The model asked for is not the one this server serves.",
+    408: "The request took longer than the server's timeout.",
+    413: "The request body is larger than the server's limit.",
+    415: "The body is not JSON: send it with 'Content-Type: application/json'.",
+    429: "The server holds as many requests as it takes; try again later.",
+    503: "The model is loading (then with Retry-After) or failed to load.",
+}
+_ON_MODEL = (400, 401, 404, 408, 413, 415, 429, 503)  # what every POST route may answer besides 200
+
+
+def _responses(ok: dict[str, Any], *errors: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {200: ok}
+    for status in errors:  # JSON whatever the route's own media type (/metrics: text/plain)
+        out[status] = {"description": _ERROR_TEXT[status],
+                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        if status == 503:
+            out[status]["headers"] = {"Retry-After": {"description": "Seconds to wait; sent while the model loads.",
+                                                      "schema": {"type": "integer"}}}
+    return out
+
+
+def _generation_ok(model: type, chunk: type, what: str) -> dict[str, Any]:
+    """A generation route's 200: JSON, or with ``stream: true`` server-sent events (Open API 3.1 has
+    the ``text/event-stream`` schema describe one event)."""
+    ref = f"#/components/schemas/{chunk.__name__}"
+    event = {
+        "type": "object", "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"description": f"A {chunk.__name__} as JSON (an error body if the request timed out "
+                                    "mid-stream); '[DONE]' last.",
+                     "anyOf": [{"type": "string", "contentMediaType": "application/json",
+                                "contentSchema": {"anyOf": [{"$ref": ref},
+                                                            {"$ref": "#/components/schemas/ErrorResponse"}]}},
+                               {"const": "[DONE]"}]},
+        },
+    }
+    return {"model": model, "description": f"The {what} (stream: false), or its server-sent events (stream: true).",
+            "headers": {BATCH_PEAK_HEADER: {"description": "stream: false only: the most generation requests "
+                                                           "decoded together in one step while this one ran, "
+                                                           "itself included (1: it ran alone).",
+                                            "schema": {"type": "integer", "minimum": 1}}},
+            "content": {"text/event-stream": {"schema": event}}}
+
+
+def _finish_openapi(doc: dict[str, Any], settings: ServerSettings, model_name: str) -> dict[str, Any]:
+    """FastAPI's document, corrected: no 422 (validation errors are 400s), the schemas of the error body
+    and of the stream chunks, the API key as a bearer scheme on the routes it guards (no 401 anywhere
+    without one), and the served model's id as the example of every request's ``model``."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for schema in schemas.values():
+        if schema.get("title", "").endswith("Request") and "model" in schema.get("properties", {}):
+            schema["properties"]["model"]["examples"] = [model_name]
+    for model in (ErrorResponse, CompletionChunk, ChatCompletionChunk):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    if settings.api_key is not None:
+        doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
+                                                           "description": "'Authorization: Bearer <key>'"}}
+    for path, item in doc.get("paths", {}).items():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            if settings.api_key is None:
+                responses.pop("401", None)
+            elif path.startswith("/v1/") or path == "/metrics":
+                operation["security"] = [{"apiKey": []}]
+    return doc
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,6 +287,31 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
     app = FastAPI(title="duplexlm", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.duplex = state
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=__doc__.split("\n\n")[0],
+                              routes=app.routes)
+            app.openapi_schema = _finish_openapi(doc, settings, state.name)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing's own errors (no such route, a method the route does not answer) in OpenAI's shape."""
+        if exc.status_code == 404:
+            message, code = (f"{request.url.path}: no such route (/openapi.json lists them)", "route_not_found")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow", "")
+            message, code = (f"{request.url.path}: does not answer {request.method}; it answers {allow}",
+                             "method_not_allowed")
+        else:
+            message, code = str(exc.detail), None
+        return JSONResponse(APIError(exc.status_code, message, code=code).body(), status_code=exc.status_code,
+                            headers=exc.headers)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -195,7 +322,8 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        if first.get("type") == "json_invalid":
+        if first.get("type") == "json_invalid":  # its loc is the position in the text, not a parameter
+            param = None
             message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
         elif first.get("type") == "extra_forbidden":
             message = f"{param}: not a parameter of this endpoint"
@@ -217,13 +345,17 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
 
     # -- routes ------------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", response_model=None,
+             responses={200: {"model": HealthReady, "description": "The model is loaded."},
+                        503: {"model": HealthNotReady, "description": "The model is loading or failed to load."}})
     async def health() -> JSONResponse:
         if state.status == "ready":
             return JSONResponse({"status": "ok", "model": state.name})
         return JSONResponse({"status": state.status, "error": state.error}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses=_responses({"description": "Prometheus' text exposition format (version 0.0.4).",
+                                   "content": {"text/plain": {"schema": {"type": "string"}}}}, 401))
     async def metrics() -> PlainTextResponse:
         w = state.worker
         gauges = {
@@ -237,7 +369,8 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         }
         return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None,
+             responses=_responses({"model": ModelList, "description": "The one model served."}, 401, 503))
     async def models() -> dict[str, Any]:
         c = state.model.config
         card: dict[str, Any] = {"id": state.name, "object": "model", "created": state.created,
@@ -248,7 +381,8 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
             card["tasks"] = _tasks(state.model)
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=None,
+              responses=_responses(_generation_ok(CompletionResponse, CompletionChunk, "completion"), *_ON_MODEL))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check(state, body.model, "completions", "/v1/completions")
         prompts = _prompt_list(body.prompt)
@@ -258,7 +392,9 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
                for i, p in enumerate(prompts)]
         return await _generate(state, request, body, ids, params, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None,
+              responses=_responses(_generation_ok(ChatCompletionResponse, ChatCompletionChunk, "chat completion"),
+                                   *_ON_MODEL))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         from ..infer.chat import chat_prompt
 
@@ -271,7 +407,9 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         ids = [_prompt_ids(state, prompt.text, "messages")]
         return await _generate(state, request, body, ids, params, chat=True)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", response_model=None,
+              responses=_responses({"model": EmbeddingResponse, "description": "One vector per input."},
+                                   *_ON_MODEL))
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
         from ..infer.embed import embed
 
@@ -291,7 +429,9 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         return {"object": "list", "data": data, "model": state.name,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", response_model=None,
+              responses=_responses({"model": ClassifyResponse, "description": "One answer per input."},
+                                   *_ON_MODEL))
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
         from ..infer.predict import classify as classify_texts
         from ..infer.predict import tag, task_of
@@ -307,7 +447,9 @@ def create_app(settings: ServerSettings | None = None, *, model: Any = None, tok
         return {"object": "list", "model": state.name, "task": body.task, "kind": kind,
                 "data": [{"index": i, "input": t, **r} for i, (t, r) in enumerate(zip(texts, results))]}
 
-    @app.post("/v1/attention")
+    @app.post("/v1/attention", response_model=None,
+              responses=_responses({"model": AttentionResponse, "description": "One layer's attention map."},
+                                   *_ON_MODEL))
     async def attention(body: AttentionRequest) -> dict[str, Any]:
         from ..infer.attention import attention_maps
 
@@ -352,7 +494,9 @@ def _version() -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    if isinstance(value, bytes | bytearray):  # a body FastAPI did not read as JSON
+        return f"{len(value)} bytes that are not JSON"
+    text = json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -568,12 +712,13 @@ async def _generate(state: _State, request: Request, body: Any, prompts: list[li
             choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
     prompt_tokens = sum(s.prompt_tokens for s in subs[::n])
     completion_tokens = sum(count for _, count, _ in outs)
+    peak = max(sub.peak_batch for sub in subs)
     return JSONResponse({
         "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
         "model": state.name, "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
-    })
+    }, headers={BATCH_PEAK_HEADER: str(peak)} if peak else None)
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -713,7 +858,9 @@ def _no_grad(fn: Callable[[], Any]) -> Any:
 
 
 class _GuardMiddleware:
-    """Before any route: the API key, the body-size cap and the loading state; after: the metrics."""
+    """Before any route: the API key, the loading state, the body-size cap and a POST body's content
+    type; after: the metrics. A request refused before its body was read has it read and dropped
+    first (see :func:`refuse`)."""
 
     def __init__(self, app: Any, state: _State) -> None:
         self.app = app
@@ -741,18 +888,19 @@ class _GuardMiddleware:
                 if header != f"Bearer {s.api_key}":
                     message = ("missing API key: send the header 'Authorization: Bearer <key>'" if not header else
                                "wrong API key")
-                    await _send_error(send_counted, APIError(401, message, code="invalid_api_key"))
+                    await refuse(scope, receive, send_counted, APIError(401, message, code="invalid_api_key"))
                     return
             if path.startswith("/v1/") and state.status != "ready":
                 what = "is loading" if state.status == "loading" else f"failed to load ({state.error})"
-                await _send_error(send_counted, APIError(503, f"the model {what}; try again shortly",
-                                                         code="model_not_ready"), retry_after=state.status == "loading")
+                await refuse(scope, receive, send_counted, APIError(503, f"the model {what}; try again shortly",
+                                                                     code="model_not_ready"),
+                              retry_after=state.status == "loading")
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 headers = dict(scope.get("headers") or ())
                 declared = headers.get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
-                    await _send_error(send_counted, _too_large(s.max_body_bytes, int(declared)))
+                    await refuse(scope, receive, send_counted, too_large(s.max_body_bytes, int(declared)))
                     return
                 body, more = bytearray(), True
                 while more:
@@ -762,40 +910,24 @@ class _GuardMiddleware:
                     body += message.get("body", b"")
                     more = message.get("more_body", False)
                     if len(body) > s.max_body_bytes:
-                        await _send_error(send_counted, _too_large(s.max_body_bytes, None))
+                        rest = await discard(receive, DRAIN_BYTES) if more else 0
+                        found = None if rest is None else len(body) + rest
+                        await send_error(send_counted, too_large(s.max_body_bytes, found))
                         return
-                receive = _replay(bytes(body), receive)
+                media = media_type(headers.get(b"content-type"))
+                if scope["method"] == "POST" and path in _POST_ENDPOINTS:
+                    if media is None:  # no Content-Type: read the body as the JSON it must be
+                        scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+                    elif not is_json(media):
+                        await send_error(send_counted, APIError(
+                            415, f"Content-Type: expected application/json, found {media!r}; send the body as "
+                                 "JSON with the header 'Content-Type: application/json'",
+                            code="unsupported_media_type"))
+                        return
+                receive = replay(bytes(body), receive)
             await self.app(scope, receive, send_counted)
         finally:
             state.metrics.request(endpoint, status_box[0], time.perf_counter() - start)
-
-
-def _too_large(limit: int, size: int | None) -> APIError:
-    found = f"{size} bytes" if size is not None else "more"
-    return APIError(413, f"the request body is too large: the limit is {limit} bytes, found {found}",
-                    code="request_too_large")
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replayed() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-async def _send_error(send: Any, err: APIError, *, retry_after: bool = False) -> None:
-    payload = json.dumps(err.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if retry_after:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:

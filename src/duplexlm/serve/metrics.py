@@ -18,6 +18,7 @@ import threading
 from collections import defaultdict
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
 
 class _Histogram:
@@ -52,6 +53,7 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency: dict[str, _Histogram] = {}
         self.ttft = _Histogram(LATENCY_BUCKETS)
+        self.batch = _Histogram(BATCH_BUCKETS)
         self.prompt_tokens = 0
         self.generated_tokens = 0
         self.engine_steps = 0
@@ -72,10 +74,14 @@ class Metrics:
             self.prompt_tokens += prompt
             self.generated_tokens += generated
 
-    def step(self, seconds: float) -> None:
+    def step(self, seconds: float, batch: int = 0) -> None:
+        """One engine step of ``seconds`` that decoded ``batch`` requests together (0: none, it only
+        dropped aborted ones)."""
         with self._lock:
             self.engine_steps += 1
             self.engine_seconds += seconds
+            if batch > 0:
+                self.batch.observe(batch)
 
     def abort(self) -> None:
         with self._lock:
@@ -107,6 +113,8 @@ class Metrics:
             head("duplex_time_to_first_token_seconds", "histogram",
                  "Time from a generation request's arrival to its first generated token.")
             histogram("duplex_time_to_first_token_seconds", self.ttft)
+            head("duplex_step_batch_size", "histogram", "Generation requests decoded together, per engine step.")
+            histogram("duplex_step_batch_size", self.batch)
             for name, text, value in (
                 ("duplex_prompt_tokens_total", "Prompt tokens of generation requests.", self.prompt_tokens),
                 ("duplex_generated_tokens_total", "Tokens generated.", self.generated_tokens),

@@ -40,16 +40,20 @@ class Submission:
     queue: asyncio.Queue[RequestOutput]
     prompt_tokens: int
     submitted: float = field(default_factory=time.perf_counter)
+    # the most requests decoded in one engine step while this one ran, itself included (1: it ran
+    # alone); the worker thread sets it before it hands over the step's outputs
+    peak_batch: int = 0
 
 
 class EngineWorker:
     """Steps ``engine`` in a daemon thread while it has work; see the module docstring.
 
-    ``on_step(n_outputs, seconds)``, when given, is called from the worker thread after every step
-    (the server counts steps and tokens with it)."""
+    ``on_step(outputs, seconds, batch)``, when given, is called from the worker thread after every
+    step with its outputs, its duration and the number of requests it decoded (the server counts
+    steps, tokens and batch sizes with it)."""
 
     def __init__(self, engine: Engine, *, max_pending: int = 64,
-                 on_step: Callable[[list[RequestOutput], float], None] | None = None) -> None:
+                 on_step: Callable[[list[RequestOutput], float, int], None] | None = None) -> None:
         self.engine = engine
         self.max_pending = max_pending
         self._on_step = on_step
@@ -118,9 +122,23 @@ class EngineWorker:
                 self._fail_all(e)
                 return
             seconds = time.perf_counter() - start
+            batch = self._count_batch(outputs)
             self._deliver(outputs)
             if self._on_step is not None:
-                self._on_step(outputs, seconds)
+                self._on_step(outputs, seconds, batch)
+
+    def _count_batch(self, outputs: list[RequestOutput]) -> int:
+        """The requests the step just run decoded (each produced a token: those still running, and
+        those that finished on it; not the aborted ones it only dropped) → their number, recorded in
+        each one's :class:`Submission`."""
+        ids = {out.request_id for out in outputs if out.token_ids}
+        ids.update(req.request_id for req in self.engine._running)  # beam requests say nothing until done
+        with self._lock:
+            for rid in ids:
+                entry = self._subs.get(rid)
+                if entry is not None:
+                    entry[1].peak_batch = max(entry[1].peak_batch, len(ids))
+        return len(ids)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand a step's outputs to their handlers: one wake-up per event loop per step, not one per

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..convert.common import independent
 from ..errors import CheckpointError
-from ..fileutil import atomic_directory, sha256_file
+from ..fileutil import atomic_directory, independent, sha256_file
 
 MANIFEST = "manifest.json"
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..config import TASK_NAME
 from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
@@ -298,10 +299,8 @@ class TrainConfig:
             raise ConfigError("data.train: with task=multi each task names its own data (tasks.NAME.train)")
         if self.class_weights:
             raise ConfigError("class_weights: with task=multi set it per task (tasks.NAME.class_weights=true)")
-        from ..models.heads import _NAME
-
         for name, t in self.tasks.items():
-            if not _NAME.match(name):
+            if not TASK_NAME.match(name):
                 raise ConfigError(f"tasks.{name}: a task name is letters, digits, '_' or '-', starting with a "
                                   "letter or '_'")
             if not t.train:
@@ -315,6 +314,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def held_out(self) -> tuple[str | None, str | None]:
+        """The run's own held-out data as ``(data, split)`` for :func:`duplexlm.eval.evaluate.evaluate_model`:
+        the token shards' ``val`` split when pretraining, else ``data.test`` when given, else the test
+        split of ``data.train`` (a built-in task or a file the loader splits); ``(None, None)`` if none."""
+        if self.objective in ("clm", "mlm", "span", "rtd"):
+            return (self.data.path, "val") if self.data.path else (None, None)
+        if self.data.test:
+            return self.data.test, None
+        return (self.data.train, "test") if self.data.train else (None, None)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ no teacher outputs: validation and test scores are the student's plain task loss
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,10 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .objectives import IGNORE_INDEX, LossOptions, ObjectiveSpec, Replay
+from ..objectives import IGNORE_INDEX, LossOptions, ObjectiveSpec, Replay
+from ..presets import PRESETS
 
 TEACHER_KEYS = ("teacher_logits", "teacher_hidden")
 
@@ -173,4 +176,36 @@ def load_distiller(cfg: Any, spec: ObjectiveSpec, student: nn.Module, tokenizer:
                      hidden_weight=d.hidden_weight)
 
 
-__all__ = ["TEACHER_KEYS", "Distiller", "load_distiller", "relation_loss", "soft_loss"]
+def student_overrides(student: str, teacher: str, task: str, overrides: list[str]) -> list[str]:
+    """``--student``: a model directory (init_from), a preset name, or a YAML/JSON file of model fields
+    (the model section) → the overrides of the distillation run's config; the teacher's tokenizer unless
+    one is named in ``overrides``."""
+    given = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    path = Path(student)
+    out: list[str] = []
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--student: {path} is a directory without config.json (expected a model directory)")
+        out.append(f"init_from={path}")
+    elif student in PRESETS:
+        out.append(f"model.preset={student}")
+    elif path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+            fields = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"--student: {path} is not a JSON/YAML mapping of model fields ({e})") from e
+        if not isinstance(fields, dict):
+            raise ConfigError(f"--student: {path} must hold a mapping of model fields (preset, d_model, n_layer, ...), "
+                              f"found {type(fields).__name__}")
+        fields = fields.get("model", fields)  # a train config's model section, or the fields alone
+        out += [f"model.{k}={json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()]
+    else:
+        raise ConfigError(f"--student: expected a model directory, a preset ({', '.join(PRESETS)}) or a YAML/JSON file "
+                          f"of model fields, found {student!r}")
+    if task == "classify" and not path.is_dir() and "tokenizer" not in given:
+        out.append(f"tokenizer={teacher}")  # the logits are compared token by token: the teacher's tokenizer
+    return [*out, f"distill.teacher={teacher}", f"task={task}" if task != "clm" else "objective=clm"]
+
+
+__all__ = ["TEACHER_KEYS", "Distiller", "load_distiller", "relation_loss", "soft_loss", "student_overrides"]

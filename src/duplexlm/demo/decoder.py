@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .demo import _rule
+from ..fileutil import atomic_write
+from .common import pretrain_for, read_jsonl, rule, steps_for, tokenizer_and_shards, write_corpus
 
 
 @dataclass
@@ -42,16 +43,17 @@ class DecoderPlan:
         if quick:
             return cls(quick=True, pretrain_seconds=10, sft_seconds=4, vocab=2000, seq_len=192, layers=2,
                        width=64, train_per_task=60, eval_per_task=8, max_new_tokens=40)
-        # of the default 15 minutes: 1.9 pretrain, 0.9 instruction-tune each system (the same steps), so
-        # that with the encoder half the whole demo stays within 20 minutes on 2 cores
+        # an eighth of the budget pretrains and a sixteenth instruction-tunes each system (the same steps):
+        # of the default 15 minutes 1.9 and 0.9, so that with the encoder half the whole demo stays
+        # within 20 minutes on 2 cores
         return cls(quick=False, pretrain_seconds=minutes * 60 / 8, sft_seconds=minutes * 60 / 16)
 
 
 def _held_out_sentences() -> set[str]:
     """People's Daily sentences of the NER split's validation and test parts (whitespace removed):
     zh-tasks asks about them (转繁体, 实体识别), so pretraining must not read them."""
-    from .data.clean import clean_text
-    from .data.tasks import load_task_data
+    from ..data.clean import clean_text
+    from ..data.tasks import load_task_data
 
     ner = load_task_data("tag", "peoples-daily-ner", seed=1234)
     # compared as the corpus reader cleans them (NFKC: full-width digits become ASCII), spaces removed
@@ -60,49 +62,20 @@ def _held_out_sentences() -> set[str]:
 
 
 def _corpus(out: Path, plan: DecoderPlan) -> tuple[list[str], Path]:
-    from .data import iter_documents
-    from .data.clean import clean_text
-    from .data.tasks import load_task_data
+    from ..data.tasks import load_task_data
 
     held = _held_out_sentences()
-    texts, skipped = [], 0
-    for doc in iter_documents(["peoples-daily"]):
-        text = clean_text(doc.text)
-        if not text:
-            continue
-        if "".join(text.split()) in held:
-            skipped += 1
-            continue
-        texts.append(text)
-        if plan.quick and len(texts) >= 1500:
-            break
-    n_pd = len(texts)
     reviews = load_task_data("classify", "reviews-zh", seed=1234).splits["train"]
-    texts += [t for e in reviews[: (1500 if plan.quick else None)] if (t := clean_text(e.text))]
-    corpus = out / "corpus.txt"
-    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    print(f"{n_pd:,} People's Daily lines ({skipped:,} held-out task sentences left out) + "
-          f"{len(texts) - n_pd:,} training reviews, {sum(map(len, texts)):,} characters")
-    return texts, corpus
+    return write_corpus(out, reviews[: (1500 if plan.quick else None)], max_texts=1500 if plan.quick else None,
+                        held_out=held, unit="lines")
 
 
 def _tokenizer_and_shards(out: Path, plan: DecoderPlan, texts: list[str], corpus: Path) -> tuple[Path, Path]:
-    from .data import prepare
-    from .tokenizer import save_tokenizer, train_tokenizer
-
-    t0 = time.perf_counter()
     # byte-level BPE: every character (Traditional ones too, and English words) is spelled, never [UNK];
     # it carries ChatML's turn tokens and template for the instruction tuning
-    tok = train_tokenizer([t for i, t in enumerate(texts) if i % 50], kind="bpe", vocab_size=plan.vocab,
-                          num_sentinels=0)
-    tok_dir = save_tokenizer(tok, out / "tok", overwrite=True)
-    meta = prepare([str(corpus)], out / "data", tok_dir, val_fraction=0.01, seed=1234, progress=False,
-                   overwrite=True)
-    sp = meta["splits"]
-    print(f"byte-level BPE vocabulary {tok.vocab_size:,}: {tok.chars_per_token(texts[::50]):.2f} characters per "
-          f"token; shards train {sp['train']['tokens']:,} / val {sp['val']['tokens']:,} tokens "
-          f"({time.perf_counter() - t0:.0f}s)")
-    return tok_dir, out / "data"
+    tok_dir, data, _ = tokenizer_and_shards(out, texts, corpus, name="byte-level BPE", kind="bpe",
+                                            vocab_size=plan.vocab, num_sentinels=0)
+    return tok_dir, data
 
 
 def _decoder_args(plan: DecoderPlan) -> list[str]:
@@ -111,39 +84,27 @@ def _decoder_args(plan: DecoderPlan) -> list[str]:
 
 
 def _pretrain(out: Path, plan: DecoderPlan, data: Path) -> tuple[Path, dict[str, Any]]:
-    from .demo import _steps_for
-    from .train.config import load_train_config
-    from .train.loop import pretrain
-
     args = ["objective=clm", f"data.path={data}", f"data.seq_len={plan.seq_len}", *_decoder_args(plan),
             "model.dropout=0.0", "batch_size=16", f"optim.lr={plan.pretrain_lr}", f"optim.min_lr={plan.pretrain_lr / 10}",
             "eval_batches=8", f"log_every={2 if plan.quick else 10}", f"progress={not plan.quick}"]
-    steps = max(20, _steps_for(args, plan.pretrain_seconds, out / "pretrain"))
-    args.append(f"optim.warmup_steps={min(50, steps // 10)}")
-    t0 = time.perf_counter()
-    result = pretrain(load_train_config(None, [*args, f"out_dir={out / 'pretrain'}", f"max_steps={steps}",
-                                               f"eval_every={max(steps // 4, 1)}", f"save_every={steps}"]),
-                      overwrite=True)
-    seconds = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    tokens = max(r.get("tokens", 0) for r in rows)
-    info = {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens, "val_loss": result["val_loss"],
-            "val_bpb": result.get("val_bpb"), "tokens_per_s": round(tokens / seconds)}
-    print(f"causal LM: {steps} steps, {tokens / 1e6:.1f}M tokens in {seconds:.0f}s ({info['tokens_per_s']:,} tokens/s); "
-          f"validation loss {result['val_loss']:.3f} nats, {result.get('val_bpb', float('nan')):.3f} bits per byte")
-    return out / "pretrain" / "model", info
+    run = pretrain_for(args, plan.pretrain_seconds, out / "pretrain")
+    info = run.summary(val_bpb=run.result.get("val_bpb"))
+    print(f"causal LM: {run.steps} steps, {run.tokens / 1e6:.1f}M tokens in {run.seconds:.0f}s "
+          f"({info['tokens_per_s']:,} tokens/s); validation loss {run.result['val_loss']:.3f} nats, "
+          f"{run.result.get('val_bpb', float('nan')):.3f} bits per byte")
+    return run.model_dir, info
 
 
 def _task_files(out: Path, plan: DecoderPlan) -> tuple[dict[str, Path], dict[str, int]]:
-    from .data.gen_tasks import zh_tasks
+    from ..data.gen_tasks import zh_tasks
 
     data = zh_tasks(seed=1234, train_per_task=plan.train_per_task, eval_per_task=plan.eval_per_task)
     files = {}
     for split, examples in data.splits.items():
         path = out / "zh-tasks" / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False) + "\n"
-                                for e in examples), encoding="utf-8")
+        atomic_write(path, "".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False)
+                                   + "\n" for e in examples))
         files[split] = path
     sizes = {split: len(v) for split, v in data.splits.items()}
     print(f"zh-tasks: {sizes['train']:,} training / {sizes['validation']:,} validation / {sizes['test']:,} test "
@@ -153,9 +114,8 @@ def _task_files(out: Path, plan: DecoderPlan) -> tuple[dict[str, Path], dict[str
 
 def _sft(out: Path, plan: DecoderPlan, name: str, files: dict[str, Path], model_args: list[str],
          steps: int | None = None) -> dict[str, Any]:
-    from .demo import _steps_for
-    from .train.config import load_train_config
-    from .train.loop import finetune
+    from ..train.config import load_train_config
+    from ..train.loop import finetune
 
     run_dir = out / "runs" / name
     args = ["task=sft", f"data.train={files['train']}", f"data.validation={files['validation']}",
@@ -164,13 +124,13 @@ def _sft(out: Path, plan: DecoderPlan, name: str, files: dict[str, Path], model_
             "optim.weight_decay=0.01", f"generation.max_new_tokens={plan.max_new_tokens}", "generation.batch_size=32",
             "log_every=10", "progress=false", *model_args]
     if steps is None:  # the first system sets the steps from its time budget; the other takes the same
-        steps = max(20, _steps_for([*args, "generation.test=false"], plan.sft_seconds, run_dir))
+        steps = max(20, steps_for([*args, "generation.test=false"], plan.sft_seconds, run_dir))
     t0 = time.perf_counter()
     finetune(load_train_config(None, [
         *args, f"max_steps={steps}", f"eval_every={math.ceil(steps / 2)}", f"save_every={steps}",
         f"optim.warmup_steps={max(steps // 10, 5)}", f"out_dir={run_dir}"]), overwrite=True)
     test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
-    gens = [json.loads(line) for line in (run_dir / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    gens = read_jsonl(run_dir / "test_generations.jsonl")
     seconds = time.perf_counter() - t0
     print(f"{name:<28} {steps} steps ({seconds:.0f}s): test token accuracy {test['token_accuracy']:.3f}")
     return {"steps": steps, "seconds": round(seconds, 1), "test": test, "generations": gens, "run": str(run_dir)}
@@ -185,12 +145,12 @@ TABLE = (("情感判断", "accuracy", "情感判断 accuracy"), ("翻译", "chrf
 def run_decoder_half(out: Path, quick: bool, minutes: float) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     plan = DecoderPlan.make(quick, minutes)
-    _rule("D1. decoder tokenizer and token shards (People's Daily + training reviews)")
+    rule("D1. decoder tokenizer and token shards (People's Daily + training reviews)")
     texts, corpus = _corpus(out, plan)
     tok_dir, data = _tokenizer_and_shards(out, plan, texts, corpus)
-    _rule(f"D2. pretraining the decoder with causal LM ({plan.pretrain_seconds / 60:.1f} minutes)")
+    rule(f"D2. pretraining the decoder with causal LM ({plan.pretrain_seconds / 60:.1f} minutes)")
     pre_dir, pre = _pretrain(out, plan, data)
-    _rule("D3. instruction tuning on zh-tasks: pretrained vs from scratch (test answers, generated greedily)")
+    rule("D3. instruction tuning on zh-tasks: pretrained vs from scratch (test answers, generated greedily)")
     files, _ = _task_files(out, plan)
     first = _sft(out, plan, "pretrained", files, [f"init_from={pre_dir}"])
     systems = {
@@ -205,7 +165,7 @@ def run_decoder_half(out: Path, quick: bool, minutes: float) -> dict[str, Any]:
         values = [systems[n]["test"].get(f"{task}_{metric}") for n in names]
         table.append({"task": task, "metric": metric, "label": label, "values": dict(zip(names, values))})
         print(f"{label:<24}" + "".join(f"{v:>34.3f}" if v is not None else f"{'-':>34}" for v in values))
-    _rule("D4. a few test answers side by side")
+    rule("D4. a few test answers side by side")
     by_task: dict[str, list[tuple[dict, dict]]] = {}
     for a, b in zip(systems[names[0]]["generations"], systems[names[1]]["generations"]):
         by_task.setdefault(a["task"], []).append((a, b))

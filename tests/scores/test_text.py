@@ -12,8 +12,8 @@ from rouge_score import rouge_scorer
 
 from duplexlm.data.gen_tasks import ENTITY_LABELS, format_entities
 from duplexlm.errors import ConfigError, DataError
-from duplexlm.eval import generation
-from duplexlm.eval.generation import (
+from duplexlm.scores import text as generation
+from duplexlm.scores.text import (
     bleu,
     char_accuracy,
     chrf,

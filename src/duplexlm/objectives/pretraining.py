@@ -37,7 +37,7 @@ predicted.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -45,13 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.examples import IGNORE_INDEX
 from ..models.seq2seq import shift_right
+from .base import ObjectiveSpec
 
 Objective = Literal["clm", "mlm", "span", "rtd"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 # one generator for the whole batch, or one per row (row i draws from generator i)
 Generators = torch.Generator | Sequence[torch.Generator]
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 _SENTINEL = re.compile(r"<extra_id_(\d+)>")
 
@@ -690,118 +691,34 @@ def compute_loss(model: nn.Module, batch: Mapping[str, Tensor], objective: Objec
     return loss, int(count)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The registry: what the training loop knows of an objective
-
-
-@dataclass(frozen=True)
-class LossOptions:
-    """Knobs of the supervised losses (the pretraining losses take none)."""
-
-    label_smoothing: float = 0.0
-    class_weights: Tensor | None = None  # (num_labels,) for classify
-    rtd_weight: float = 50.0  # rtd: the discriminator's loss weight against the generator's (ELECTRA: 50)
-    # sft, seq2seq in training: a mean over target tokens ("token"), or over examples, each the mean of
-    # its own tokens ("example": a 2-token answer weighs as much as a 40-token one)
-    reduction: Literal["token", "example"] = "token"
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """One training objective as the loop sees it: the model families it trains, the head it needs,
-    where its batches come from (packed token ``shards`` or labelled ``examples``), its loss, and
-    for tasks how predictions are read off the logits and scored.
-
-    ``loss(model, batch, options) -> (mean loss, count)``: the count weights micro-batches and ranks
-    (target tokens, or examples). ``predict(logits, batch) -> (predictions, references)``, one entry
-    per example (``predict(logits, batch, model)``: the model for what reads more than the logits,
-    a CRF's Viterbi decoding); ``metrics(predictions, references, label_names) -> {name: value}``.
-    """
-
-    name: str
-    families: tuple[str, ...]
-    head: str
-    data: Literal["shards", "examples"]
-    loss: Callable[[nn.Module, Mapping[str, Tensor], LossOptions], tuple[Tensor, int]]
-    default_metric: str = "loss"
-    predict: Callable[[Tensor, Mapping[str, Tensor], Any], tuple[list[Any], list[Any]]] | None = None
-    metrics: Callable[[list[Any], list[Any], list[str] | None], dict[str, float]] | None = None
-    # what the loss of a batch is a mean over, read off the batch before the forward pass (None: the
-    # labelled positions, or the examples); it must agree with the count the loss returns
-    count: Callable[[Mapping[str, Tensor]], int] | None = None
-    # how the model reads a batch (None: ``model(input_ids, attention_mask=...)``); evaluation runs it
-    # once and hands the output to both the loss and ``predict``
-    forward: Callable[[nn.Module, Mapping[str, Tensor]], Any] | None = None
-
-
-class Replay:
-    """Stands in for the model in a loss function, handing back the output already computed (evaluation
-    runs the model once for the loss and the predictions; distillation once for both of its losses)."""
-
-    def __init__(self, out: Any, crf: Any = None) -> None:
-        self.out = out
-        if crf is not None:  # a multi-task tagger's CRF, which the loss finds on the model
-            self.crf = crf
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.out
-
-
-def _pretraining(name: str, family: str, head: str) -> ObjectiveSpec:
+def _pretraining(name: Objective, family: str, head: str) -> ObjectiveSpec:
     return ObjectiveSpec(name=name, families=(family,), head=head, data="shards",
-                         loss=lambda model, batch, options: compute_loss(model, batch, name))  # type: ignore[arg-type]
+                         loss=lambda model, batch, options: compute_loss(model, batch, name))
 
 
-REGISTRY: dict[str, ObjectiveSpec] = {
-    "clm": _pretraining("clm", "decoder", "lm"),
-    "mlm": _pretraining("mlm", "encoder", "mlm"),
-    "span": _pretraining("span", "seq2seq", "lm"),
-    "rtd": ObjectiveSpec(name="rtd", families=("encoder",), head="rtd", data="shards",
-                         loss=lambda model, batch, options: rtd_loss(model, batch, options.rtd_weight),
-                         count=rtd_count),
-}
-
-
-def register(spec: ObjectiveSpec) -> ObjectiveSpec:
-    """Add an objective to the registry (the fine-tuning tasks register themselves in ``train.tasks``)."""
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def get_objective(name: str) -> ObjectiveSpec:
-    """The registered objective ``name``; an unknown one is a ``ConfigError`` listing the others.
-
-    >>> get_objective("mlm").families, get_objective("classify").data
-    (('encoder',), 'examples')
-    """
-    from . import generative, tasks  # noqa: F401 - register classify, regress, tag, sft, seq2seq
-
-    if name not in REGISTRY:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"objective: expected one of {', '.join(REGISTRY)}, found {name!r}")
-    return REGISTRY[name]
+CLM = _pretraining("clm", "decoder", "lm")
+MLM = _pretraining("mlm", "encoder", "mlm")
+SPAN = _pretraining("span", "seq2seq", "lm")
+RTD = ObjectiveSpec(name="rtd", families=("encoder",), head="rtd", data="shards",
+                    loss=lambda model, batch, options: rtd_loss(model, batch, options.rtd_weight), count=rtd_count)
 
 
 __all__ = [
-    "IGNORE_INDEX",
+    "CLM",
+    "MLM",
     "OBJECTIVES",
-    "REGISTRY",
+    "RTD",
+    "SPAN",
     "Generators",
-    "LossOptions",
     "Objective",
-    "ObjectiveSpec",
     "ObjectiveTokens",
-    "Replay",
     "SpanLengths",
     "chunk_length",
     "clm_batch",
     "compute_loss",
-    "get_objective",
     "make_batch",
     "mlm_batch",
     "random_spans_noise_mask",
-    "register",
     "rtd_batch",
     "rtd_count",
     "rtd_loss",

@@ -1,7 +1,7 @@
 """Fine-tuning objectives for understanding tasks — ``classify``, ``regress``, ``tag`` — as entries of
-the one objective registry (:func:`duplexlm.train.objectives.get_objective`), beside the pretraining
+the one objective registry (:func:`duplexlm.objectives.get_objective`), beside the pretraining
 ones. Each says which families it trains, which head it needs, its loss and how its predictions are
-scored; the batches are labelled examples (:class:`duplexlm.train.data.ExampleSampler`).
+scored; the batches are labelled examples (:class:`duplexlm.train.samplers.ExampleSampler`).
 
 ============  ========================================  ===============================  ============
 objective     families                                  loss                             metric
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .objectives import IGNORE_INDEX, LossOptions, ObjectiveSpec, register
+from .base import IGNORE_INDEX, LossOptions, ObjectiveSpec
 
 
 def _logits(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
@@ -128,37 +128,37 @@ def tag_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) 
 
 
 def classify_metrics(preds: list[int], refs: list[int], label_names: list[str] | None) -> dict[str, Any]:
-    from ..eval.metrics import classification_metrics
+    from ..scores.labels import classification_metrics
 
     names = label_names or [str(i) for i in range(max([*preds, *refs]) + 1)]
     return classification_metrics(refs, preds, names)
 
 
 def regress_metrics(preds: list[list[float]], refs: list[list[float]], label_names: list[str] | None) -> dict[str, Any]:
-    from ..eval.metrics import regression_metrics
+    from ..scores.labels import regression_metrics
 
     return regression_metrics(refs, preds)
 
 
 def tag_metrics(preds: list[list[int]], refs: list[list[int]], label_names: list[str] | None) -> dict[str, Any]:
-    from ..eval.metrics import entity_metrics
+    from ..scores.labels import entity_metrics
 
     if not label_names:
         raise ValueError("tag metrics: the label names (BIO tags) are needed to read entities")
     return entity_metrics([[label_names[i] for i in r] for r in refs], [[label_names[i] for i in p] for p in preds])
 
 
-CLASSIFY = register(ObjectiveSpec(
+CLASSIFY = ObjectiveSpec(
     name="classify", families=("encoder", "decoder", "rnn"), head="classify", data="examples", loss=classify_loss,
-    default_metric="accuracy", predict=classify_predict, metrics=classify_metrics))
-REGRESS = register(ObjectiveSpec(
+    default_metric="accuracy", predict=classify_predict, metrics=classify_metrics)
+REGRESS = ObjectiveSpec(
     # one linear output per target: the classification head with num_labels = targets, as transformers'
     # problem_type="regression" does
     name="regress", families=("encoder", "decoder", "rnn"), head="classify", data="examples", loss=regress_loss,
-    default_metric="mse", predict=regress_predict, metrics=regress_metrics))
-TAG = register(ObjectiveSpec(
+    default_metric="mse", predict=regress_predict, metrics=regress_metrics)
+TAG = ObjectiveSpec(
     name="tag", families=("encoder", "rnn"), head="tag", data="examples", loss=tag_loss, default_metric="f1",
-    predict=tag_predict, metrics=tag_metrics))
+    predict=tag_predict, metrics=tag_metrics)
 
 
 def _multi_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
@@ -166,8 +166,8 @@ def _multi_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOpti
 
 
 # several tasks on one encoder: the loop draws each step's task and uses that task's entry above
-MULTI = register(ObjectiveSpec(
-    name="multi", families=("encoder",), head="none", data="examples", loss=_multi_loss, default_metric="loss"))
+MULTI = ObjectiveSpec(
+    name="multi", families=("encoder",), head="none", data="examples", loss=_multi_loss, default_metric="loss")
 
 
 def class_weights(labels: list[int], num_labels: int) -> torch.Tensor:

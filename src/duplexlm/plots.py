@@ -36,8 +36,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from ..errors import ConfigError, DataError
-from ..fileutil import atomic_write
+from .errors import ConfigError, DataError
+from .fileutil import atomic_write
 
 # Sans-serif CJK families, best first (names as fontconfig and matplotlib report them).
 CJK_FAMILIES: tuple[str, ...] = (
@@ -183,14 +183,20 @@ def setup_cjk_font() -> str | None:
 # Drawing and writing
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches drawn by Agg, outside pyplot (no global state).
+
+    >>> new_figure(4, 3).get_size_inches().tolist()
+    [4.0, 3.0]
+    """
     # constrained layout keeps rotated tick labels, colour bars and outside legends inside the image
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas: Agg, whatever pyplot's backend is
     return fig
 
 
-def _png_path(path: str | Path) -> Path:
+def png_path(path: str | Path) -> Path:
+    """``path`` as a Path, checked to name a ``.png`` file (a :class:`ConfigError` otherwise)."""
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"path: expected a file name ending in .png, found {str(path)!r}")
@@ -206,7 +212,9 @@ def _quiet_if_no_font(font: str | None) -> Iterator[None]:
         yield
 
 
-def _save(fig: Figure, path: Path, dpi: int, font: str | None) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int, font: str | None) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically and free it; ``font`` is :func:`setup_cjk_font`'s answer
+    (``None`` silences the missing-glyph warnings that line already reported)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_if_no_font(font):
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
@@ -245,7 +253,7 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], label_names:
     >>> plot_confusion_matrix([[5, 1], [2, 7]], ["正面", "负面"], png).stat().st_size > 0
     True
     """
-    out = _png_path(path)
+    out = png_path(path)
     names = [str(n) for n in label_names]
     arr = np.asarray(cm, dtype=np.float64)
     k = len(names)
@@ -260,7 +268,7 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], label_names:
         shown = arr
     font = setup_cjk_font()
     side = min(4.0 + 0.45 * k, 24.0)  # grows with the classes so the annotations stay legible
-    fig = _new_figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.add_subplot()
     vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
@@ -278,7 +286,7 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], label_names:
                 text = f"{shown[i, j]:.2f}" if normalize else f"{int(arr[i, j])}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8 if k > 10 else 10,
                         color="white" if shown[i, j] > 0.5 * vmax else "black")
-    return _save(fig, out, dpi, font)
+    return save_figure(fig, out, dpi, font)
 
 
 def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, ylabel: str, *,
@@ -295,13 +303,13 @@ def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
     ...             right={"val accuracy": [(10, 0.6), (20, 0.7)]}, right_ylabel="accuracy").name
     'curves.png'
     """
-    out = _png_path(path)
+    out = png_path(path)
     left_pts = _points(series, "series")
     right_pts = _points(right or {}, "right")
     if not any(len(a) for a in [*left_pts.values(), *right_pts.values()]):
         raise DataError("series: expected at least one (step, value) point, found none")
     font = setup_cjk_font()
-    fig = _new_figure(7.5, 4.5)
+    fig = new_figure(7.5, 4.5)
     ax = fig.add_subplot()
     twin = ax.twinx() if right_pts else None
     colors = rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
@@ -329,7 +337,7 @@ def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
         fig.legend(lines, labels, loc="outside upper center", ncols=min(len(lines), 4), frameon=False)
     if title:
         ax.set_title(title)
-    return _save(fig, out, dpi, font)
+    return save_figure(fig, out, dpi, font)
 
 
 def plot_label_efficiency(points: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, *,
@@ -342,7 +350,7 @@ def plot_label_efficiency(points: Mapping[str, Sequence[tuple[float, float]]], p
     >>> plot_label_efficiency({"预训练": [(100, 0.8), (10, 0.6)], "GRU": [(10, 0.5), (100, 0.6)]}, png).name
     'eff.png'
     """
-    out = _png_path(path)
+    out = png_path(path)
     pts = _points(points, "points")
     if not any(len(a) for a in pts.values()):
         raise DataError("points: expected at least one (n_labels, score) point, found none")
@@ -351,7 +359,7 @@ def plot_label_efficiency(points: Mapping[str, Sequence[tuple[float, float]]], p
             raise DataError(f"points[{name!r}]: expected n_labels > 0 (log axis), found "
                             f"{arr[~(arr[:, 0] > 0), 0][0]:g}")
     font = setup_cjk_font()
-    fig = _new_figure(7.0, 4.5)
+    fig = new_figure(7.0, 4.5)
     ax = fig.add_subplot()
     for name, arr in pts.items():
         arr = arr[np.argsort(arr[:, 0], kind="stable")]
@@ -368,7 +376,7 @@ def plot_label_efficiency(points: Mapping[str, Sequence[tuple[float, float]]], p
     ax.legend(loc="best")
     if title:
         ax.set_title(title)
-    return _save(fig, out, dpi, font)
+    return save_figure(fig, out, dpi, font)
 
 
 __all__ = ["CJK_FAMILIES", "plot_confusion_matrix", "plot_curves", "plot_label_efficiency", "setup_cjk_font"]

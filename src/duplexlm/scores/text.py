@@ -3,7 +3,7 @@ the built-in ``zh-tasks``, and :func:`score_generations`, which picks the scores
 
 chrF and BLEU are sacrebleu's corpus scores and ROUGE is rouge-score's, imported when first used (they
 are not needed to train); each is on sacrebleu's 0–100 scale. Exact match, character accuracy,
-accuracy and entity precision/recall/F1 are fractions in 0–1, as in :mod:`duplexlm.eval.metrics`.
+accuracy and entity precision/recall/F1 are fractions in 0–1, as in :mod:`duplexlm.scores.labels`.
 
 >>> exact_match(["正面", "负面 "], ["正面", "正面"]), char_accuracy(["國家主席"], ["國家主席們"])
 (0.5, 0.8)
@@ -16,12 +16,45 @@ accuracy and entity precision/recall/F1 are fractions in 0–1, as in :mod:`dupl
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..data.gen_tasks import ENTITY_LABELS, NO_ENTITY, SENTIMENT_ANSWERS
 from ..errors import ConfigError, DataError
-from .metrics import metrics_from_entity_counts
+from .labels import metrics_from_entity_counts
+
+# ----------------------------------------------------------------------------------------------------
+# The answer formats of the built-in zh-tasks: written by duplexlm.data.gen_tasks, read back here
+
+SENTIMENT_ANSWERS: dict[str, str] = {"positive": "正面", "negative": "负面"}
+"""reviews-zh label → the answer of the ``情感判断`` task."""
+
+ENTITY_LABELS: dict[str, str] = {"PER": "人名", "LOC": "地名", "ORG": "机构名"}
+"""Entity type → its name in the ``实体识别`` answer, in the answer's order."""
+
+NO_ENTITY = "无"
+"""What the ``实体识别`` answer writes for a type with no entity."""
+
+
+def format_entities(entities: Iterable[tuple[str, str]]) -> str:
+    """The ``实体识别`` answer for ``(type, text)`` entities (types ``PER``, ``LOC``, ``ORG``).
+
+    Always the three types, in that order: ``人名：…；地名：…；机构名：…``, each type's names in order
+    of first appearance, repeats written once, joined by ``、``; a type with none is ``无``. The names
+    of People's Daily contain none of ``：；、`` and none is exactly ``无`` (``无锡`` is fine), so
+    :func:`parse_entities` reads every answer back to the same set.
+
+    >>> format_entities([("PER", "江泽民"), ("LOC", "北京"), ("PER", "李鹏"), ("LOC", "北京")])
+    '人名：江泽民、李鹏；地名：北京；机构名：无'
+    """
+    names: dict[str, list[str]] = {t: [] for t in ENTITY_LABELS}
+    for typ, text in entities:
+        if typ not in names:
+            raise DataError(f"entity {text!r}: expected a type {', '.join(ENTITY_LABELS)}, found {typ!r}")
+        if text not in names[typ]:
+            names[typ].append(text)
+    return "；".join(f"{label}：{'、'.join(names[t]) or NO_ENTITY}" for t, label in ENTITY_LABELS.items())
+
+
 
 # ----------------------------------------------------------------------------------------------------
 # Inputs and optional packages

@@ -11,9 +11,9 @@ import matplotlib
 import pytest
 from matplotlib import font_manager
 
+from duplexlm import plots
 from duplexlm.errors import ConfigError, DataError
-from duplexlm.eval import plots
-from duplexlm.eval.plots import plot_confusion_matrix, plot_curves, plot_label_efficiency, setup_cjk_font
+from duplexlm.plots import plot_confusion_matrix, plot_curves, plot_label_efficiency, setup_cjk_font
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["正面", "负面", "中性"]

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from duplexlm.errors import ConfigError, DataError
-from duplexlm.eval import (
+from duplexlm.scores import (
     METRICS_HIGHER_IS_BETTER,
     bits_per_byte,
     classification_metrics,
@@ -29,7 +29,7 @@ from duplexlm.eval import (
     perplexity,
     regression_metrics,
 )
-from duplexlm.eval.metrics import _rankdata
+from duplexlm.scores.labels import _rankdata
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 seqeval_metrics = pytest.importorskip("seqeval.metrics")

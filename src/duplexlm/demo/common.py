@@ -1,0 +1,151 @@
+"""The steps both halves of ``duplex demo`` share: the section headers and their clock, the
+unlabelled corpus, the tokenizer and token shards, and pretraining for a time budget (the number
+of steps that fit it, timed on the run itself).
+
+Neither half is imported here; each half imports what it needs from this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fileutil import atomic_write
+
+_START = [time.perf_counter()]  # when this demo began: every section header shows the time since
+
+
+def start_clock() -> float:
+    """Start the clock that :func:`rule` reports against; return its start."""
+    _START[0] = time.perf_counter()
+    return _START[0]
+
+
+def rule(title: str) -> None:
+    """Print a section header with the minutes and seconds since :func:`start_clock`."""
+    m, sec = divmod(int(time.perf_counter() - _START[0]), 60)
+    print(f"\n== {title} == [{m}:{sec:02d}]")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line (a run's ``metrics.jsonl``, ``test_generations.jsonl``)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_corpus(out: Path, reviews: Iterable[Any], *, max_docs: int | None = None, max_texts: int | None = None,
+                 held_out: set[str] | None = None, unit: str = "paragraphs") -> tuple[list[str], Path]:
+    """Unlabelled text as ``out/corpus.txt`` (written atomically), one text a line: People's Daily
+    (the first ``max_docs`` documents, or until ``max_texts`` texts are kept), then ``reviews`` (the
+    training split's only, so fine-tuning's held-out sets stay unseen). A People's Daily text in
+    ``held_out`` (compared with its whitespace removed) is left out and counted."""
+    from ..data import iter_documents
+    from ..data.clean import clean_text
+
+    texts: list[str] = []
+    skipped = 0
+    for i, doc in enumerate(iter_documents(["peoples-daily"])):
+        if max_docs is not None and i >= max_docs:
+            break
+        text = clean_text(doc.text)
+        if not text:
+            continue
+        if held_out is not None and "".join(text.split()) in held_out:
+            skipped += 1
+            continue
+        texts.append(text)
+        if max_texts is not None and len(texts) >= max_texts:
+            break
+    n_pd = len(texts)
+    texts += [t for e in reviews if (t := clean_text(e.text))]
+    corpus = out / "corpus.txt"
+    atomic_write(corpus, "\n".join(texts) + "\n")
+    left_out = f" ({skipped:,} held-out task sentences left out)" if held_out is not None else ""
+    print(f"{n_pd:,} People's Daily {unit}{left_out} + {len(texts) - n_pd:,} training reviews, "
+          f"{sum(map(len, texts)):,} characters")
+    return texts, corpus
+
+
+def tokenizer_and_shards(out: Path, texts: list[str], corpus: Path, *, name: str, measured_on: str = "",
+                         **tokenizer_args: Any) -> tuple[Path, Path, dict[str, Any]]:
+    """Train a tokenizer on all but every 50th text (``tokenizer_args``: ``kind``, ``vocab_size``...),
+    save it as ``out/tok`` and turn ``corpus`` into token shards ``out/data`` (1% validation, seed 1234).
+    Prints the vocabulary (``name``), characters per token on every 50th text (``measured_on`` words
+    it) and the shards' sizes. Returns the tokenizer directory, the shards directory and their meta."""
+    from ..data import prepare
+    from ..tokenizer import save_tokenizer, train_tokenizer
+
+    t0 = time.perf_counter()
+    held_out = texts[::50]
+    tok = train_tokenizer([t for i, t in enumerate(texts) if i % 50], **tokenizer_args)
+    tok_dir = save_tokenizer(tok, out / "tok", overwrite=True)
+    meta = prepare([str(corpus)], out / "data", tok_dir, val_fraction=0.01, seed=1234, progress=False,
+                   overwrite=True)
+    sp = meta["splits"]
+    print(f"{name} vocabulary {tok.vocab_size:,}: {tok.chars_per_token(held_out):.2f} characters per token"
+          f"{measured_on}; shards train {sp['train']['tokens']:,} / val {sp['val']['tokens']:,} tokens "
+          f"({time.perf_counter() - t0:.0f}s)")
+    return tok_dir, out / "data", meta
+
+
+def steps_for(cfg_args: list[str], seconds: float, out: Path) -> int:
+    """How many steps fit in ``seconds``: time a few real steps of this very run (then discard them)."""
+    from ..train.config import load_train_config
+    from ..train.loop import cleanup, setup, train_step
+
+    run = setup(load_train_config(None, [*cfg_args, f"out_dir={out}", "max_steps=1000000"]), overwrite=True)
+    try:
+        train_step(run, 0)  # warm-up
+        t0 = time.perf_counter()
+        for step in range(1, 4):
+            train_step(run, step)
+        per_step = (time.perf_counter() - t0) / 3
+    finally:
+        cleanup(run.info)
+    return max(10, int(seconds / per_step))
+
+
+@dataclass
+class Pretraining:
+    """One pretraining run in a time budget: where its model is, what it did and logged."""
+
+    model_dir: Path
+    steps: int
+    seconds: float
+    tokens: int
+    result: dict[str, Any]
+    rows: list[dict[str, Any]]  # the run's metrics.jsonl
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """Steps, seconds, tokens, validation loss, ``extra`` and tokens per second."""
+        return {"steps": self.steps, "seconds": round(self.seconds, 1), "tokens": self.tokens,
+                "val_loss": self.result["val_loss"], **extra, "tokens_per_s": round(self.tokens / self.seconds)}
+
+
+def pretrain_for(args: list[str], seconds: float, run_dir: Path,
+                 before: Callable[[list[str]], None] | None = None) -> Pretraining:
+    """Pretrain with the overrides ``args`` for about ``seconds`` (at least 20 steps) into ``run_dir``:
+    the steps are timed on the run itself, warm-up is a tenth of them (at most 50), four validation
+    passes, one save at the end. ``before`` sees the final overrides just before training starts."""
+    from ..train.config import load_train_config
+    from ..train.loop import pretrain
+
+    steps = max(20, steps_for(args, seconds, run_dir))
+    args = [*args, f"optim.warmup_steps={min(50, steps // 10)}"]
+    if before is not None:
+        before(args)
+    t0 = time.perf_counter()
+    result = pretrain(load_train_config(None, [*args, f"out_dir={run_dir}", f"max_steps={steps}",
+                                               f"eval_every={max(steps // 4, 1)}", f"save_every={steps}"]),
+                      overwrite=True)
+    elapsed = time.perf_counter() - t0
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    tokens = max(r.get("tokens", 0) for r in rows)
+    return Pretraining(run_dir / "model", steps, elapsed, tokens, result, rows)
+
+
+__all__ = ["Pretraining", "pretrain_for", "read_jsonl", "rule", "start_clock", "steps_for", "tokenizer_and_shards",
+           "write_corpus"]
