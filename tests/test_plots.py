@@ -70,6 +70,26 @@ def test_chinese_labels_draw_without_missing_glyphs(tmp_path: Path) -> None:
     assert missing == []
 
 
+def test_the_packaged_font_draws_chinese_without_system_fonts(tmp_path: Path, monkeypatch) -> None:
+    """A fresh machine without root has no CJK font in its system: the one that installs with the
+    package (mplfonts' Noto Sans CJK SC) is found, registered and draws the Chinese glyphs."""
+    monkeypatch.setattr(plots, "_cjk_family", plots._UNSET)
+    monkeypatch.setattr(plots, "_fc_list", lambda: [])
+    monkeypatch.setattr(plots, "_common_paths", lambda: [])
+    known = [f for f in font_manager.fontManager.ttflist if f.name not in plots.CJK_FAMILIES]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", known)  # matplotlib knows no CJK family
+    monkeypatch.setitem(matplotlib.rcParams, "font.sans-serif", ["DejaVu Sans"])
+    assert [Path(f).name for _, f in plots.packaged_fonts()] == ["NotoSansCJKsc-Regular.otf"]
+    assert setup_cjk_font() == "Noto Sans CJK SC"
+    path = font_manager.findfont(font_manager.FontProperties(family=["sans-serif"]), fallback_to_default=False)
+    assert Path(path).name == "NotoSansCJKsc-Regular.otf"
+    assert font_manager.get_font(path).get_char_index(ord("负")) != 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _draw_all(tmp_path)
+    assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
+
+
 def test_without_a_cjk_font_one_line_then_quiet(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(plots, "_cjk_family", plots._UNSET)
     monkeypatch.setattr(plots, "_find_cjk_font", lambda: None)

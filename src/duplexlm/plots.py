@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -71,6 +72,10 @@ _FONT_GLOBS: tuple[str, ...] = (
     "C:/Windows/Fonts/simhei.ttf",
 )
 
+# Fonts that install with a Python package, so a fresh machine without root draws Chinese: mplfonts
+# (a dependency of duplexlm) ships Noto Sans CJK SC. Its files are read; its code is never imported.
+PACKAGED_FONTS: tuple[tuple[str, str], ...] = (("mplfonts", "fonts/NotoSansCJKsc-Regular.otf"),)
+
 _PROBE = "中"  # a common Han character: a font without it is no help
 _UNSET = object()
 _cjk_family: object = _UNSET  # the family found by the first call (None: none found), per process
@@ -108,6 +113,18 @@ def _common_paths() -> list[tuple[int, str]]:
     return found
 
 
+def packaged_fonts() -> list[tuple[int, str]]:
+    """(rank, file) for each CJK font an installed package ships (:data:`PACKAGED_FONTS`)."""
+    found = []
+    for package, name in PACKAGED_FONTS:
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            file = Path(root) / name
+            if file.is_file():
+                found.append((len(CJK_FAMILIES), str(file)))
+    return found
+
+
 def _usable_family(file: str) -> str | None:
     """The family matplotlib will use for ``file`` once registered, if it draws Chinese."""
     try:
@@ -125,9 +142,9 @@ def _find_cjk_font() -> str | None:
     for family in CJK_FAMILIES:
         if family in known:
             return family
-    # 2. files from fontconfig, then the usual places, best family first; .ttc collections are never
-    #    scanned by matplotlib, so each is registered by path
-    candidates = sorted(set(_fc_list()) | set(_common_paths()))
+    # 2. files from fontconfig, the usual places and installed packages, best family first; .ttc
+    #    collections are never scanned by matplotlib, so each is registered by path
+    candidates = sorted(set(_fc_list()) | set(_common_paths()) | set(packaged_fonts()))
     best: tuple[int, str, str] | None = None
     for rank, file in candidates:
         family = _usable_family(file)
@@ -163,7 +180,7 @@ def setup_cjk_font() -> str | None:
             _cjk_family = _find_cjk_font()
             if _cjk_family is None:
                 print("duplexlm: no CJK font found (looked for " + ", ".join(CJK_FAMILIES[:8]) + "); Chinese text "
-                      "in plots will show as boxes; install one, e.g. apt-get install fonts-wqy-microhei",
+                      "in plots will show as boxes; install one, e.g. pip install mplfonts or apt-get install fonts-wqy-microhei",
                       file=sys.stderr)
         family = _cjk_family
         if isinstance(family, str):
