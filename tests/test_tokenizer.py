@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,101 @@ def test_bad_arguments_rejected():
         train_tokenizer(EN_TRAIN, "bpe", vocab_size=400, num_sentinels=-1)
     with pytest.raises(ValueError, match="limit_alphabet: applies to kind='wordpiece' only"):
         train_tokenizer(EN_TRAIN, "bpe", vocab_size=400, limit_alphabet=100)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line: the demo's tokenizers, rebuilt with `duplex tokenizer train`
+
+
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory) -> tuple[list[str], Path]:
+    """A corpus as the demo writes it (cleaned texts, one a line): People's Daily paragraphs."""
+    from .conftest import peoples_daily_lines
+
+    texts = peoples_daily_lines(800)
+    corpus = tmp_path_factory.mktemp("demo-corpus") / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return texts, corpus
+
+
+# the demo's two calls (duplexlm.demo.encoder and .decoder), at this corpus's scale
+DEMO_TOKENIZERS = {"encoder": {"kind": "wordpiece", "vocab_size": 1600, "limit_alphabet": 1600 * 3 // 8},
+                   "decoder": {"kind": "bpe", "vocab_size": 600, "num_sentinels": 0}}
+
+
+def _vocab_apart(path: Path) -> tuple[dict, dict]:
+    """``tokenizer.json`` without its model's vocabulary, and the vocabulary."""
+    data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    return data, data["model"].pop("vocab")
+
+
+@pytest.mark.parametrize("half", sorted(DEMO_TOKENIZERS))
+def test_cli_rebuilds_the_demos_tokenizer(half, demo_corpus, tmp_path, capsys):
+    """`duplex tokenizer train` with the demo's options on the demo's corpus writes the tokenizer the
+    demo trains through the Python API: the same texts held out, the same options, the same files.
+
+    Byte-level BPE is trained deterministically: the files are equal byte for byte. The WordPiece
+    trainer of `tokenizers` (0.23) is not: it numbers ``##`` pieces in hash-map order, and ties (among
+    merges, and among characters at the ``limit_alphabet`` cut) fall differently from one run to the
+    next (huggingface/tokenizers#1794), so two runs of the Python API itself differ by a few tokens.
+    There everything but the vocabulary is equal, and the vocabularies differ by no more than that."""
+    from duplexlm.cli import main
+    from duplexlm.demo.common import tokenizer_and_shards
+
+    texts, corpus = demo_corpus
+    options = DEMO_TOKENIZERS[half]
+    api_dir, _, _ = tokenizer_and_shards(tmp_path / "demo", texts, corpus, name=half, **options)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    assert main(["tokenizer", "train", str(corpus), *flags, "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert f"on {len(texts[::50])} held-out documents" in capsys.readouterr().out
+    cli_dir = tmp_path / "cli"
+    assert (cli_dir / "tokenizer_config.json").read_bytes() == (api_dir / "tokenizer_config.json").read_bytes()
+    if options["kind"] == "bpe":
+        assert (cli_dir / "tokenizer.json").read_bytes() == (api_dir / "tokenizer.json").read_bytes()
+        return
+    (cli, cli_vocab), (api, api_vocab) = _vocab_apart(cli_dir), _vocab_apart(api_dir)
+    assert cli == api  # normalizer, pre-tokenizer, post-processor, decoder, special tokens, model settings
+    assert max(len(cli_vocab), len(api_vocab)) <= options["vocab_size"]
+    specials = special_tokens_for(0)
+    assert [cli_vocab[t] for t in specials] == [api_vocab[t] for t in specials] == list(range(len(specials)))
+    characters = [t for t in api_vocab if len(t) == 1 and t not in specials]
+    assert len(characters) <= options["limit_alphabet"]  # the limit was applied
+    assert len(set(cli_vocab) ^ set(api_vocab)) <= 0.02 * len(api_vocab)
+
+
+def test_cli_vocab_too_small_error_advice_works(demo_corpus, tmp_path, capsys):
+    """The error names the flags, and the --limit-alphabet it proposes trains a tokenizer that fits."""
+    from duplexlm.cli import main
+
+    _, corpus = demo_corpus
+    base = ["tokenizer", "train", str(corpus), "--kind", "wordpiece", "--vocab-size", "500", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("duplex tokenizer train: error: --vocab-size=500 is too small")
+    assert "limit_alphabet" not in err and "vocab_size" not in err
+    advice = re.search(r"or --limit-alphabet=(\d+) \(or less\)", err)
+    assert advice, err
+    assert not (tmp_path / "a").exists()
+    assert main([*base, "--limit-alphabet", advice.group(1), "--out", str(tmp_path / "b")]) == 0
+    tok = Tokenizer.from_dir(tmp_path / "b")
+    assert tok.vocab_size <= 500 and tok.sentinel_ids  # 32 sentinels by default, as the Python API
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--limit-alphabet", "0"], "argument --limit-alphabet: expected an integer >= 1, found 0"),
+    (["--limit-alphabet", "many"], "argument --limit-alphabet: expected an integer, found 'many'"),
+    (["--num-sentinels", "-1"], "argument --num-sentinels: expected an integer >= 0, found -1"),
+    (["--kind", "bpe", "--limit-alphabet", "100"], "--limit-alphabet: applies to --kind wordpiece only"),
+    (["--kind", "bpe", "--vocab-size", "100"], "--vocab-size=100 is too small for byte-level BPE"),
+])
+def test_cli_tokenizer_options_are_checked_in_one_line(args, message, demo_corpus, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    argv = ["tokenizer", "train", str(demo_corpus[1]), *args, "--out", str(tmp_path / "t"), "--quiet"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own checks leave through sys.exit
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "t").exists()

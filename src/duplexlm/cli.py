@@ -5,6 +5,7 @@
     duplex convert --to-hf SRC DST     duplexlm directory → Hugging Face directory
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
     duplex convert --to-peft --base BASE ADAPTER DST   a LoRA adapter → PEFT (for the Hugging Face form of BASE)
+    duplex export CHECKPOINT OUT [--overwrite]   a training checkpoint (out_dir/checkpoints/step_N) → a model directory
     duplex quantize --model DIR --method int8|int4 --out DIR [--embeddings]   weight-only quantisation
     duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
                                                                 pruning (heads/neurons: a smaller model), recovery
@@ -160,6 +161,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a training checkpoint (out_dir/checkpoints/step_N) as a model directory, as the run's out_dir/model
+    (config, weights with a LoRA run's adapters merged, tokenizer), after checking it against its manifest."""
+    from .io import export_checkpoint
+
+    cfg = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: duplexlm {cfg.family} (head {getattr(cfg, 'head', 'none')}) from {args.checkpoint}")
+    return 0
+
+
 def _compression_report(models: list[tuple[str | Path, str]], out_dir: str | Path, args: argparse.Namespace,
                         data: str | None = None, split: str | None = None) -> None:
     """The report row of each model (parameters, file size, CPU latency and throughput, quality on the
@@ -233,20 +244,16 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     held_out: list[str] = []
 
     def texts():
-        for i, doc in enumerate(iter_documents(args.sources, text_field=args.text_field,
-                                               doc_format=args.doc_format, on_error=args.on_error)):
-            if args.max_docs and i >= args.max_docs:
-                break
-            text = clean_text(doc.text)
-            if not text:
-                continue
-            if i % 50 == 49 and len(held_out) < 2000:  # every 50th document is held out for the report
-                held_out.append(text)
-            else:
+        docs = zip(range(args.max_docs or sys.maxsize), iter_documents(  # the first --max-docs documents
+            args.sources, text_field=args.text_field, doc_format=args.doc_format, on_error=args.on_error))
+        for i, text in enumerate(t for _, doc in docs if (t := clean_text(doc.text))):
+            if i % 50:
                 yield text
+            elif len(held_out) < 2000:  # every 50th text from the first is held out, as the demo's; 2,000 measured
+                held_out.append(text)
 
-    tok = train_tokenizer(texts(), kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                          lowercase=args.lowercase, show_progress=not args.quiet)
+    tok = train_tokenizer(texts(), args.kind, args.vocab_size, args.min_frequency, args.lowercase, args.num_sentinels,
+                          not args.quiet, limit_alphabet=args.limit_alphabet, flags=True)
     save_tokenizer(tok, args.out, overwrite=args.overwrite)
     cpt = tok.chars_per_token(held_out) if held_out else float("nan")
     print(f"wrote {args.out}: {args.kind}, vocabulary {tok.vocab_size}; {cpt:.2f} characters per token on "
@@ -647,6 +654,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "presets": (cmd_presets, lambda p: None),
         "info": (cmd_info, lambda p: p.add_argument("path", help="model directory")),
         "convert": (cmd_convert, _convert_args),
+        "export": (cmd_export, _export_args),
         "quantize": (cmd_quantize, _quantize_args),
         "prune": (cmd_prune, _prune_args),
         "pretrain": (cmd_pretrain, _pretrain_args),
@@ -698,6 +706,8 @@ def _tokenizer_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=_int_at_least(1), default=8000)
     p.add_argument("--min-frequency", type=_int_at_least(1), default=2)
     p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--limit-alphabet", type=_int_at_least(1), help="wordpiece: only the N most frequent characters")
+    p.add_argument("--num-sentinels", type=_int_at_least(0), default=32, help="T5 sentinels <extra_id_N> (0: none)")
     p.add_argument("--max-docs", type=_int_at_least(0), default=0,
                    help="train on at most this many documents (0: all)")
     p.add_argument("--out", required=True, help="output directory (tokenizer.json + tokenizer_config.json)")
@@ -736,6 +746,12 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="with --to-peft: the base model directory the adapter was trained on")
     p.add_argument("src", help="source model directory")
     p.add_argument("dst", help="destination directory (new or empty; written atomically)")
+    _overwrite_arg(p)
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a training checkpoint: a run's out_dir/checkpoints/step_N")
+    p.add_argument("out", help="the model directory to write (new or empty; written atomically)")
     _overwrite_arg(p)
 
 

@@ -42,7 +42,14 @@ from torch import Tensor, nn
 from .config import AnyConfig, check_pruning, config_from_dict
 from .convert import adapter_for_hf, from_hf, to_hf
 from .errors import ConfigError, ModelDirectoryError, ModelError
-from .fileutil import atomic_directory, check_output_dir, independent, read_json_object, write_json
+from .fileutil import (
+    atomic_directory,
+    check_output_dir,
+    independent,
+    read_json_object,
+    sha256_file,
+    write_json,
+)
 from .models import build_model
 from .models.quant_spec import apply_quantization_spec, quantization_spec
 from .tokenizer import Tokenizer
@@ -125,7 +132,9 @@ def _describe_quantization(spec: Any) -> str:
 
 def load_config_and_weights(path: str | Path,
                             allow_quantized: bool = False) -> tuple[AnyConfig, dict[str, Tensor]]:
-    """Our config and state dict (keys as our modules name them) from either kind of directory.
+    """Our config and state dict (keys as our modules name them) from either kind of directory, or
+    from a training checkpoint (``out_dir/checkpoints/step_N``, see :func:`checkpoint_config_file`;
+    a LoRA run's adapters merged into the weights, as its exported model has them).
 
     A quantised directory is refused (:class:`ModelError`) unless ``allow_quantized``: its state dict
     holds integer weights and scales (``*.qweight``, ``*.scales``) that only a model rebuilt with
@@ -133,9 +142,13 @@ def load_config_and_weights(path: str | Path,
     path = Path(path)
     if not path.is_dir():
         raise ModelDirectoryError(f"{path}: not a directory")
-    cfg_file = path / "config.json"
+    checkpoint = is_checkpoint(path)
+    if checkpoint and not checkpoint_complete(path):
+        raise ModelDirectoryError(f"{path}: an incomplete or corrupt training checkpoint (its {CHECKPOINT_MANIFEST} "
+                                  "does not match its files)")
+    cfg_file = checkpoint_config_file(path) if checkpoint else path / "config.json"
     if not cfg_file.is_file():
-        raise ModelDirectoryError(f"{path}: no config.json")
+        raise ModelDirectoryError(_not_a_model_directory(path))
     raw = read_json_object(cfg_file)
     if is_hf_config(raw):
         adapter_for_hf(raw.get("model_type"), source=str(cfg_file))  # fail on the type before reading weights
@@ -153,7 +166,130 @@ def load_config_and_weights(path: str | Path,
     # a file of ours must name every field that sets a tensor's shape; defaults would only hide a
     # truncated or hand-edited file until the weights fail to fit
     config = config_from_dict(raw, source=str(cfg_file), require_shapes=True)
-    return config, read_state_dict(path)
+    sd = read_state_dict(path)
+    return config, (_merge_checkpoint_lora(config, sd, path) if checkpoint else sd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training checkpoints and run directories as models
+
+CHECKPOINT_STATE = "trainer_state.json"  # what marks a checkpoint (duplexlm.train.checkpoint writes it)
+CHECKPOINT_MANIFEST = "manifest.json"  # written last: every file's size and SHA-256
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a training checkpoint of ours (``out_dir/checkpoints/step_N``): weights, trainer
+    state and manifest (a Hugging Face Trainer's ``checkpoint-N`` has no manifest: a Hugging Face directory)."""
+    path = Path(path)
+    return all((path / name).is_file() for name in (CHECKPOINT_STATE, CHECKPOINT_MANIFEST, "model.safetensors"))
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """Whether ``path`` is a training run's ``out_dir``: its ``config.yaml`` beside ``model/`` or ``checkpoints/``."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and ((path / "model").is_dir() or (path / "checkpoints").is_dir())
+
+
+def checkpoint_complete(path: str | Path, verify_hashes: bool = False) -> bool:
+    """Whether a checkpoint's files match its manifest (sizes; with ``verify_hashes`` the SHA-256 too)."""
+    import json
+
+    path = Path(path)
+    manifest = path / CHECKPOINT_MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return False
+    for name, info in files.items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != info["bytes"]:
+            return False
+        if verify_hashes and sha256_file(f) != info["sha256"]:
+            return False
+    return True
+
+
+def _run_model_directory(checkpoint: Path) -> Path | None:
+    """``RUN/model`` for the checkpoint ``RUN/checkpoints/step_N`` (where a finished run wrote its model);
+    None for a checkpoint found elsewhere (moved out of its run: no run to ask)."""
+    resolved = checkpoint.resolve()
+    if resolved.parent.name != "checkpoints" or not (resolved.parent.parent / "config.yaml").is_file():
+        return None
+    return resolved.parent.parent / "model"
+
+
+def checkpoint_config_file(checkpoint: str | Path) -> Path:
+    """The model config of a training checkpoint: its own ``config.json`` (a checkpoint holds the
+    model's config and tokenizer), else the one of its run's exported model (``RUN/model``: a checkpoint
+    written before checkpoints held them, of a finished run). A :class:`ModelDirectoryError` saying what
+    is missing where neither is."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "config.json").is_file():
+        return checkpoint / "config.json"
+    model = _run_model_directory(checkpoint)
+    if model is not None and (model / "config.json").is_file():
+        return model / "config.json"
+    where = (f"its run directory has no model to take it from ({model} is missing: the run did not finish)"
+             if model is not None else "it is not in its run directory (RUN/checkpoints/step_N) to take it from")
+    raise ModelDirectoryError(
+        f"{checkpoint}: a training checkpoint with no config.json (written before checkpoints kept the model's "
+        f"config), and {where}; a checkpoint written now keeps its config and tokenizer")
+
+
+def tokenizer_directory(path: str | Path) -> Path | None:
+    """The directory holding the tokenizer of a model directory or a training checkpoint (its own, else
+    for an older checkpoint its run's exported model's), or None."""
+    path = Path(path)
+    if (path / "tokenizer.json").is_file():
+        return path
+    model = _run_model_directory(path) if is_checkpoint(path) else None
+    return model if model is not None and (model / "tokenizer.json").is_file() else None
+
+
+def _not_a_model_directory(path: Path) -> str:
+    """Why ``path``, without a config.json, holds no model, and where the model is when we can tell."""
+    if not is_run_directory(path):
+        return f"{path}: no config.json"
+    what = f"{path}: a training run directory, not a model directory"
+    if (path / "model" / "config.json").is_file():
+        return f"{what}; its model is in {path / 'model'}"
+    newest = _newest_checkpoint(path)
+    if newest is not None:
+        return (f"{what}; its run has not written {path / 'model'} yet: its newest checkpoint is {newest} "
+                f"(load it as it is, or `duplex export {newest} DIR`)")
+    return f"{what}; its run has written neither {path / 'model'} nor a checkpoint yet"
+
+
+def _newest_checkpoint(run: Path) -> Path | None:
+    found = sorted(p for p in (run / "checkpoints").glob("step_*") if p.is_dir() and checkpoint_complete(p))
+    return found[-1] if found else None
+
+
+def _merge_checkpoint_lora(config: AnyConfig, sd: dict[str, Tensor], checkpoint: Path) -> dict[str, Tensor]:
+    """A LoRA run's checkpoint holds each adapted Linear's frozen weight beside its ``lora_A``/``lora_B``
+    pairs: the pairs merged into the weights (scaled by the run's ``method_args.lora_alpha``), as in the
+    model the run exports."""
+    pairs = sorted({tuple(k.split(".lora_A.", 1)) for k in sd if ".lora_A." in k})
+    if not pairs:
+        return sd
+    from .models.lora import WHOLE, LoRAConfig, apply_lora, merge_lora
+
+    state = read_json_object(checkpoint / CHECKPOINT_STATE)
+    alpha = ((state.get("config") or {}).get("method_args") or {}).get("lora_alpha")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
+        raise ModelError(f"{checkpoint / CHECKPOINT_STATE}: the checkpoint holds LoRA adapters, but its config names "
+                         "no method_args.lora_alpha to merge them with")
+    module, part = pairs[0]
+    model = build_model(config)
+    targets = [m if p == WHOLE else f"{m}:{p}" for m, p in pairs]
+    try:
+        apply_lora(model, LoRAConfig(r=int(sd[f"{module}.lora_A.{part}"].shape[0]), alpha=alpha, targets=targets))
+    except ConfigError as e:  # the file's values, not the caller's
+        raise ModelError(f"{checkpoint}: its LoRA adapters do not fit the model: {e}") from e
+    load_weights(model, sd, source=str(checkpoint))
+    return own_state_dict(merge_lora(model))
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
@@ -199,6 +335,7 @@ def load(path: str | Path, device: str | torch.device | None = None,
     """Load a model directory (ours or Hugging Face) → ``(model, tokenizer)`` in eval mode.
 
     The tokenizer is ``None`` when the directory has no ``tokenizer.json`` (a freshly built model).
+    ``path`` may also be a training checkpoint (``out_dir/checkpoints/step_N``).
 
     >>> model, tokenizer = load("path/to/model")  # doctest: +SKIP
     >>> out = model(input_ids, attention_mask=mask)  # doctest: +SKIP
@@ -212,7 +349,8 @@ def load(path: str | Path, device: str | torch.device | None = None,
     load_weights(model, sd, source=str(path))
     model.to(device=device, dtype=dtype or torch.float32)
     model.eval()
-    tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
+    tok_dir = tokenizer_directory(path)
+    tokenizer = Tokenizer.from_dir(tok_dir) if tok_dir is not None else None
     return model, tokenizer
 
 
@@ -304,3 +442,33 @@ def convert_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -
         _write_model(tmp, model.config, own_state_dict(model))
         _copy_tokenizer(src, tmp)
     return model.config
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> AnyConfig:
+    """A training checkpoint (``out_dir/checkpoints/step_N``) → a model directory as the run's
+    ``out_dir/model`` is (config.json, model.safetensors, the tokenizer), written atomically; a LoRA
+    run's adapters merged. The checkpoint is verified against its manifest (SHA-256) first. ``dst``
+    must be new or empty, or with ``overwrite`` an earlier model directory. Returns the model's config."""
+    src = Path(src)
+    if not is_checkpoint(src):
+        hint = ""
+        if is_run_directory(src):
+            newest = _newest_checkpoint(src)
+            hint = (f"; it is a training run directory: export one of its checkpoints (the newest is {newest})"
+                    if newest is not None else "; it is a training run directory without a checkpoint")
+        raise ModelDirectoryError(f"{src}: not a training checkpoint (expected model.safetensors and "
+                                  f"{CHECKPOINT_STATE}, as in OUT_DIR/checkpoints/step_N){hint}")
+    check_output_dir(dst, "model", overwrite=overwrite, flag="out", inputs=[src])
+    if not checkpoint_complete(src, verify_hashes=True):
+        raise ModelDirectoryError(f"{src}: an incomplete or corrupt training checkpoint (its files do not match "
+                                  f"the sizes and SHA-256 in its {CHECKPOINT_MANIFEST}); export another one")
+    config, sd = load_config_and_weights(src)
+    model = build_model(config)
+    load_weights(model, sd, source=str(src))  # validates names and shapes
+    tied = _tied_names(model)
+    tok_dir = tokenizer_directory(src)
+    with atomic_directory(dst) as tmp:
+        _write_model(tmp, config, {k: v for k, v in sd.items() if k not in tied})
+        if tok_dir is not None:
+            _copy_tokenizer(tok_dir, tmp)
+    return config

@@ -330,6 +330,16 @@ def _message_fields(message: Any, index: int) -> tuple[str, str]:
 # Training
 
 
+def option_name(name: str, flags: bool) -> str:
+    """How an error names an option of :func:`train_tokenizer`: the keyword (``vocab_size``), or with
+    ``flags`` the command line's flag (``--vocab-size``).
+
+    >>> option_name("limit_alphabet", False), option_name("limit_alphabet", True)
+    ('limit_alphabet', '--limit-alphabet')
+    """
+    return "--" + name.replace("_", "-") if flags else name
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, found {value!r}")
@@ -430,6 +440,7 @@ def train_tokenizer(
     *,
     limit_alphabet: int | None = None,
     model_max_length: int = 1024,
+    flags: bool = False,
 ) -> Tokenizer:
     """Train a tokenizer on ``texts`` (an iterable of documents or lines, read once).
 
@@ -441,36 +452,39 @@ def train_tokenizer(
 
     Both start with ``[PAD]``=0, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, ``<|endoftext|>`` (bos and
     eos), ``<|im_start|>``, ``<|im_end|>``, then ``<extra_id_0>`` … ``<extra_id_{num_sentinels-1}>``.
-    Pairs of symbols seen fewer than ``min_frequency`` times are not merged.
+    Pairs of symbols seen fewer than ``min_frequency`` times are not merged. ``flags``: errors name
+    the options as ``duplex tokenizer train``'s flags (``--vocab-size``), not as keywords.
 
     >>> tok = train_tokenizer(["我爱北京", "北京欢迎你"] * 5, "wordpiece", vocab_size=100, num_sentinels=0)
     >>> tok.backend.encode("北京").tokens
     ['[CLS]', '北', '京', '[SEP]']
     """
-    _check_int("vocab_size", vocab_size, 1)
-    _check_int("min_frequency", min_frequency, 1)
-    _check_int("num_sentinels", num_sentinels, 0)
-    _check_int("model_max_length", model_max_length, 1)
+    vocab, alphabet = option_name("vocab_size", flags), option_name("limit_alphabet", flags)
+    _check_int(vocab, vocab_size, 1)
+    _check_int(option_name("min_frequency", flags), min_frequency, 1)
+    _check_int(option_name("num_sentinels", flags), num_sentinels, 0)
+    _check_int(option_name("model_max_length", flags), model_max_length, 1)
     if limit_alphabet is not None:
-        _check_int("limit_alphabet", limit_alphabet, 1)
+        _check_int(alphabet, limit_alphabet, 1)
     specials = special_tokens_for(num_sentinels)
     if kind == "bpe":
         if limit_alphabet is not None:
-            raise ConfigError("limit_alphabet: applies to kind='wordpiece' only; byte-level BPE always "
-                             f"has the {_BYTE_ALPHABET_SIZE} bytes as its alphabet")
+            wordpiece = "--kind wordpiece" if flags else "kind='wordpiece'"
+            raise ConfigError(f"{alphabet}: applies to {wordpiece} only; byte-level BPE always has the "
+                             f"{_BYTE_ALPHABET_SIZE} bytes as its alphabet")
         needed = len(specials) + _BYTE_ALPHABET_SIZE
         if vocab_size < needed:
-            raise ConfigError(f"vocab_size={vocab_size} is too small for byte-level BPE: the {len(specials)} "
+            raise ConfigError(f"{vocab}={vocab_size} is too small for byte-level BPE: the {len(specials)} "
                              f"special tokens and the {_BYTE_ALPHABET_SIZE} bytes need {needed}; "
-                             f"expected vocab_size >= {needed}")
+                             f"expected {vocab} >= {needed}")
         backend = _bpe_pipeline(lowercase)
         trainer: trainers.Trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     elif kind == "wordpiece":
         if vocab_size <= len(specials):
-            raise ConfigError(f"vocab_size={vocab_size} is too small for WordPiece: the {len(specials)} special "
-                             f"tokens alone need {len(specials)}; expected vocab_size > {len(specials)} plus "
+            raise ConfigError(f"{vocab}={vocab_size} is too small for WordPiece: the {len(specials)} special "
+                             f"tokens alone need {len(specials)}; expected {vocab} > {len(specials)} plus "
                              "the characters of the training texts")
         backend = _wordpiece_pipeline(lowercase)
         options: dict[str, Any] = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
@@ -484,10 +498,13 @@ def train_tokenizer(
 
     got = backend.get_vocab_size(with_added_tokens=True)
     if got > vocab_size:  # the trainer never drops alphabet symbols, it just stops merging
-        raise ConfigError(f"vocab_size={vocab_size} is too small for WordPiece on these texts: the "
+        # N characters and at most N ## forms beside the special tokens: this N always fits
+        fits = (vocab_size - len(specials)) // 2
+        keep = (f", or {alphabet}={fits} (or less) to keep only the most frequent characters, the rest "
+                "becoming [UNK]") if fits >= 1 else ""
+        raise ConfigError(f"{vocab}={vocab_size} is too small for WordPiece on these texts: the "
                          f"{len(specials)} special tokens and the characters seen (with their ## forms) "
-                         f"already need {got}; expected vocab_size >= {got}, or pass limit_alphabet to keep "
-                         "only the most frequent characters")
+                         f"already need {got}; expected {vocab} >= {got}{keep}")
     for i, token in enumerate(specials):  # the trainer puts them first, in order; other code relies on it
         if backend.token_to_id(token) != i:
             raise RuntimeError(f"special token {token!r} got id {backend.token_to_id(token)}, expected {i}")

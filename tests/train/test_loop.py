@@ -378,3 +378,56 @@ def test_the_logged_step_loss_is_the_objectives_loss_on_that_batch(pd_data, tmp_
         assert train_step(run, 0)["loss"] == pytest.approx(expected, rel=1e-5)
     finally:
         cleanup(run.info)
+
+
+def test_threads_sets_torchs_threads_for_every_step_and_restores_them(pd_data, tmp_path, monkeypatch):
+    from duplexlm.train import loop
+
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2  # a count other than the default, so the setting shows
+    seen: list[int] = []
+    step = loop.train_step
+
+    def counting_step(run, i):
+        seen.append(torch.get_num_threads())
+        return step(run, i)
+
+    monkeypatch.setattr(loop, "train_step", counting_step)
+    pretrain(_cfg(pd_data, tmp_path / "run", f"threads={want}", "max_steps=3", "eval_every=3", "save_every=3"))
+    assert seen == [want] * 3
+    assert torch.get_num_threads() == before  # the caller's count again once the run is over
+    saved = (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8")
+    assert f"threads: {want}" in saved
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "true"])
+def test_a_bad_threads_value_is_a_one_line_error_naming_it(value, tmp_path, capsys):
+    from duplexlm.cli import main
+
+    with pytest.raises(ConfigError, match=r"^threads: expected"):
+        load_train_config(None, [f"threads={value}"])
+    assert main(["pretrain", f"out_dir={tmp_path / 'run'}", f"threads={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("duplex pretrain: error: threads: expected") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_threads_under_torchrun_on_cpu_is_per_process(monkeypatch):
+    """Each rank gets ``threads``; by default the cores are shared among the machine's processes."""
+    import torch.distributed as dist
+
+    from duplexlm.train.distributed import cleanup, init_distributed
+
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: None)  # no group: the settings alone
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    info = init_distributed("cpu")
+    assert torch.get_num_threads() == 4 and info.rank == 1
+    cleanup(info)
+    assert torch.get_num_threads() == before
+    info = init_distributed("cpu", threads=3)
+    assert torch.get_num_threads() == 3
+    cleanup(info)
+    assert torch.get_num_threads() == before

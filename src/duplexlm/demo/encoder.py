@@ -201,7 +201,8 @@ class EncoderPlan:
     def make(cls, quick: bool, minutes: float | None) -> EncoderPlan:
         if quick:
             return cls(quick=True, minutes=minutes or 0.2, vocab=2000, pd_docs=3000, seq_len=64, layers=2, width=64,
-                       pretrain_seconds=(minutes or 0.2) * 60, finetune_epochs=1.0, train_labels=1000,
+                       # 4 epochs of the 1,000 labels (125 steps): at 1 the quick encoders stayed at the majority
+                       pretrain_seconds=(minutes or 0.2) * 60, finetune_epochs=4.0, train_labels=1000,
                        curve=(100, 300), evals=1, held_out=300)
         minutes = minutes or 15.0
         # 32% of the budget pretrains (4.8 of the default 15 minutes); the rest fine-tunes, trains the

@@ -9,7 +9,8 @@ A fine-tuned model is scored on a labelled split: ``out`` receives ``metrics.jso
 per class or entity type too), ``predictions.jsonl`` (each example with its label and the
 prediction), ``report.md`` and, for classification, a confusion-matrix PNG. The task follows from
 the model (:func:`duplexlm.infer.predict.task_of`); the data is a built-in task name or a file, as
-for ``duplex finetune``.
+for ``duplex finetune``. A tagger reads every sentence whole, one longer than its context in
+overlapping windows (:func:`duplexlm.infer.predict.tag`): every gold entity is scored.
 
 >>> metrics = evaluate_model("runs/sentiment/model", "reviews-zh", out="runs/sentiment/eval")  # doctest: +SKIP
 >>> metrics["accuracy"]  # doctest: +SKIP

@@ -86,11 +86,17 @@ def logits_for(model: nn.Module, tokenizer: Any, texts: Sequence[Any], *, pretok
     """``(encoding, logits)`` per text, run in batches padded to their longest row."""
     from ..data.examples import encode_texts
 
+    # every text encoded in one call: the truncating tokenizer is built once, not once per batch
+    everything = encode_texts(tokenizer, list(texts), _max_length(model, max_length), pretokenized=pretokenized)
+    return _run(model, tokenizer, everything, batch_size, task)
+
+
+@torch.no_grad()
+def _run(model: nn.Module, tokenizer: Any, everything: list[Any], batch_size: int,
+         task: str | None) -> list[tuple[Any, torch.Tensor]]:
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # every text encoded in one call: the truncating tokenizer is built once, not once per batch
-    everything = encode_texts(tokenizer, list(texts), _max_length(model, max_length), pretokenized=pretokenized)
     # batched by length (little padding), answered in the order given
     order = sorted(range(len(everything)), key=lambda i: len(everything[i].ids))
     out: list[Any] = [None] * len(everything)
@@ -138,10 +144,17 @@ def classify(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_si
 
 
 def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], *, batch_size: int = 32,
-        max_length: int | None = None, task: str | None = None) -> list[dict[str, Any]]:
-    """Per text (a string, split by :func:`words`, or a list of words already): ``words`` with their ``tags`` (words past the model's context get ``O``), and the
-    ``entities`` read from the BIO tags as ``{"type", "text", "start", "end"}`` (word indices, end
-    exclusive). ``task``: which head of a multi-task model."""
+        max_length: int | None = None, task: str | None = None, stride: int | None = None) -> list[dict[str, Any]]:
+    """Per text (a string, split by :func:`words`, or a list of words already): ``words`` with their
+    ``tags``, and the ``entities`` read from the BIO tags as ``{"type", "text", "start", "end"}``
+    (word indices, end exclusive). ``task``: which head of a multi-task model.
+
+    A text longer than ``max_length`` tokens (default: the model's context) is tagged whole, in
+    overlapping windows (:func:`duplexlm.data.examples.encode_windows`; ``stride``: the tokens two
+    windows share, default half a window): each window is predicted on its own (a CRF's Viterbi path
+    over its words), and each word takes its tag from the window where it has the most context on
+    both sides. A word the tokenizer turns into no token at all gets ``O``."""
+    from ..data.examples import encode_windows, first_subtokens, stitch_windows
     from ..scores.labels import extract_entities
 
     if not texts:
@@ -151,21 +164,26 @@ def tag(model: nn.Module, tokenizer: Any, texts: Sequence[str | Sequence[str]], 
         count = model.config.tasks[task]["num_labels"] if task else model.config.num_labels
         names = [str(i) for i in range(count)]
     split = [words(t) if isinstance(t, str) else list(t) for t in texts]
+    windows = encode_windows(tokenizer, split, _max_length(model, max_length), stride)
+    flat = _run(model, tokenizer, [enc for pairs in windows for _, enc in pairs], batch_size, task)
     results = []
-    for ws, (enc, logits) in zip(split, logits_for(model, tokenizer, split, pretokenized=True,
-                                                   batch_size=batch_size, max_length=max_length, task=task)):
-        first: dict[int, int] = {}  # word → the position of its first sub-token, which carries its tag
-        for pos, w in enumerate(enc.word_ids):
-            if w is not None and w not in first:
-                first[w] = pos
-        if crf is not None and first:  # the best tag sequence over the words, not each word alone
-            path = crf.decode(logits[list(first.values())][None])[0]
-        else:
-            pred = logits.argmax(-1).tolist()
-            path = [pred[pos] for pos in first.values()]
-        tags = ["O"] * len(ws)
-        for w, t in zip(first, path):
-            tags[w] = names[t]
+    at = 0
+    for ws, pairs in zip(split, windows):
+        values = []  # per window: a tag per word of the window
+        for win, _ in pairs:
+            enc, logits = flat[at]
+            at += 1
+            first = first_subtokens(enc.word_ids)  # word → its first sub-token, which carries its tag
+            if crf is not None and first:  # the best tag sequence over the window's words, not each word alone
+                path = crf.decode(logits[list(first.values())][None])[0]
+            else:
+                pred = logits.argmax(-1).tolist()
+                path = [pred[pos] for pos in first.values()]
+            row = ["O"] * (win.end - win.start)
+            for w, t in zip(first, path):
+                row[w] = names[t]
+            values.append(row)
+        tags = stitch_windows([win for win, _ in pairs], values)
         joiner = "" if ws and _CJK.search("".join(ws)) else " "
         entities = [{"type": t, "text": joiner.join(ws[a:b]), "start": a, "end": b}
                     for t, a, b in extract_entities(tags)]

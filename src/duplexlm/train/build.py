@@ -96,8 +96,10 @@ def rederivable(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+# what a task head replaces: every head, the pooler (see model_from) and the CRF over the tag scores
+# (a fresh one for a new tag head, see models/crf.py)
 HEAD_PREFIXES = ("classifier.", "mlm_head.", "lm_head.", "head.", "pooler.", "task_heads.", "rtd_head.",
-                  "generator.")
+                  "generator.", "crf.")
 
 
 def _override_loaded(config: Any, changes: dict[str, Any], source: str) -> Any:
@@ -121,17 +123,22 @@ def _reads_pooled(head: dict[str, Any]) -> bool:
     return head["head"] == "classify" or any(t["head"] == "classify" for t in (head.get("tasks") or {}).values())
 
 
-def _same_head(config: Any, head: dict[str, Any]) -> bool:
-    """Whether a loaded model already has the task head asked for: the same kind, the same labels in the
+def _same_labels(config: Any, head: dict[str, Any]) -> bool:
+    """Whether a loaded model already has the kind of task head asked for, with the same labels in the
     same order (then its trained head is kept, not replaced by a fresh one)."""
     if head.get("tasks") or getattr(config, "head", None) != head["head"]:
         return False
     if getattr(config, "num_labels", None) != head.get("num_labels"):
         return False
-    if head["head"] == "tag" and bool(getattr(config, "crf", False)) != bool(head.get("crf")):
-        return False
     names = getattr(config, "label_names", None)
     return not names or not head.get("label_names") or list(names) == list(head["label_names"])
+
+
+def _same_head(config: Any, head: dict[str, Any]) -> bool:
+    """:func:`_same_labels`, and for a tagger the same choice of CRF: the whole head is kept."""
+    if head["head"] == "tag" and bool(getattr(config, "crf", False)) != bool(head.get("crf")):
+        return False
+    return _same_labels(config, head)
 
 
 def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi: Any = None) -> nn.Module:
@@ -177,6 +184,9 @@ def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi:
     expected = model.state_dict()
     backbone = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
     keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
+    if _same_labels(config, head):  # a tagger on the same labels, a CRF added or dropped: its tag scores stay
+        keep.update({k: v for k, v in sd.items()
+                     if k.startswith(HEAD_PREFIXES) and not k.startswith("crf.") and k in expected})
     missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(HEAD_PREFIXES)]
     if missing:
         raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")

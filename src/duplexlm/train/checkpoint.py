@@ -1,9 +1,11 @@
 """Checkpoints you can trust: complete or absent, never half-written.
 
 A checkpoint is a directory ``checkpoints/step_00000200/`` holding the model weights (safetensors),
-optimizer state, trainer state (step, counters, RNG states) and, written last, ``manifest.json``
-with every file's size and SHA-256. It is assembled in a temporary sibling directory and renamed
-into place only when complete; a directory without a valid manifest is ignored by ``--resume``.
+optimizer state, trainer state (step, counters, RNG states), the model's ``config.json`` and its
+tokenizer (so that it is a model as well: ``duplexlm.load``, ``init_from``, ``duplex eval`` and
+``duplex export`` take it; see :mod:`duplexlm.io`) and, written last, ``manifest.json`` with every
+file's size and SHA-256. It is assembled in a temporary sibling directory and renamed into place
+only when complete; a directory without a valid manifest is ignored by ``--resume``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..fileutil import atomic_directory, independent, sha256_file
+from ..fileutil import atomic_directory, independent, sha256_file, write_json
+from ..io import CHECKPOINT_MANIFEST, CHECKPOINT_STATE, checkpoint_complete
+from ..tokenizer import Tokenizer
+from ..version import __version__
 
-MANIFEST = "manifest.json"
+MANIFEST = CHECKPOINT_MANIFEST
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,8 +75,10 @@ def _rng_from_plain(plain: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
-                    optimizer_state: dict[str, Any], trainer_state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``root/step_{step:08d}`` atomically, then delete all but the newest ``keep_last``."""
+                    optimizer_state: dict[str, Any], trainer_state: dict[str, Any], keep_last: int,
+                    model_config: Any = None, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``root/step_{step:08d}`` atomically, then delete all but the newest ``keep_last``.
+    ``model_config`` (written as ``config.json``) and ``tokenizer`` make the checkpoint a model too."""
     root = Path(root)
     final = root / f"step_{step:08d}"
     for stale in root.glob(".step_*.tmp-*"):  # left by a process killed mid-write
@@ -80,7 +87,11 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         save_file(independent(model_state), str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_rng_to_plain(rng_state()), tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        if model_config is not None:  # as duplexlm.io writes a model directory's
+            write_json(tmp / "config.json", {"duplexlm_version": __version__, **model_config.to_dict()})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
         files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
         # written last: a checkpoint is complete exactly when its manifest matches its files
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
@@ -91,20 +102,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
 
 
 def is_complete(path: Path, verify_hashes: bool = False) -> bool:
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
-        return False
-    for name, info in files.items():
-        f = path / name
-        if not f.is_file() or f.stat().st_size != info["bytes"]:
-            return False
-        if verify_hashes and sha256_file(f) != info["sha256"]:
-            return False
-    return True
+    return checkpoint_complete(path, verify_hashes=verify_hashes)
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -127,6 +125,6 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (manifest does not match its files)")
     model_state = load_file(str(path / "model.safetensors"))
     optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    trainer_state = json.loads((path / CHECKPOINT_STATE).read_text())
     set_rng_state(_rng_from_plain(torch.load(path / "rng.pt", map_location="cpu", weights_only=True)))
     return model_state, optimizer_state, trainer_state

@@ -187,6 +187,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     device: str = "auto"  # auto: cuda when present, else cpu
+    # torch's intra-op threads per process, set before the first step (null: PyTorch's default, i.e.
+    # OMP_NUM_THREADS or one per core; under torchrun on CPU the cores divided among the processes)
+    threads: int | None = None
     seed: int = 1337
     max_nonfinite: int = 5  # consecutive non-finite steps before training stops
     tensorboard: bool = False
@@ -263,6 +266,10 @@ class TrainConfig:
         for key, value, ok, expected in ranges:
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads: expected a positive integer (torch threads per process) or null for "
+                              f"the default, found {self.threads!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {self.device!r}")
         if not self.out_dir.strip():

@@ -24,6 +24,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    threads_before: int | None = None  # torch's thread count before this run changed it; cleanup restores it
 
     @property
     def is_main(self) -> bool:
@@ -43,12 +44,29 @@ def pick_device(preference: str) -> torch.device:
     return device
 
 
-def init_distributed(preference: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun; a single process otherwise."""
+def set_threads(threads: int | None) -> int | None:
+    """Give torch ``threads`` intra-op threads (``None``: leave them); returns the count before, or
+    ``None`` when nothing changed. The inter-op pool is left alone: eager training does not use it,
+    and PyTorch lets a process size it only once, before any parallel work."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads: expected a positive integer, found {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before
+
+
+def init_distributed(preference: str = "auto", threads: int | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun; a single process otherwise.
+
+    ``threads``: torch's intra-op threads in this process (every rank). ``None`` keeps the default:
+    PyTorch's own (``OMP_NUM_THREADS``, else one per core) in a single process, the machine's cores
+    divided among its processes under torchrun on CPU. :func:`cleanup` restores the count before."""
     device = pick_device(preference)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" not in os.environ:  # not launched by torchrun: one plain process
-        return DistInfo(device=device)
+        return DistInfo(device=device, threads_before=set_threads(threads))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
@@ -58,14 +76,15 @@ def init_distributed(preference: str = "auto") -> DistInfo:
                               "or device=cpu")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
+    elif threads is None:
         # Processes on one machine share its cores: do not oversubscribe them.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        threads = max(1, (os.cpu_count() or 1) // local_world)
+    before = set_threads(threads)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 rank=rank, world_size=world, device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, threads_before=before)
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
@@ -128,3 +147,6 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+    if info.threads_before is not None:  # the caller's thread count again (the Python API, tests)
+        torch.set_num_threads(info.threads_before)
+        info.threads_before = None

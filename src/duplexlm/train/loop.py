@@ -42,6 +42,7 @@ from .logs import MetricsLog
 from .samplers import ChunkSampler, ExampleSampler
 from .schedule import get_lr
 from .sources import (
+    TagWindowSampler,
     examples_source,
     generative_source,
     multi_source,
@@ -161,7 +162,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     if spec.name == "multi" and cfg.fsdp:
         raise ConfigError("fsdp: task=multi trains one head per step, and FSDP needs every parameter in every "
                           "step; use DDP (fsdp=false)")
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, threads=cfg.threads)
     multi = None
     if spec.name == "multi":
         source, multi = multi_source(cfg)
@@ -470,7 +471,11 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
                       task: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Every example of ``sampler``, in order (ranks take alternate batches): the mean loss and the
     objective's metrics → (``{prefix}_name``: scalar, ..., the full metrics with per-class detail).
-    ``task``: one task of a multi-task run (its objective, label names, loss options and head)."""
+    ``task``: one task of a multi-task run (its objective, label names, loss options and head).
+
+    Tags (a :class:`~duplexlm.train.sources.TagWindowSampler`): each row is a window of a sentence;
+    the loss counts each word once, in the window that answers for it, and the entities are scored
+    over whole sentences, each word's tag from that window (its Viterbi path run over the window)."""
     from .distributed import all_gather_objects
     from .multitask import TaskView
 
@@ -482,6 +487,7 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
     model = unwrap(run.model) if not cfg.fsdp else run.model
     reader = TaskView(model, run.raw_model, task.name) if task is not None else model
     model.eval()
+    windowed = sampler if isinstance(sampler, TagWindowSampler) else None
     loss_sum, count, preds, refs = 0.0, 0, [], []
     B = cfg.batch_size
     n_batches = math.ceil(sampler.n / B)
@@ -498,18 +504,24 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
             with autocast(info.device, run.amp_dtype):
                 out = (spec.forward(reader, batch) if spec.forward is not None
                        else reader(batch["input_ids"], attention_mask=batch["attention_mask"]))
-            loss, n = spec.loss(obj.Replay(out, getattr(reader, "crf", None)), batch, options)
+            scored = batch if windowed is None else {**batch, "labels": windowed.loss_labels(rows, batch["labels"])}
+            loss, n = spec.loss(obj.Replay(out, getattr(reader, "crf", None)), scored, options)
             if cfg.fsdp and i % info.world_size != info.rank:
                 continue
             loss_sum += loss.item() * n
             count += n
             p, r = spec.predict(out.logits.float(), batch, reader)
-            preds.extend(p)
+            preds.extend(p if windowed is None else zip(rows, p))
             refs.extend(r)
     finally:
         run.model.train()
     loss_sum, total = all_reduce_sum([loss_sum, float(count)], info)
     preds, refs = all_gather_objects(preds, info), all_gather_objects(refs, info)
+    if windowed is not None:  # whole sentences: every word tagged, every gold entity scored
+        by_row = dict(preds)
+        fill = label_names.index("O") if label_names and "O" in label_names else 0  # a word without a token
+        preds = windowed.windows.stitch([by_row[k] for k in range(sampler.n)], fill)
+        refs = windowed.windows.gold
     full = spec.metrics(preds, refs, label_names)
     flat = {f"{prefix}_loss": loss_sum / max(total, 1.0)}
     flat.update({f"{prefix}_{k}": float(v) for k, v in full.items() if isinstance(v, (int, float))})
@@ -540,7 +552,8 @@ def save(run: Run) -> Path | None:
     path = None
     if run.info.is_main:
         path = save_checkpoint(run.out_dir / "checkpoints", run.state["step"], model_state, opt_state,
-                               {**run.state, "config": run.cfg.to_dict()}, run.cfg.keep_last)
+                               {**run.state, "config": run.cfg.to_dict()}, run.cfg.keep_last,
+                               model_config=run.raw_model.config, tokenizer=run.tokenizer)  # a model too
     barrier(run.info)
     return path
 

@@ -5,6 +5,7 @@ regress, tag), conversations and pairs (sft, seq2seq), and several tasks at once
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = 
     ``augment.p > 0`` the training sampler (only) augments each sample's text. ``objective`` and
     ``data`` (the fields train, validation, test, text_field, label_field): one task of a multi-task
     run (default: the run's own)."""
-    from ..data.examples import encode_examples
+    from ..data.examples import count_cut, encode_examples, encode_tag_windows
     from ..data.tasks import load_task_data
     from .samplers import TextAugmenter
 
@@ -96,22 +97,59 @@ def examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = 
     validation_split(splits, cfg.data.split_seed)
     names = task.label_names
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = {k: encode_examples(v, tokenizer, objective, cfg.data.seq_len, names, split=k)
-               for k, v in splits.items()}
+    L = cfg.data.seq_len
+    notes: list[str] = []
+    # tag: training cuts a sentence to data.seq_len; validation and test score every word of it, in windows
+    windowed = {k: encode_tag_windows(v, tokenizer, L, names) for k, v in splits.items()
+                if objective == "tag" and k != "train"}
+    encoded = {k: encode_examples(v, tokenizer, objective, L, names, split=k)
+               for k, v in splits.items() if k not in windowed}
+    if objective == "tag":
+        cut, lost = count_cut(tokenizer, [list(e.text) for e in splits["train"]], L, pretokenized=True)
+        if cut:
+            notes.append(f"train: {cut} of {len(splits['train'])} sentences cut to data.seq_len={L} tokens "
+                         f"({lost} tokens lost)")
+        for k, w in windowed.items():
+            if w.long:
+                notes.append(f"{k}: {w.long} of {len(w.gold)} sentences longer than data.seq_len={L} tokens, "
+                             f"scored whole in {len(w.example)} overlapping windows")
     num_labels = len(names) if names else task.num_targets
     augment = cfg.augment.config()
     # a function of (seed, global sample index): a resumed run reads the variants the uninterrupted one read
     augmenter = (TextAugmenter([e.text for e in splits["train"]], tokenizer, cfg.data.seq_len, augment, cfg.seed,
                                ids=encoded["train"][0]) if augment.enabled else None)
+
+    def held_out(split: str) -> ExampleSampler:
+        if split in windowed:
+            return TagWindowSampler(windowed[split], seed=cfg.seed, pad_id=pad, name=split)
+        return ExampleSampler(*encoded[split], seed=cfg.seed, pad_id=pad, shuffle=False, name=split)
+
     return Source(
         tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size,
         train=ExampleSampler(*encoded["train"], seed=cfg.seed, pad_id=pad, name="train", augment=augmenter,
                              group_by_length=50 * cfg.batch_size * cfg.grad_accum * world_size()
                              if cfg.data.group_by_length else 0),
-        val=ExampleSampler(*encoded["validation"], seed=cfg.seed, pad_id=pad, shuffle=False, name="validation"),
-        test=(ExampleSampler(*encoded["test"], seed=cfg.seed, pad_id=pad, shuffle=False, name="test")
-              if "test" in encoded else None),
-        label_names=names, num_labels=num_labels, train_labels=encoded["train"][1])
+        val=held_out("validation"), test=held_out("test") if "test" in splits else None,
+        label_names=names, num_labels=num_labels, train_labels=encoded["train"][1], notes=notes)
+
+
+class TagWindowSampler(ExampleSampler):
+    """A tag task's validation or test split for scoring, each row a window of a sentence
+    (:class:`~duplexlm.data.examples.TagWindows`): ``labels`` tag every word of the window (the
+    prediction runs over all of them), :meth:`loss_labels` only those it answers for, and
+    ``windows.stitch`` puts the rows' predictions back together into whole sentences."""
+
+    def __init__(self, windows: Any, seed: int, pad_id: int, name: str) -> None:
+        super().__init__(windows.ids, windows.labels, seed=seed, pad_id=pad_id, shuffle=False, name=name)
+        self.windows = windows
+
+    def loss_labels(self, rows: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """The rows' ``loss_labels`` padded as ``like`` (the batch's labels) is, -100 past each row."""
+        out = torch.full_like(like, obj.IGNORE_INDEX)
+        for r, i in enumerate(rows):
+            row = self.windows.loss_labels[i]
+            out[r, : len(row)] = torch.tensor(row, dtype=out.dtype)
+        return out
 
 
 def task_tokenizer(cfg: TrainConfig) -> Tokenizer:
@@ -237,7 +275,8 @@ def multi_source(cfg: TrainConfig) -> tuple[Source, Any]:
                                     options=options, weight=t.weight)))
     first = items[0][0]
     multi = MultiTask(tasks=[d for _, d in items], schedule=TaskSchedule([d.weight for _, d in items]))
-    return dataclasses.replace(first, label_names=None, num_labels=0, train_labels=[], test=None), multi
+    notes = [f"tasks.{d.name}: {note}" for src, d in items for note in src.notes]
+    return dataclasses.replace(first, label_names=None, num_labels=0, train_labels=[], test=None, notes=notes), multi
 
 def objective_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The objective's own knobs from ``objective_args``, as :func:`duplexlm.objectives.make_batch` takes them."""
