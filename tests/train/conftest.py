@@ -7,6 +7,8 @@ import pytest
 
 from duplexlm.data import prepare
 from duplexlm.tokenizer import save_tokenizer, train_tokenizer
+from duplexlm.train.config import load_train_config
+from duplexlm.train.loop import pretrain
 
 from ..conftest import peoples_daily_lines
 
@@ -34,4 +36,18 @@ def pd_data_words(pd_corpus) -> Path:
     out = pd_corpus / "data_words"
     prepare([str(pd_corpus / "corpus.txt")], out, pd_corpus / "tok", val_fraction=0.05, seed=1, workers=1,
             word_boundaries=True, progress=False)
+    return out
+
+
+# a tiny encoder's settings, shared by the tests that start from a pretrained run or its checkpoints
+TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.seq_len=48", "batch_size=8",
+        "eval_every=2", "log_every=1", "progress=false", "optim.warmup_steps=1", "precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(pd_data, tmp_path_factory) -> Path:
+    """A tiny masked-LM encoder pretrained 4 steps, with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("mlm") / "run"
+    pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", "objective=mlm",
+                                      "model.preset=bert-tiny", *TINY, "max_steps=4", "save_every=2"]))
     return out

@@ -16,20 +16,11 @@ import duplexlm
 from duplexlm.cli import main
 from duplexlm.errors import DuplexError
 from duplexlm.train.config import load_train_config
-from duplexlm.train.loop import finetune, pretrain
+from duplexlm.train.loop import finetune
 
-TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.seq_len=48", "batch_size=8",
-        "eval_every=2", "log_every=1", "progress=false", "optim.warmup_steps=1", "precision=fp32"]
 STEP_2 = Path("checkpoints") / "step_00000002"
 
 
-@pytest.fixture(scope="module")
-def mlm_run(pd_data, tmp_path_factory) -> Path:
-    """A tiny masked-LM encoder pretrained 4 steps, with checkpoints at steps 2 and 4."""
-    out = tmp_path_factory.mktemp("mlm") / "run"
-    pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", "objective=mlm",
-                                      "model.preset=bert-tiny", *TINY, "max_steps=4", "save_every=2"]))
-    return out
 
 
 def _same_weights(model: torch.nn.Module, file: Path) -> None:

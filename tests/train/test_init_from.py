@@ -16,10 +16,10 @@ from duplexlm.data.tasks import peoples_daily_bio
 from duplexlm.models import build_model
 from duplexlm.tokenizer import Tokenizer
 from duplexlm.train.config import load_train_config
-from duplexlm.train.loop import finetune, pretrain, setup
+from duplexlm.train.loop import finetune, setup
 
-TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.seq_len=48", "batch_size=8",
-        "eval_every=2", "log_every=1", "progress=false", "optim.warmup_steps=1", "precision=fp32"]
+from .conftest import TINY
+
 RUN = ["data.seq_len=64", "batch_size=8", "eval_every=2", "log_every=1", "progress=false", "precision=fp32"]
 
 
@@ -36,13 +36,6 @@ def ner_file(tmp_path_factory) -> Path:
     return conll
 
 
-@pytest.fixture(scope="module")
-def mlm_run(pd_data, tmp_path_factory) -> Path:
-    """A tiny masked-LM encoder pretrained 4 steps, with checkpoints at steps 2 and 4."""
-    out = tmp_path_factory.mktemp("mlm") / "run"
-    pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", "objective=mlm",
-                                      "model.preset=bert-tiny", *TINY, "max_steps=4", "save_every=2"]))
-    return out
 
 
 def _tag(ner_file: Path, init_from: Path | str, out: Path, *extra: str) -> list[str]:
