@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                     "optim.lr=1e-3", "optim.warmup_steps=100", "max_epochs=3"],
         "bigru": ["task=classify", "model.preset=gru-base", "model.d_embed=128", "model.d_hidden=256", "model.n_layer=1",
                   "model.dropout=0.3", "data.seq_len=128", "data.group_by_length=true", "batch_size=32",
-                  "optim.lr=2e-3", "optim.warmup_steps=50", "optim.weight_decay=0.0", "max_epochs=3"],
+                  "optim.lr=2e-3", "optim.warmup_steps=50", "optim.weight_decay=0.0", "max_epochs=4"],
     },
 }
 BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh"}
