@@ -42,18 +42,23 @@ def _reviews(n: int, start: int = 0) -> list[tuple[str, str]]:
     return [r for r in rows if r[0]]
 
 
-@pytest.fixture(scope="module")
-def review_files(tmp_path_factory) -> dict[str, Path]:
-    """Real reviews as CSV files: 240 to train on, 60 to validate, 60 to test."""
-    root = tmp_path_factory.mktemp("reviews")
+def _review_csvs(root: Path, splits: dict[str, tuple[int, int]]) -> dict[str, Path]:
+    """A CSV file (text, label) per split of ``(count, first review)``, in ``root``."""
     out = {}
-    for split, (n, start) in {"train": (240, 0), "validation": (60, 200), "test": (60, 300)}.items():
+    for split, (n, start) in splits.items():
         out[split] = root / f"{split}.csv"
         with open(out[split], "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
             w.writerows(_reviews(n, start))
     return out
+
+
+@pytest.fixture(scope="module")
+def review_files(tmp_path_factory) -> dict[str, Path]:
+    """Real reviews as CSV files: 240 to train on, 60 to validate, 60 to test."""
+    return _review_csvs(tmp_path_factory.mktemp("reviews"), {"train": (240, 0), "validation": (60, 200),
+                                                                "test": (60, 300)})
 
 
 def _cfg(review_files, tok: Path, out: Path, *extra: str):
@@ -75,13 +80,7 @@ def sentiment_files(tmp_path_factory) -> dict[str, Path]:
     from duplexlm.tokenizer import save_tokenizer, train_tokenizer
 
     root = tmp_path_factory.mktemp("sentiment-files")
-    out = {}
-    for split, (n, start) in {"train": (2000, 0), "validation": (100, 1000), "test": (300, 1050)}.items():
-        out[split] = root / f"{split}.csv"
-        with open(out[split], "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            w.writerows(_reviews(n, start))
+    out = _review_csvs(root, {"train": (2000, 0), "validation": (100, 1000), "test": (300, 1050)})
     tok = train_tokenizer([text for text, _ in _reviews(2000)], "wordpiece", vocab_size=3000, limit_alphabet=1500,
                           num_sentinels=0)
     out["tok"] = save_tokenizer(tok, root / "tok")
