@@ -3,6 +3,7 @@
     python benchmarks/bench_quality.py --task ner --out runs/quality-ner            # all sentences, 3 seeds
     python benchmarks/bench_quality.py --task ner --labels 300 1000 3000 all --seeds 1 --out runs/q-curve
     python benchmarks/bench_quality.py --task sentiment --out runs/quality-sentiment
+    python benchmarks/bench_quality.py --task s2t --out runs/quality-s2t            # T5 from scratch, 3 seeds
     python benchmarks/bench_quality.py --task ner --smoke --out /tmp/q             # tiny: checks it runs
 
 Each system is trained with the recipe below through ``duplex finetune`` (the same command a user runs,
@@ -11,7 +12,10 @@ gold entity scored), so each number can be checked again from ``OUT/<labels>/<sy
 The counting baseline of the task is computed in the same run on the same split: for ``ner`` a
 longest-match dictionary of the entity strings in the training sentences used (each string's most
 frequent type, 2+ characters; :class:`duplexlm.data.baselines.EntityDictionary`), for ``sentiment``
-TF-IDF over character 1-3-grams with logistic regression. Validation picks the checkpoint (the loop's
+TF-IDF over character 1-3-grams with logistic regression, for ``s2t`` (Simplified → Traditional, chrF)
+copying the input and a character map counted from the training pairs
+(:class:`duplexlm.data.baselines.CharacterMap`); the sentences where the map and the first seed's model
+disagree are written to ``OUT/disagreements.jsonl`` and counted in the table. Validation picks the checkpoint (the loop's
 best on the validation metric); the test split only reports. ``--write`` puts the table in
 docs/benchmarks.md with the machine and the wall time.
 """
@@ -57,8 +61,19 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                   "model.dropout=0.3", "data.seq_len=128", "data.group_by_length=true", "batch_size=32",
                   "optim.lr=2e-3", "optim.warmup_steps=50", "optim.weight_decay=0.0", "max_epochs=4"],
     },
+    # T5 from scratch. Adafactor at 3e-2 (T5's optimizer, steps relative to each weight's scale): with
+    # AdamW the unit-scale embeddings and the position biases move so slowly that after 1,200 steps the
+    # model had not yet learnt to read its source (chrF < 5).
+    "s2t": {
+        "t5": ["task=seq2seq", "model.preset=t5-tiny", "model.d_model=256", "model.head_dim=64", "model.n_head=4",
+               "model.d_ff=1024", "model.n_layer=2", "model.dropout=0.0", "data.seq_len=136", "data.group_by_length=true",
+               "batch_size=32", "optim.name=adafactor", "optim.lr=3e-2", "optim.min_lr=3e-3", "optim.warmup_steps=50",
+               "optim.weight_decay=0.0", "max_steps=4000", "generation.val_examples=100", "generation.max_new_tokens=160",
+               "eval_metric=chrf", "generation.test=false"],
+    },
 }
-BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh"}
+BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh", "s2t": "s2t"}
+METRIC = {"ner": "f1", "sentiment": "accuracy", "s2t": "chrf"}
 
 
 def _cli(*args: str, log: Path, threads: int | None = None) -> None:
@@ -88,15 +103,23 @@ def _write_csv(path: Path, examples: list[Any]) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _prepare(task: str, out: Path, sizes: list[int | None]) -> tuple[dict[str, Any], dict[int | None, Path], Path, Path]:
+def _prepare(task: str, out: Path, sizes: list[int | None]) -> tuple[dict[str, Any], dict[int | None, Any], Any, Any]:
     """The built-in task's splits as files (a training file per size, the first N of the seeded training
-    split), and a tokenizer trained on the full training split's text (characters, WordPiece)."""
+    split), and the text of the full training split for the tokenizer. ``s2t`` trains and scores on
+    the built-in itself (its split is the loader's); its tokenizer text holds both scripts."""
+    files = out / "data"
+    files.mkdir(parents=True, exist_ok=True)
+    if task == "s2t":
+        from duplexlm.data.gen_tasks import load_seq2seq_data
+
+        pairs = load_seq2seq_data("s2t").splits
+        (files / "train-text.txt").write_text("".join(f"{e.source_text}\n{e.target}\n" for e in pairs["train"]),
+                                              encoding="utf-8")
+        return pairs, {None: "s2t"}, "s2t", "s2t"
     data = load_task_data("tag" if task == "ner" else "classify", BUILTIN[task])
     splits = data.splits
     write = _write_conll if task == "ner" else _write_csv
     suffix = ".conll" if task == "ner" else ".csv"
-    files = out / "data"
-    files.mkdir(parents=True, exist_ok=True)
     train_files = {}
     for n in sizes:
         path = files / f"train-{n or 'all'}{suffix}"
@@ -109,6 +132,40 @@ def _prepare(task: str, out: Path, sizes: list[int | None]) -> tuple[dict[str, A
     corpus.write_text("".join(("".join(e.text) if task == "ner" else e.text) + "\n" for e in splits["train"]),
                       encoding="utf-8")
     return splits, train_files, val, test
+
+
+def _baselines(task: str, train: list[Any], test: list[Any]) -> dict[str, float]:
+    """The counting baselines of ``task`` scored on ``test``: name → score."""
+    if task == "s2t":
+        from duplexlm.data.baselines import CharacterMap
+        from duplexlm.scores.text import chrf
+
+        refs = [e.target for e in test]
+        cmap = CharacterMap.from_pairs((e.source_text, e.target) for e in train)
+        return {"copy the input": chrf([e.source_text for e in test], refs),
+                "character map": chrf([cmap.convert(e.source_text) for e in test], refs)}
+    return {"dictionary" if task == "ner" else "TF-IDF + LR": _baseline(task, train, test)}
+
+
+def _disagreements(train: list[Any], generations: Path, out: Path) -> str:
+    """Where the character map and the model answer differently: each sentence with both answers and
+    the reference (``out``), and a line counting who is right."""
+    from duplexlm.data.baselines import CharacterMap
+
+    cmap = CharacterMap.from_pairs((e.source_text, e.target) for e in train)
+    rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines()]
+    differ = []
+    for r in rows:
+        mapped = cmap.convert(r["input"])
+        if mapped != r["prediction"]:
+            differ.append({"source": r["input"], "reference": r["reference"], "map": mapped, "model": r["prediction"],
+                           "map_right": mapped == r["reference"], "model_right": r["prediction"] == r["reference"]})
+    out.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in differ), encoding="utf-8")
+    model_only = sum(d["model_right"] for d in differ)
+    map_only = sum(d["map_right"] for d in differ)
+    return (f"The map and the first seed's model answer {len(differ)} of {len(rows)} test sentences differently: "
+            f"the model alone exact on {model_only}, the map alone on {map_only}, neither on "
+            f"{len(differ) - model_only - map_only} (each in `disagreements.jsonl`).")
 
 
 def _baseline(task: str, train: list[Any], test: list[Any]) -> float:
@@ -142,22 +199,29 @@ def main() -> int:
     out = Path(args.out)
     sizes = [None if s == "all" else int(s) for s in args.labels]
     systems = args.systems or list(RECIPES[args.task])
+    if args.task == "s2t" and sizes != [None]:
+        p.error("--task s2t trains on all its pairs: --labels all")
+    smoke: list[str] = []  # settings after the recipe's
     if args.smoke:
-        sizes, args.seeds, args.epochs, args.eval_every = [200], [1], 0.5, 10
+        sizes, args.seeds, args.epochs, args.eval_every = [None if args.task == "s2t" else 200], [1], 0.5, 10
+        smoke = ["max_steps=20", "generation.val_examples=8"] if args.task == "s2t" else []
     splits, train_files, val, test = _prepare(args.task, out, sizes)
     log = out / "commands.log"
     tok = out / "tokenizer"
     if not (tok / "tokenizer.json").is_file():
-        _cli("tokenizer", "train", str(out / "data" / "train-text.txt"), "--kind", "wordpiece", "--vocab-size", "8000",
+        kind = (["--kind", "bpe", "--cjk-chars", "--num-sentinels", "0"] if args.task == "s2t"
+                else ["--kind", "wordpiece"])
+        _cli("tokenizer", "train", str(out / "data" / "train-text.txt"), *kind, "--vocab-size", "8000",
              "--out", str(tok), "--quiet", log=log)
-    metric = "f1" if args.task == "ner" else "accuracy"
+    metric = METRIC[args.task]
+    notes: list[str] = []
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     rows: list[dict[str, Any]] = []
     for n in sizes:
         train = splits["train"][:n] if n else splits["train"]
-        rows.append({"system": "dictionary" if args.task == "ner" else "TF-IDF + LR", "labels": len(train),
-                     "scores": [_baseline(args.task, train, splits["test"])], "minutes": []})
-        print(f"{len(train)} labels, {rows[-1]['system']}: {rows[-1]['scores'][0]:.4f}", flush=True)
+        for name, score in _baselines(args.task, train, splits["test"]).items():
+            rows.append({"system": name, "labels": len(train), "scores": [score], "minutes": []})
+            print(f"{len(train)} labels, {name}: {score:.4f}", flush=True)
         for system in systems:
             row = {"system": system, "labels": len(train), "scores": [], "minutes": [], "steps": []}
             def one(seed: int, n: int | None = n, system: str = system, train: list[Any] = train) -> tuple[float, float, int]:
@@ -165,13 +229,16 @@ def main() -> int:
                 run.parent.mkdir(parents=True, exist_ok=True)
                 log_one = run.parent / f"{system}-s{seed}.log"
                 t0 = time.perf_counter()
-                _cli("finetune", *RECIPES[args.task][system], f"tokenizer={tok}", f"data.train={train_files[n]}",
-                     f"data.validation={val}", f"data.test={test}", f"seed={seed}", f"out_dir={run}",
-                     *([f"max_epochs={args.epochs}"] if args.epochs else []), f"eval_every={args.eval_every}",
+                files = ([f"data.train={train_files[n]}"] if args.task == "s2t" else
+                         [f"data.train={train_files[n]}", f"data.validation={val}", f"data.test={test}"])
+                _cli("finetune", *RECIPES[args.task][system], f"tokenizer={tok}", *files, f"seed={seed}", f"out_dir={run}",
+                     *([f"max_epochs={args.epochs}"] if args.epochs and args.task != "s2t" else []), *smoke, f"eval_every={args.eval_every}",
                      f"save_every={args.eval_every}", "progress=false", "--overwrite", log=log_one, threads=threads)
                 minutes = (time.perf_counter() - t0) / 60
                 _cli("eval", "--model", str(run / "model"), "--data", str(test), "--out", str(run / "eval"),
-                     "--overwrite", log=log_one, threads=threads)
+                     *(["--max-new-tokens", "160"] if args.task == "s2t" else []),
+                     *(["--limit", "40"] if args.smoke and args.task == "s2t" else []), "--overwrite", log=log_one,
+                     threads=threads)
                 score = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))[metric]
                 steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
                 print(f"{len(train)} labels, {system} seed {seed}: {metric} {score:.4f} in {minutes:.1f} min "
@@ -184,8 +251,11 @@ def main() -> int:
                     row["minutes"].append(minutes)
                     row["steps"].append(steps)
             rows.append(row)
+            if args.task == "s2t":
+                first = out / "all" / f"{system}-s{args.seeds[0]}" / "eval" / "generations.jsonl"
+                notes.append(_disagreements(train, first, out / "disagreements.jsonl"))
     total = (time.perf_counter() - start) / 60
-    table = _table(args, rows, metric, total)
+    table = _table(args, rows, metric, total, notes)
     print(table)
     (out / "quality.md").write_text(table, encoding="utf-8")
     if args.write:
@@ -193,9 +263,10 @@ def main() -> int:
     return 0
 
 
-def _table(args: argparse.Namespace, rows: list[dict[str, Any]], metric: str, total: float) -> str:
+def _table(args: argparse.Namespace, rows: list[dict[str, Any]], metric: str, total: float, notes: list[str]) -> str:
     cmd = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
-    title = {"ner": "NER on `peoples-daily-ner`", "sentiment": "sentiment on `reviews-zh`"}[args.task]
+    title = {"ner": "NER on `peoples-daily-ner`", "sentiment": "sentiment on `reviews-zh`",
+             "s2t": "Simplified → Traditional on `s2t`"}[args.task]
     lines = [f"### Quality: {title} (CPU)", "",
              f"Machine: {machine(torch.device('cpu'))}; {args.jobs} run(s) at a time; {total:.1f} minutes in all. Test split of the built-in "
              f"(split seed 1234), scored by `duplex eval`; validation picks each run's checkpoint. Seeds "
@@ -208,7 +279,8 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], metric: str, to
         steps = f"{statistics.mean(r['steps']):.0f}" if r.get("steps") else "—"
         lines.append(f"| {r['labels']:,} | {r['system']} | {score} | {mins} | {steps} |")
     recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES[args.task].items())
-    lines += ["", f"Recipes (`duplex finetune` settings, plus the tokenizer and data files): {recipe}.", ""]
+    lines += ["", *(f"{n}\n" for n in notes),
+              f"Recipes (`duplex finetune` settings, plus the tokenizer and data files): {recipe}.", ""]
     return "\n".join(lines)
 
 

@@ -453,3 +453,38 @@ def test_cli_tokenizer_options_are_checked_in_one_line(args, message, demo_corpu
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "t").exists()
+
+
+S2T_PAIRS = [("我们发展经济，头发很长。", "我們發展經濟，頭髮很長。"), ("１９９８年后的中国", "１９９８年後的中國"),
+             ("东方红，太阳升", "東方紅，太陽升")] * 20
+
+
+def test_cjk_chars_gives_one_token_per_chinese_character_and_stays_lossless():
+    """--cjk-chars: merges never cross a Chinese character, so Simplified and Traditional text split into
+    the same number of tokens, character for character; without it BPE learns multi-character words."""
+    texts = [t for pair in S2T_PAIRS for t in pair]
+    plain = train_tokenizer(texts, "bpe", vocab_size=400, num_sentinels=0)
+    chars = train_tokenizer(texts, "bpe", vocab_size=400, num_sentinels=0, cjk_chars=True)
+    assert any(len(plain.decode([i])) > 1 and "\u4e00" <= plain.decode([i])[0] <= "\u9fff"
+               for i in plain.encode("我们发展经济"))
+    for source, target in S2T_PAIRS[:3]:
+        for text in (source, target):
+            ids = chars.encode(text)
+            assert chars.decode(ids) == text  # lossless
+            pieces = [chars.decode([i]) for i in ids]
+            assert all(len(p) == 1 for p in pieces if "\u4e00" <= p[0] <= "\u9fff"), pieces
+        assert len(chars.encode(source)) == len(chars.encode(target))
+
+
+def test_cli_bpe_learns_full_width_characters_as_they_are_encoded(tmp_path):
+    """The command line cleans its training text; for byte-level BPE (no normaliser when encoding) it
+    must not NFKC it, or full-width ，and １ never reach the merges and stay three byte tokens each."""
+    from duplexlm.cli import main
+
+    corpus = tmp_path / "s2t.txt"
+    corpus.write_text("".join(f"{a}\n{b}\n" for a, b in S2T_PAIRS), encoding="utf-8")
+    assert main(["tokenizer", "train", str(corpus), "--kind", "bpe", "--cjk-chars", "--vocab-size", "400",
+                 "--num-sentinels", "0", "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    tok = Tokenizer.from_dir(tmp_path / "tok")
+    assert len(tok.encode("，")) == 1 and len(tok.encode("１９９８")) == 1
+    assert [tok.decode([i]) for i in tok.encode("頭髮，")] == ["頭", "髮", "，"]

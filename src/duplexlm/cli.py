@@ -246,14 +246,18 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     def texts():
         docs = zip(range(args.max_docs or sys.maxsize), iter_documents(  # the first --max-docs documents
             args.sources, text_field=args.text_field, doc_format=args.doc_format, on_error=args.on_error))
-        for i, text in enumerate(t for _, doc in docs if (t := clean_text(doc.text))):
+        # byte-level BPE encodes text as given (no normaliser): it must learn full-width ，and １ as they
+        # come, not their NFKC forms, or each stays three byte tokens
+        nfkc = args.kind != "bpe"
+        for i, text in enumerate(t for _, doc in docs if (t := clean_text(doc.text, nfkc=nfkc))):
             if i % 50:
                 yield text
             elif len(held_out) < 2000:  # every 50th text from the first is held out, as the demo's; 2,000 measured
                 held_out.append(text)
 
     tok = train_tokenizer(texts(), args.kind, args.vocab_size, args.min_frequency, args.lowercase, args.num_sentinels,
-                          not args.quiet, limit_alphabet=args.limit_alphabet, flags=True)
+                          not args.quiet, limit_alphabet=args.limit_alphabet, cjk_chars=args.cjk_chars,
+                          flags=True)
     save_tokenizer(tok, args.out, overwrite=args.overwrite)
     cpt = tok.chars_per_token(held_out) if held_out else float("nan")
     print(f"wrote {args.out}: {args.kind}, vocabulary {tok.vocab_size}; {cpt:.2f} characters per token on "
@@ -707,6 +711,8 @@ def _tokenizer_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frequency", type=_int_at_least(1), default=2)
     p.add_argument("--lowercase", action="store_true")
     p.add_argument("--limit-alphabet", type=_int_at_least(1), help="wordpiece: only the N most frequent characters")
+    p.add_argument("--cjk-chars", action="store_true",
+                   help="bpe: one token per Chinese character, merges never cross one (wordpiece always splits them)")
     p.add_argument("--num-sentinels", type=_int_at_least(0), default=32, help="T5 sentinels <extra_id_N> (0: none)")
     p.add_argument("--max-docs", type=_int_at_least(0), default=0,
                    help="train on at most this many documents (0: all)")
@@ -825,8 +831,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                         "`duplex data prepare`'s)")
     p.add_argument("--out", default=None, help="write metrics.json, report.md (predictions.jsonl, plots) here")
     p.add_argument("--task", help="a multi-task model's head to score (duplex info lists them)")
-    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=64,
-                   help="generation (conversations, pairs): the longest answer")
+    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=None,
+                   help="generation: the longest answer (default: 64 tokens, for pairs twice the source plus 16)")
     p.add_argument("--num-beams", type=_int_at_least(1), default=1, help="generation: beam search width (1: greedy)")
     p.add_argument("--limit", type=_int_at_least(0), default=0, help="generation: score the first N examples (0: all)")
     _overwrite_arg(p)

@@ -405,13 +405,17 @@ def _interruptible(work: Any) -> Any:
     return outcome.get("value")
 
 
-def _bpe_pipeline(lowercase: bool) -> HFTokenizer:
+def _bpe_pipeline(lowercase: bool, cjk_chars: bool = False) -> HFTokenizer:
     backend = HFTokenizer(models.BPE())  # no unk_token: every byte is in the alphabet
     if lowercase:
         backend.normalizer = normalizers.Lowercase()
     # GPT-2's regex keeps a run of Chinese characters together (they are letters), so merges can learn
     # multi-character words; the bytes of one character are merged before anything crosses it.
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # cjk_chars: each Chinese character is a word of its own, so merges stop at its bytes: the frequent
+    # characters become one token each, the rare ones stay bytes (still lossless, never unknown).
+    backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(_CJK_CHAR, behavior="isolated"), byte_level])
+                             if cjk_chars else byte_level)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only; adds no tokens
     return backend
@@ -439,13 +443,16 @@ def train_tokenizer(
     show_progress: bool = False,
     *,
     limit_alphabet: int | None = None,
+    cjk_chars: bool = False,
     model_max_length: int = 1024,
     flags: bool = False,
 ) -> Tokenizer:
     """Train a tokenizer on ``texts`` (an iterable of documents or lines, read once).
 
     ``kind='bpe'``: byte-level BPE as GPT-2; ``vocab_size`` counts the special tokens and the 256 bytes.
-    It adds no special tokens when encoding: separate packed documents with ``<|endoftext|>``.
+    It adds no special tokens when encoding: separate packed documents with ``<|endoftext|>``. With
+    ``cjk_chars`` no merge crosses a Chinese character: one token per frequent character (bytes for
+    the rare ones), what a task mapping character to character wants (Simplified → Traditional).
     ``kind='wordpiece'``: BERT-style WordPiece; every character seen in training (or only the
     ``limit_alphabet`` most frequent ones, the rest becoming ``[UNK]``) and its ``##`` form must fit
     in ``vocab_size``. ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` are added when encoding.
@@ -477,11 +484,12 @@ def train_tokenizer(
             raise ConfigError(f"{vocab}={vocab_size} is too small for byte-level BPE: the {len(specials)} "
                              f"special tokens and the {_BYTE_ALPHABET_SIZE} bytes need {needed}; "
                              f"expected {vocab} >= {needed}")
-        backend = _bpe_pipeline(lowercase)
+        backend = _bpe_pipeline(lowercase, cjk_chars)
         trainer: trainers.Trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     elif kind == "wordpiece":
+        # WordPiece always splits Chinese characters apart (as BERT), so cjk_chars changes nothing there
         if vocab_size <= len(specials):
             raise ConfigError(f"{vocab}={vocab_size} is too small for WordPiece: the {len(specials)} special "
                              f"tokens alone need {len(specials)}; expected {vocab} > {len(specials)} plus "

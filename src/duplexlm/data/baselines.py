@@ -1,5 +1,6 @@
 """Baselines a trained model must beat to show it learned something: the majority class of a
-classification split, and a longest-match dictionary of a tagging split's training entities.
+classification split, a longest-match dictionary of a tagging split's training entities, and a
+character map counted from a conversion's training pairs (Simplified → Traditional).
 
 Scored on the same test slice as the model, each is the floor below which a model has learned no
 more than counting: a tagger that predicts ``O`` everywhere has entity F1 0, the dictionary tags every
@@ -10,6 +11,8 @@ entity string it has seen (and, with its most frequent type, only that).
 >>> d = EntityDictionary.from_tagged([(list("江泽民在北京"), ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC"])])
 >>> d.tag(list("北京欢迎江泽民"))
 ['B-LOC', 'I-LOC', 'O', 'O', 'B-PER', 'I-PER', 'I-PER']
+>>> CharacterMap.from_pairs([("发展", "發展"), ("头发", "頭髮"), ("发现", "發現")]).convert("发头")
+'發頭'
 """
 
 from __future__ import annotations
@@ -78,4 +81,34 @@ class EntityDictionary:
         return tags
 
 
-__all__ = ["EntityDictionary", "majority_rate"]
+@dataclass
+class CharacterMap:
+    """Character-for-character conversion counted from training pairs of equal length: each source
+    character becomes the target character it most often stood for (ties: the one sorted first);
+    a character never seen is copied. It cannot choose by context (发 → 發 or 髮, 后 → 後 or 后).
+
+    ``table`` maps a source character to its target character; ``skipped`` counts the pairs left out
+    because source and target differ in length (no character alignment).
+    """
+
+    table: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> CharacterMap:
+        counts: dict[str, Counter[str]] = {}
+        skipped = 0
+        for source, target in pairs:
+            if len(source) != len(target):
+                skipped += 1
+                continue
+            for a, b in zip(source, target):
+                counts.setdefault(a, Counter())[b] += 1
+        table = {a: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for a, c in counts.items()}
+        return cls(table=table, skipped=skipped)
+
+    def convert(self, text: str) -> str:
+        return "".join(self.table.get(c, c) for c in text)
+
+
+__all__ = ["CharacterMap", "EntityDictionary", "majority_rate"]

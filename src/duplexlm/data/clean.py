@@ -38,8 +38,8 @@ def _control_pattern() -> re.Pattern[str]:
     return re.compile(f"[{body}]+")
 
 
-def clean_text(text: str, keep_newlines: bool = False) -> str:
-    """NFKC-normalise, drop control/format characters, collapse whitespace, strip.
+def clean_text(text: str, keep_newlines: bool = False, nfkc: bool = True) -> str:
+    """NFKC-normalise (unless not ``nfkc``), drop control/format characters, collapse whitespace, strip.
 
     With ``keep_newlines`` (documents that span lines) line breaks survive: each line is cleaned on
     its own, and runs of blank lines become one blank line (a paragraph break).
@@ -47,7 +47,8 @@ def clean_text(text: str, keep_newlines: bool = False) -> str:
     >>> clean_text("a\\nb"), clean_text("a\\nb", keep_newlines=True)
     ('a b', 'a\\nb')
     """
-    text = unicodedata.normalize("NFKC", text)
+    if nfkc:
+        text = unicodedata.normalize("NFKC", text)
     text = _control_pattern().sub("", text)
     if not keep_newlines:
         return _SPACE.sub(" ", text).strip()

@@ -58,7 +58,7 @@ def generative_kind(data: str) -> str | None:
 
 def evaluate_generation(model: Any, tokenizer: Any, data: str, kind: str, *, model_dir: str | Path, split: str = "test",
                         out: str | Path | None = None, seed: int = 1234, batch_size: int = 16,
-                        max_new_tokens: int = 64, num_beams: int = 1, limit: int = 0) -> dict[str, Any]:
+                        max_new_tokens: int | None = None, num_beams: int = 1, limit: int = 0) -> dict[str, Any]:
     """Answer every example of ``split`` by generation and score the text per task
     (:func:`duplexlm.eval.generate.score_examples`); with ``out``: ``metrics.json``,
     ``generations.jsonl`` (input, reference, prediction per example) and ``report.md``."""
@@ -83,7 +83,8 @@ def evaluate_generation(model: Any, tokenizer: Any, data: str, kind: str, *, mod
     if out is not None:
         lines = [f"# Evaluation of `{model_dir}`", "",
                  f"Generation on `{data}` ({part}: {len(examples)} examples; greedy"
-                 + (f", {num_beams} beams" if num_beams > 1 else "") + f", at most {max_new_tokens} new tokens)", "",
+                 + (f", {num_beams} beams" if num_beams > 1 else "") + (f", at most {max_new_tokens} new tokens)" if max_new_tokens else
+                    ", at most 64 new tokens an answer, twice the source's tokens plus 16 a pair)"), "",
                  "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in scores.items()]
         lines += ["", "## Examples", ""]
@@ -102,7 +103,7 @@ def evaluate_model(model_dir: str | Path, data: str, *, split: str | None = None
                    text_field: str = "text", label_field: str = "label", batch_size: int | None = None,
                    overwrite: bool = False, seed: int = 1234, context: int | None = None,
                    stride: int | None = None, max_tokens: int = 0, device: str | None = None,
-                   task: str | None = None, max_new_tokens: int = 64, num_beams: int = 1,
+                   task: str | None = None, max_new_tokens: int | None = None, num_beams: int = 1,
                    limit: int = 0) -> dict[str, Any]:
     """Score the model in ``model_dir`` on ``split`` of ``data``; with ``out``, write the report there.
 

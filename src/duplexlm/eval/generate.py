@@ -27,11 +27,13 @@ def _reference(example: Any) -> str:
 
 
 @torch.no_grad()
-def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, max_new_tokens: int = 64,
+def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, max_new_tokens: int | None = 64,
                  batch_size: int = 16, num_beams: int = 1, max_source_len: int = 512) -> list[str]:
     """The model's answer to each example: a conversation's last assistant turn is left out and
     generated (the chat template's end-of-turn token stops it); a pair's source is encoded as training
-    encoded it (ending with EOS) and its target generated. Greedy unless ``num_beams > 1``."""
+    encoded it (ending with EOS) and its target generated. Greedy unless ``num_beams > 1``.
+    ``max_new_tokens=None``: 64 for a conversation, twice the source's tokens plus 16 for a pair (a
+    conversion or translation as long as its source is never cut)."""
     from ..infer.chat import chat_prompt
     from ..infer.engine import Engine, SamplingParams
 
@@ -50,17 +52,18 @@ def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, m
                 raise ConfigError(f"model: conversations are answered by a decoder, found a {family}")
             p = chat_prompt(tokenizer, list(ex.messages[:-1]))
             ids = tokenizer.encode(p.text, add_special_tokens=False)
-            context = engine.runner.context
-            ids = ids[-(context - max_new_tokens):] if len(ids) > context - max_new_tokens else ids
+            context, most = engine.runner.context, max_new_tokens or 64
+            ids = ids[-(context - most):] if len(ids) > context - most else ids
             prompts.append(ids)
-            params.append(SamplingParams(max_new_tokens=max_new_tokens, temperature=0, stop=p.stop,
+            params.append(SamplingParams(max_new_tokens=most, temperature=0, stop=p.stop,
                                          stop_token_ids=p.stop_token_ids, num_beams=num_beams))
         else:
             if family != "seq2seq":
                 raise ConfigError(f"model: source → target pairs are answered by an encoder-decoder, found a {family}")
             src = tokenizer.encode(ex.source_text, add_special_tokens=False)[: max_source_len - 1]
             prompts.append([*src, tokenizer.eos_token_id])
-            params.append(SamplingParams(max_new_tokens=max_new_tokens, temperature=0, num_beams=num_beams))
+            most = max_new_tokens or 2 * len(src) + 16
+            params.append(SamplingParams(max_new_tokens=most, temperature=0, num_beams=num_beams))
     try:
         out = []
         for start in range(0, len(prompts), batch_size):

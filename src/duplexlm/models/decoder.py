@@ -20,6 +20,7 @@ from ..config import DecoderConfig
 from .layers import (
     MLP,
     Attention,
+    Dropout,
     KVCache,
     KVCacheRows,
     RotaryEmbedding,
@@ -41,7 +42,7 @@ class Block(nn.Module):
                               out_bias=c.out_bias, attn_dropout=c.attn_dropout)
         self.norm_2 = build_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
         self.mlp = MLP(c.d_model, c.d_ff, c.activation, gated=c.gated_mlp, bias=c.mlp_bias)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, x: Tensor, bias: Tensor | None, rope: tuple[Tensor, Tensor] | None,
                 kv_cache: KVCache | KVCacheRows | None, layer: int, impl: str) -> tuple[Tensor, Tensor | None]:
@@ -67,7 +68,7 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model) if c.positions == "learned" else None
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta) if c.positions == "rope" else None
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.norm = build_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
         self.lm_head: nn.Linear | None = None

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, EncoderConfig
 from .crf import crf_for
 from .heads import MLMHead, RTDHead, build_task_heads
-from .layers import MLP, Attention, build_norm, make_mask
+from .layers import MLP, Attention, Dropout, build_norm, make_mask
 from .outputs import ModelOutput
 
 
@@ -40,7 +40,7 @@ class Block(nn.Module):
         self.norm_1 = build_norm("layernorm", c.d_model, c.norm_eps)
         self.mlp = MLP(c.d_model, c.d_ff, c.activation)
         self.norm_2 = build_norm("layernorm", c.d_model, c.norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, impl: str) -> tuple[Tensor, Tensor | None]:
         if self.pre_norm:
@@ -104,7 +104,7 @@ class Encoder(nn.Module):
         self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model)
         self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model)
         self.embed_norm = build_norm("layernorm", c.d_model, c.norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         # pre-norm leaves the residual stream unnormalised: one last norm before pooling and heads
         self.final_norm = build_norm("layernorm", c.d_model, c.norm_eps) if c.norm_position == "pre" else None
@@ -113,7 +113,7 @@ class Encoder(nn.Module):
         self.classifier: nn.Linear | None = None
         p = c.classifier_dropout if c.classifier_dropout is not None else c.dropout  # every task head's
         if c.head in ("classify", "tag"):
-            self.classifier_dropout = nn.Dropout(p)
+            self.classifier_dropout = Dropout(p)
             self.classifier = nn.Linear(c.d_model, c.num_labels)
         # tags scored as a sequence: transitions between tags, decoded with Viterbi (BIO-constrained
         # when the tag names are known)

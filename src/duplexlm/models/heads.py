@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..config import TASK_HEAD_KINDS, check_task_heads
 from ..errors import ConfigError
 from .crf import crf_for
-from .layers import ACTIVATIONS, build_norm
+from .layers import ACTIVATIONS, Dropout, build_norm
 
 
 class MLMHead(nn.Module):
@@ -71,7 +71,7 @@ class TaskHead(nn.Module):
                  label_names: list[str] | None = None, crf: bool = False) -> None:
         super().__init__()
         self.kind = kind
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(d_model, num_labels)
         self.crf = (crf_for(SimpleNamespace(num_labels=num_labels, label_names=label_names))
                     if crf else None)

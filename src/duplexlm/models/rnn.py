@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ConfigError, RNNConfig
 from .crf import crf_for
+from .layers import Dropout
 from .outputs import ModelOutput
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -141,7 +142,7 @@ class RNNModel(nn.Module):
             )
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_embed, padding_idx=config.pad_token_id)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self._templates: dict[int, nn.RNNBase] = {}  # per input width, see _one_direction
         self.rnn = CELLS[config.cell](
             config.d_embed, config.d_hidden, num_layers=config.n_layer, batch_first=True,

@@ -28,6 +28,7 @@ from ..config import Seq2SeqConfig
 from .layers import (
     MLP,
     Attention,
+    Dropout,
     KVCache,
     KVCacheRows,
     RelativePositionBias,
@@ -184,7 +185,7 @@ class Block(nn.Module):
                                         out_bias=False, attn_dropout=c.dropout, scale=1.0, cross=True)
         self.norm_2 = RMSNorm(c.d_model, c.norm_eps)
         self.mlp = MLP(c.d_model, c.d_ff, c.activation, gated=c.gated_mlp, bias=False, dropout=c.dropout)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def cross_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output (B, S, C) → this layer's cross-attention k, v, each (B, nh, S, hs)."""
@@ -224,7 +225,7 @@ class Stack(nn.Module):
                                              bidirectional=not decoder)
         self.blocks = nn.ModuleList(Block(c, cross=decoder) for _ in range(n_layer))
         self.norm = RMSNorm(c.d_model, c.norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, x: Tensor, attention_mask: Tensor | None = None, kv_cache: Seq2SeqCache | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,

@@ -32,6 +32,7 @@ TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 DISTILLABLE = ("classify", "clm")  # the objectives a teacher's logits can be a second target of
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
+OptimizerName = Literal["adamw", "adafactor"]
 
 
 @dataclass
@@ -79,6 +80,9 @@ class TaskSection:
 
 @dataclass
 class OptimSection:
+    # adamw; or adafactor (T5's: no first moment, factored second moment, each step relative to the
+    # weight's RMS, so lr is a relative step, 1e-2 as T5; beta1/beta2/eps apply to adamw only)
+    name: OptimizerName = "adamw"
     lr: float = 3e-4
     min_lr: float = 3e-5  # floor of the decay
     schedule: Schedule = "cosine"  # wsd = constant with a final linear decay

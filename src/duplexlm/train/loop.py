@@ -102,6 +102,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch.optim.Optimizer:
+    """``optim.name``'s optimizer over :func:`param_groups`: AdamW, or Adafactor (T5's, each step
+    relative to the weight's RMS: a T5 trained from scratch has unit-scale embeddings, which AdamW's
+    absolute steps move slowly)."""
+    groups = param_groups(model, optim.weight_decay)
+    if optim.name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=optim.lr)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=device.type == "cuda" or None)
+
+
 # what a resumed run must share with the run that wrote the checkpoint: anything else would change
 # the model or which data the remaining steps read
 _RESUME_KEYS = ("objective", "model", "init_from", "data", "objective_args", "batch_size", "grad_accum", "seed",
@@ -216,10 +227,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     # FSDP replaces the parameters with shards: wrap first, then build the optimizer over what trains
     # multi-task: a step trains one head, so DDP must expect parameters without gradients
     wrapped = wrap_model(model, info, fsdp=cfg.fsdp, find_unused=multi is not None)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-        eps=cfg.optim.eps, fused=info.device.type == "cuda" or None,
-    )
+    optimizer = make_optimizer(model, cfg.optim, info.device)
     if opt_state is not None:
         if cfg.fsdp and info.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -680,7 +688,8 @@ def _eval_metric(run: Run) -> str:
     """The validation score that picks the best checkpoint and drives early stopping."""
     from ..scores.labels import higher_is_better
 
-    name = run.cfg.eval_metric or run.spec.default_metric
+    # "val_chrf" names the same score as "chrf" (the validation scores are logged with the prefix)
+    name = (run.cfg.eval_metric or run.spec.default_metric).removeprefix("val_")
     higher_is_better(_metric_kind(run, name))  # an unknown name: a ConfigError with the nearest known ones
     return name
 

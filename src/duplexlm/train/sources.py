@@ -233,14 +233,18 @@ def generative_source(cfg: TrainConfig) -> Source:
         encoded[split] = (ids, labels)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    # as the understanding tasks: groups of 50 global batches sorted by length, so a batch pads little
+    group = 50 * cfg.batch_size * cfg.grad_accum * world_size() if d.group_by_length else 0
+
     def sampler(split: str, train: bool) -> Any:
         ids, labels = encoded[split]
         if cfg.objective == "seq2seq":
             return Seq2SeqSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split,
-                                  decoder_start_token_id=pad)
+                                  decoder_start_token_id=pad, group_by_length=group if train else 0)
         if train and d.packing:
             return PackedSampler(ids, labels, L, cfg.seed, pad)
-        return ExampleSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split)
+        return ExampleSampler(ids, labels, seed=cfg.seed, pad_id=pad, shuffle=train, name=split,
+                              group_by_length=group if train else 0)
 
     train = sampler("train", True)
     if isinstance(train, PackedSampler):
