@@ -63,7 +63,7 @@ def evaluate_generation(model: Any, tokenizer: Any, data: str, kind: str, *, mod
     (:func:`duplexlm.eval.generate.score_examples`); with ``out``: ``metrics.json``,
     ``generations.jsonl`` (input, reference, prediction per example) and ``report.md``."""
     from ..data.gen_tasks import load_seq2seq_data, load_sft_data
-    from .generate import score_examples
+    from .generate import ANSWER_TOKENS, score_examples
 
     family = model.config.family
     want = "decoder" if kind == "sft" else "seq2seq"
@@ -84,7 +84,7 @@ def evaluate_generation(model: Any, tokenizer: Any, data: str, kind: str, *, mod
         lines = [f"# Evaluation of `{model_dir}`", "",
                  f"Generation on `{data}` ({part}: {len(examples)} examples; greedy"
                  + (f", {num_beams} beams" if num_beams > 1 else "") + (f", at most {max_new_tokens} new tokens)" if max_new_tokens else
-                    ", at most 64 new tokens an answer, twice the source's tokens plus 16 a pair)"), "",
+                    f", at most {ANSWER_TOKENS} new tokens an answer, twice the source's tokens plus 16 a pair)"), "",
                  "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in scores.items()]
         lines += ["", "## Examples", ""]

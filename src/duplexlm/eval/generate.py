@@ -19,6 +19,19 @@ from torch import nn
 
 from ..errors import ConfigError
 
+ANSWER_TOKENS = 64
+"""A conversation's answer may grow to this many tokens when the caller does not say; a pair's to
+twice its source's tokens plus 16 (:func:`answer_budget`)."""
+
+
+def answer_budget(max_new_tokens: int | None, source_tokens: int | None = None) -> int:
+    """How many tokens an answer may grow to: ``max_new_tokens`` when given; else
+    :data:`ANSWER_TOKENS` for a conversation (``source_tokens`` None), twice the source plus 16 for a
+    pair (a conversion or translation as long as its source is never cut)."""
+    if max_new_tokens:
+        return max_new_tokens
+    return ANSWER_TOKENS if source_tokens is None else 2 * source_tokens + 16
+
 
 def _reference(example: Any) -> str:
     if hasattr(example, "messages"):
@@ -32,8 +45,7 @@ def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, m
     """The model's answer to each example: a conversation's last assistant turn is left out and
     generated (the chat template's end-of-turn token stops it); a pair's source is encoded as training
     encoded it (ending with EOS) and its target generated. Greedy unless ``num_beams > 1``.
-    ``max_new_tokens=None``: 64 for a conversation, twice the source's tokens plus 16 for a pair (a
-    conversion or translation as long as its source is never cut)."""
+    ``max_new_tokens=None``: :func:`answer_budget`'s default per example."""
     from ..infer.chat import chat_prompt
     from ..infer.engine import Engine, SamplingParams
 
@@ -52,7 +64,7 @@ def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, m
                 raise ConfigError(f"model: conversations are answered by a decoder, found a {family}")
             p = chat_prompt(tokenizer, list(ex.messages[:-1]))
             ids = tokenizer.encode(p.text, add_special_tokens=False)
-            context, most = engine.runner.context, max_new_tokens or 64
+            context, most = engine.runner.context, answer_budget(max_new_tokens)
             ids = ids[-(context - most):] if len(ids) > context - most else ids
             prompts.append(ids)
             params.append(SamplingParams(max_new_tokens=most, temperature=0, stop=p.stop,
@@ -62,7 +74,7 @@ def generate_for(model: nn.Module, tokenizer: Any, examples: Sequence[Any], *, m
                 raise ConfigError(f"model: source → target pairs are answered by an encoder-decoder, found a {family}")
             src = tokenizer.encode(ex.source_text, add_special_tokens=False)[: max_source_len - 1]
             prompts.append([*src, tokenizer.eos_token_id])
-            most = max_new_tokens or 2 * len(src) + 16
+            most = answer_budget(max_new_tokens, len(src))
             params.append(SamplingParams(max_new_tokens=most, temperature=0, num_beams=num_beams))
     try:
         out = []
