@@ -6,6 +6,7 @@
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
     duplex convert --to-peft --base BASE ADAPTER DST   a LoRA adapter → PEFT (for the Hugging Face form of BASE)
     duplex export CHECKPOINT OUT [--overwrite]   a training checkpoint (out_dir/checkpoints/step_N) → a model directory
+    duplex export --format ct2 MODEL OUT [--quantize int8]   a model or checkpoint → an engine's directory
     duplex quantize --model DIR --method int8|int4 --out DIR [--embeddings]   weight-only quantisation
     duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
                                                                 pruning (heads/neurons: a smaller model), recovery
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DuplexError
+from .errors import ConfigError, DuplexError
 from .units import format_count
 
 
@@ -146,8 +147,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from .io import convert_adapter_to_peft
 
         if not args.base:
-            from .errors import ConfigError
-
             raise ConfigError("--base: --to-peft needs the base model the adapter was trained on (init_from)")
         hf = convert_adapter_to_peft(args.base, args.src, args.dst, overwrite=args.overwrite)
         print(f"wrote {args.dst}: PEFT LoRA adapter for Hugging Face {hf['architectures'][0]} "
@@ -163,9 +162,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a training checkpoint (out_dir/checkpoints/step_N) as a model directory, as the run's out_dir/model
-    (config, weights with a LoRA run's adapters merged, tokenizer), after checking it against its manifest."""
+    (config, weights with a LoRA run's adapters merged, tokenizer), after checking it against its manifest;
+    with --format, a model directory or checkpoint as a directory an inference engine loads."""
+    from .export import export_model
     from .io import export_checkpoint
 
+    if args.format != "model":
+        print(export_model(args.checkpoint, args.out, args.format, args.quantize, args.overwrite).summary())
+        return 0
+    if args.quantize:
+        raise ConfigError("--quantize: only with --format ct2|onnx|gguf (for our own int8, see duplex quantize)")
     cfg = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: duplexlm {cfg.family} (head {getattr(cfg, 'head', 'none')}) from {args.checkpoint}")
     return 0
@@ -210,8 +216,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     texts = _text_lines(args.calibration_file, "--calibration-file") if args.calibration_file else None
     if texts == []:
-        from .errors import ConfigError
-
         raise ConfigError(f"--calibration-file: {args.calibration_file} holds no text; expected one text per line")
     if not args.recover:
         report = prune(args.model, args.out, args.method, args.sparsity, importance=args.importance,
@@ -289,8 +293,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     if cfg.objective not in ("clm", "mlm", "span", "rtd"):
-        from .errors import ConfigError
-
         raise ConfigError(f"objective: expected clm, mlm, span or rtd, found {cfg.objective!r} (tasks run with "
                           "`duplex finetune`)")
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -322,8 +324,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args, default_objective="classify")
     if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq"):
-        from .errors import ConfigError
-
         raise ConfigError(f"task: expected classify, regress, tag, multi, sft or seq2seq, found {cfg.objective!r} "
                           "(pretraining objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -398,8 +398,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _text_lines(file: str, flag: str) -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped; a ``ConfigError`` naming ``flag`` otherwise."""
-    from .errors import ConfigError
-
     path = Path(file)
     if not path.is_file():
         raise ConfigError(f"{flag}: {path} is not a file")
@@ -410,8 +408,6 @@ def _text_lines(file: str, flag: str) -> list[str]:
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
-    from .errors import ConfigError
-
     texts = list(args.text or [])
     if args.file:
         texts += _text_lines(args.file, "--file")
@@ -421,7 +417,6 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _loaded(model_dir: str):
-    from .errors import ConfigError
     from .io import load
 
     model, tokenizer = load(model_dir)
@@ -496,7 +491,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     the text as it comes; --json prints token ids and the finish reason too."""
     import json
 
-    from .errors import ConfigError
     from .infer.engine import Engine
 
     model, tokenizer = _loaded(args.model)
@@ -523,7 +517,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with a decoder in the terminal, one line per turn, the answer streamed: the model's chat
     template when its tokenizer has one, else plain "User:"/"Assistant:" turns. /reset forgets the
     conversation, /exit (or end of input) leaves; the oldest turns are dropped when the context fills."""
-    from .errors import ConfigError
     from .infer.chat import chat_prompt
     from .infer.engine import Engine
 
@@ -756,8 +749,14 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a training checkpoint: a run's out_dir/checkpoints/step_N")
-    p.add_argument("out", help="the model directory to write (new or empty; written atomically)")
+    from .export import FORMATS
+
+    p.add_argument("checkpoint", metavar="MODEL", help="a training checkpoint (out_dir/checkpoints/step_N); with "
+                   "--format, a model directory too")
+    p.add_argument("out", help="the directory to write (new or empty; written atomically)")
+    p.add_argument("--format", default="model", choices=("model", *FORMATS),
+                   help="model: a model directory of ours (default); ct2: CTranslate2 (decoders, T5)")
+    p.add_argument("--quantize", default=None, help="the engine's weight type, e.g. int8 (default: float32)")
     _overwrite_arg(p)
 
 

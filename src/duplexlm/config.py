@@ -387,6 +387,9 @@ class Seq2SeqConfig(BaseConfig):
     n_head: int = 8
     relative_buckets: int = 32
     relative_max_distance: int = 128
+    # "sinusoidal": also add the fixed sine/cosine positions of Vaswani et al. to each stack's input,
+    # so that cross-attention can find the source position matching the target's (monotonic tasks)
+    absolute_positions: Literal["none", "sinusoidal"] = "none"
     activation: Activation = "relu"
     gated_mlp: bool = False  # True: T5 v1.1 "gated-gelu"
     norm_eps: float = 1e-6

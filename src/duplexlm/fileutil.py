@@ -150,7 +150,7 @@ def remove_stale_temporaries(directory: Path, name: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Output directories
 
-OutputKind = Literal["model", "tokenizer", "shards", "run", "demo", "eval"]
+OutputKind = Literal["model", "tokenizer", "shards", "run", "demo", "eval", "export"]
 
 # What each kind of output holds. A directory with anything else in it holds a user's files: it is
 # never replaced, whatever the flags say.
@@ -166,6 +166,11 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
             "test_metrics.json", "adapter", "test_generations.jsonl", "compression_report.json",
             "compression_report.md", "pruned"),
+    # an engine's directory (duplexlm.export): its own files, our tokenizer and manifest beside them
+    "export": ("duplex_export.json", "config.json", "model.bin", "vocabulary.json", "vocabulary.txt",
+               "shared_vocabulary.json", "shared_vocabulary.txt", "source_vocabulary.json", "target_vocabulary.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "model.onnx", "model.onnx.data",
+               "model.gguf", "generation_config.json"),
     "eval": ("metrics.json", "predictions.jsonl", "report.md", "confusion_matrix.png", "generations.jsonl"),
     "demo": ("corpus.txt", "tok", "data", "pretrain", "runs", "labels", "encoder-finetuned", "report.md", "decoder",
              "metrics.json", "*.png", "llama-tiny", "llama-tiny-hf", "llama-tiny-back",
@@ -173,7 +178,7 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
 }
 _KIND_WORDS = {"model": "model directory", "tokenizer": "tokenizer directory", "shards": "token-shards directory",
                "run": "training run directory", "demo": "demo output directory",
-               "eval": "evaluation report directory"}
+               "eval": "evaluation report directory", "export": "model export directory"}
 
 
 def _is_ours(entry: str, kind: str) -> bool:

@@ -182,6 +182,9 @@ def to_hf(config: Seq2SeqConfig, state_dict: dict[str, Tensor]) -> tuple[dict, d
     transformers re-ties itself (``embed_tokens``, a tied ``lm_head``) are left out.
     """
     c = config
+    if c.absolute_positions != "none":
+        raise UnsupportedModelError(f"Seq2SeqConfig.absolute_positions={c.absolute_positions!r}: T5 has relative "
+                                    "positions only; train with absolute_positions='none' to convert")
     hf = {
         "model_type": "t5", "architectures": [_ARCHITECTURES[c.head]],
         "vocab_size": c.vocab_size, "d_model": c.d_model, "d_kv": c.head_dim, "d_ff": c.d_ff,

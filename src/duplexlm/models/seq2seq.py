@@ -21,7 +21,10 @@ torch.Size([2, 5, 64])
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Seq2SeqConfig
@@ -209,6 +212,16 @@ class Block(nn.Module):
         return x, weights
 
 
+def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
+    """The fixed position signals of "Attention is all you need": positions (...,) → (..., dim), sines
+    in the first half and cosines in the second, wavelengths from 2π to 10000·2π."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float32) * (-math.log(10000.0) / half))
+    angles = positions.to(torch.float32)[..., None] * freq  # (..., half)
+    out = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(out, (0, dim - 2 * half)) if dim % 2 else out
+
+
 class Stack(nn.Module):
     """N blocks sharing one relative position bias, then a final RMSNorm.
 
@@ -226,6 +239,7 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(c, cross=decoder) for _ in range(n_layer))
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.dropout = Dropout(c.dropout)
+        self.sinusoidal = c.absolute_positions == "sinusoidal"
 
     def forward(self, x: Tensor, attention_mask: Tensor | None = None, kv_cache: Seq2SeqCache | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
@@ -263,6 +277,9 @@ class Stack(nn.Module):
         impl = "eager" if output_attentions else "sdpa"
         self_cache = kv_cache.self_attn if kv_cache is not None else None
 
+        if self.sinusoidal:  # (B, T) per-row positions or (T,) shared ones
+            positions = q_positions if q_positions is not None else torch.arange(past, S, device=x.device)
+            x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
         x = self.dropout(x)
         hidden_states: list[Tensor] = [x] if output_hidden_states else []
         attentions: list[Tensor] = []

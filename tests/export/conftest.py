@@ -1,0 +1,84 @@
+"""Trained tiny models of each exportable kind, saved as model directories, for the export tests: a
+model that has learnt its text has wide margins between its greedy choices, so an engine that computes
+the same function gives the same tokens, and one that does not is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from duplexlm import presets
+from duplexlm.io import save_model
+from duplexlm.models import build_model
+from duplexlm.tokenizer import Tokenizer, train_tokenizer
+
+LINES = ["我爱北京天安门，天安门上太阳升。", "今天天气很好，我们去公园散步吧。", "the cat sat on the mat and looked at the dog.",
+         "北京欢迎你，为你开天辟地。", "hello world, this is a small model.", "这个酒店很干净，服务也很好。"]
+HELD_OUT = ["我爱北京天安门，天安门上太阳升。", "hello world, this is a small model."]
+
+
+@pytest.fixture(scope="session")
+def export_tokenizer() -> Tokenizer:
+    return train_tokenizer(LINES * 10, "bpe", vocab_size=320, num_sentinels=0)
+
+
+def train_decoder(preset: str, tok: Tokenizer, steps: int = 120) -> torch.nn.Module:
+    """A tiny decoder of ``preset``'s shape that has learnt LINES by heart."""
+    torch.manual_seed(0)
+    gpt2 = preset.startswith("gpt2")
+    cfg = dataclasses.replace(getattr(presets, preset)(), vocab_size=tok.vocab_size, d_model=64, n_layer=2,
+                              n_head=4, d_ff=128, dropout=0.0, head_dim=None, n_kv_head=4 if gpt2 else 2)
+    model = build_model(cfg)
+    rows = [[*tok.encode(line, add_special_tokens=False), tok.eos_token_id] for line in LINES]
+    width = max(map(len, rows))
+    batch = torch.tensor([r + [tok.eos_token_id] * (width - len(r)) for r in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def train_t5(tok: Tokenizer, steps: int = 150) -> torch.nn.Module:
+    """A tiny T5 that has learnt to answer each line with its reversal."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(presets.t5_tiny(), vocab_size=tok.vocab_size, d_model=64, head_dim=16, n_head=4,
+                              d_ff=128, n_layer=2, dropout=0.0, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    model = build_model(cfg)
+    src = [[*tok.encode(line, add_special_tokens=False)[:12], tok.eos_token_id] for line in LINES]
+    tgt = [[*s[:-1][::-1], tok.eos_token_id] for s in src]
+
+    def pad(rows: list[list[int]]) -> torch.Tensor:
+        width = max(map(len, rows))
+        return torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+
+    source, target = pad(src), pad(tgt)
+    mask = (source != tok.pad_token_id).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        logits = model(source, attention_mask=mask, decoder_input_ids=model.shift_right(target)).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=tok.pad_token_id)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_models(export_tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """Model directories: gpt2, llama and qwen2 shapes, and a T5."""
+    root = tmp_path_factory.mktemp("export-models")
+    out = {}
+    for name, preset in (("gpt2", "gpt2_tiny"), ("llama", "llama_tiny"), ("qwen2", "qwen2_tiny")):
+        save_model(train_decoder(preset, export_tokenizer), root / name, export_tokenizer)
+        out[name] = root / name
+    save_model(train_t5(export_tokenizer), root / "t5", export_tokenizer)
+    out["t5"] = root / "t5"
+    return out
