@@ -755,7 +755,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    "--format, a model directory too")
     p.add_argument("out", help="the directory to write (new or empty; written atomically)")
     p.add_argument("--format", default="model", choices=("model", *FORMATS),
-                   help="model: a model directory of ours (default); ct2: CTranslate2 (decoders, T5)")
+                   help="model: a model directory of ours (default); ct2: CTranslate2 (decoders, T5); onnx: ONNX "
+                   "Runtime (encoders with a classify or tag head)")
     p.add_argument("--quantize", default=None, help="the engine's weight type, e.g. int8 (default: float32)")
     _overwrite_arg(p)
 

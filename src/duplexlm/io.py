@@ -56,6 +56,7 @@ from .tokenizer import Tokenizer
 from .version import __version__
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+EXPORT_MANIFEST = "duplex_export.json"  # what marks an engine's directory written by duplexlm.export
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -341,6 +342,9 @@ def load(path: str | Path, device: str | torch.device | None = None,
     >>> out = model(input_ids, attention_mask=mask)  # doctest: +SKIP
     """
     path = Path(path)
+    exported = read_json_object(path / EXPORT_MANIFEST) if (path / EXPORT_MANIFEST).is_file() else None
+    if exported is not None:
+        return _load_export(path, exported), Tokenizer.from_dir(path)
     config, sd = load_config_and_weights(path, allow_quantized=True)
     model = build_model(config)
     spec = read_quantization(path)
@@ -352,6 +356,17 @@ def load(path: str | Path, device: str | torch.device | None = None,
     tok_dir = tokenizer_directory(path)
     tokenizer = Tokenizer.from_dir(tok_dir) if tok_dir is not None else None
     return model, tokenizer
+
+
+def _load_export(path: Path, manifest: dict[str, Any]) -> nn.Module:
+    """An engine export (duplexlm.export) that runs behind our model's interface: ONNX encoders."""
+    if manifest.get("format") == "onnx" and manifest.get("family") == "encoder":
+        from .models.onnx_module import ONNXModule
+
+        return ONNXModule(path, manifest)
+    raise ModelDirectoryError(f"{path}: a {manifest.get('format')} export of a {manifest.get('family')}, which runs "
+                              "in its engine, not as a torch module; load it with duplexlm.export.ct2.CT2Model, or "
+                              "use the model directory it was exported from")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -219,3 +219,10 @@ def test_gated_exact_gelu_cannot_be_written() -> None:
                                   activation="gelu", gated_mlp=True))
     with pytest.raises(ValueError, match="gated exact 'gelu'"):
         to_hf(model.config, model.state_dict())
+
+
+def test_absolute_positions_cannot_be_written() -> None:
+    model = Seq2Seq(Seq2SeqConfig(vocab_size=V, d_model=32, head_dim=8, n_head=4, d_ff=37, n_layer=1,
+                                  absolute_positions="sinusoidal"))
+    with pytest.raises(ValueError, match=r"absolute_positions='sinusoidal'.*relative positions only"):
+        to_hf(model.config, model.state_dict())

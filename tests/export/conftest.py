@@ -82,3 +82,67 @@ def trained_models(export_tokenizer, tmp_path_factory) -> dict[str, Path]:
     save_model(train_t5(export_tokenizer), root / "t5", export_tokenizer)
     out["t5"] = root / "t5"
     return out
+
+
+POSITIVE = ["这个酒店很干净", "服务很好", "房间很大很舒服", "早餐好吃", "位置方便交通好", "the room was clean", "great staff"]
+NEGATIVE = ["服务太差了", "房间很脏", "早餐难吃", "隔音太差", "前台态度恶劣", "the room was dirty", "rude staff"]
+PLACES = ["北京", "上海", "广州"]
+
+
+def tag_sentences() -> list[tuple[list[str], list[str]]]:
+    """Character-split sentences with their BIO tags: each place name is a LOC."""
+    out = []
+    for place in PLACES:
+        for frame in ("我在{}工作", "{}欢迎你", "明天去{}开会"):
+            left, right = frame.split("{}")
+            chars = [*left, *place, *right]
+            tags = ["O"] * len(left) + ["B-LOC"] + ["I-LOC"] * (len(place) - 1) + ["O"] * len(right)
+            out.append((chars, tags))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_encoders(tmp_path_factory) -> dict[str, Path]:
+    """Model directories: a classifier (positive / negative reviews) and a CRF tagger (place names), each
+    trained until it gets its training set right."""
+    from duplexlm.config import EncoderConfig
+
+    root = tmp_path_factory.mktemp("export-encoders")
+    tagged = tag_sentences()
+    tok = train_tokenizer((POSITIVE + NEGATIVE + ["".join(c) for c, _ in tagged]) * 10, "wordpiece",
+                          vocab_size=220)
+    base = {"vocab_size": tok.vocab_size, "d_model": 64, "n_layer": 2, "n_head": 4, "d_ff": 128, "dropout": 0.0,
+            "max_seq_len": 64}
+    torch.manual_seed(0)
+    clf = build_model(EncoderConfig(**base, head="classify", num_labels=2, label_names=["negative", "positive"]))
+    batch = tok(POSITIVE + NEGATIVE)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    labels = torch.tensor([1] * len(POSITIVE) + [0] * len(NEGATIVE))
+    opt = torch.optim.AdamW(clf.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss = F.cross_entropy(clf(ids, attention_mask=mask).logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(clf.eval(), root / "classify", tok)
+
+    names = ["O", "B-LOC", "I-LOC"]
+    tagger = build_model(EncoderConfig(**base, head="tag", num_labels=3, label_names=names, crf=True))
+    enc = [tok.backend.encode(chars, is_pretokenized=True) for chars, _ in tagged]
+    width = max(len(e.ids) for e in enc)
+    ids = torch.tensor([e.ids + [tok.pad_token_id] * (width - len(e.ids)) for e in enc])
+    mask = (ids != tok.pad_token_id).long()
+    gold = torch.zeros_like(ids)
+    for row, (e, (_, tags)) in enumerate(zip(enc, tagged)):
+        for pos, word in enumerate(e.word_ids):
+            if word is not None:
+                gold[row, pos] = names.index(tags[word])
+    opt = torch.optim.AdamW(tagger.parameters(), lr=1e-3)
+    for _ in range(80):
+        loss = F.cross_entropy(tagger(ids, attention_mask=mask).logits.flatten(0, 1), gold.flatten(),
+                               reduction="none")[mask.flatten().bool()].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(tagger.eval(), root / "tag", tok)
+    return {"classify": root / "classify", "tag": root / "tag"}

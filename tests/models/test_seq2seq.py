@@ -8,7 +8,7 @@ import torch
 from duplexlm.config import Seq2SeqConfig
 from duplexlm.models import build_model
 from duplexlm.models.layers import relative_position_bucket
-from duplexlm.models.seq2seq import Seq2Seq, Seq2SeqCache, shift_right
+from duplexlm.models.seq2seq import Seq2Seq, Seq2SeqCache, shift_right, sinusoidal_positions
 
 V = 99
 
@@ -22,6 +22,7 @@ def tiny(**changes) -> Seq2SeqConfig:
 VARIANTS = {
     "v1.0": dict(activation="relu", gated_mlp=False, tie_word_embeddings=True),
     "v1.1": dict(activation="gelu_tanh", gated_mlp=True, tie_word_embeddings=False),
+    "sinusoidal": dict(absolute_positions="sinusoidal"),
 }
 
 
@@ -221,3 +222,42 @@ def test_training_step_reaches_every_parameter() -> None:
     assert not torch.equal(model(**b).logits, model(**b).logits)
     model.eval()
     torch.testing.assert_close(model(**b).logits, model(**b).logits, atol=0, rtol=0)
+
+
+def test_sinusoidal_positions_table() -> None:
+    pe = sinusoidal_positions(torch.arange(50), 16)
+    assert pe.shape == (50, 16)
+    assert torch.equal(pe[0], torch.cat([torch.zeros(8), torch.ones(8)]))
+    assert torch.allclose(pe[:, :8] ** 2 + pe[:, 8:] ** 2, torch.ones(50, 8), atol=1e-6)
+    assert torch.allclose(pe[7, 0], torch.sin(torch.tensor(7.0)))  # the fastest wave: wavelength 2π
+    assert sinusoidal_positions(torch.arange(3)[None].repeat(2, 1), 15).shape == (2, 3, 15)  # odd: zero-padded
+
+
+def test_absolute_positions_tell_repeats_apart() -> None:
+    """A source of one repeated token: with relative positions only, every encoder position is alike
+    but for the ends; with sinusoidal ones, each is its own."""
+    src = torch.full((1, 12), 7)
+    for positions, distinct in (("none", False), ("sinusoidal", True)):
+        torch.manual_seed(0)
+        model = Seq2Seq(tiny(absolute_positions=positions, relative_max_distance=4, relative_buckets=4)).eval()
+        h = model.encode(src).last_hidden_state[0]
+        middle = h[5:7]  # far from both ends, beyond the relative buckets' reach
+        assert torch.allclose(middle[0], middle[1], atol=1e-5) != distinct
+
+
+def test_engine_decodes_a_sinusoidal_model_as_the_plain_loop() -> None:
+    """The engine's rows each have their own decoder positions: the absolute signal must follow them."""
+    from duplexlm.infer.engine import Engine, SamplingParams
+
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny(absolute_positions="sinusoidal")).eval()
+    sources = [[5, 9, 13, 1], [7, 7, 7, 7, 7, 7, 21, 1], [30, 1]]
+    params = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+    got = [o.token_ids for o in Engine(model, max_batch_size=2).generate(sources, params)]
+    with torch.no_grad():
+        for source, answer in zip(sources, got):
+            target = torch.tensor([[model.config.decoder_start_token_id]])
+            for _ in range(6):
+                nxt = model(torch.tensor([source]), decoder_input_ids=target).logits[0, -1].argmax()
+                target = torch.cat([target, nxt.view(1, 1)], dim=1)
+            assert answer == target[0, 1:].tolist()

@@ -7,6 +7,8 @@ so that ``duplex serve`` and :func:`read_manifest` can tell an export from a mod
 
 - ``ct2``: CTranslate2, for the decoders (GPT-2, Llama, Qwen2 shapes) and T5, through CTranslate2's
   own converter run on the Hugging Face form of the model (``duplex convert --to-hf``'s).
+- ``onnx``: ONNX, by torch's exporter, for encoders with a classify or tag head, run by onnxruntime;
+  ``duplexlm.load`` returns it behind the model's interface, so ``duplex classify|tag|eval`` take it.
 
 Each format names the package it needs; a missing one is one line saying how to install it, with
 nothing written.
@@ -21,14 +23,22 @@ from typing import Any
 
 from ..errors import ConfigError, ModelDirectoryError, UnsupportedModelError
 from ..fileutil import atomic_directory, check_output_dir, read_json_object, write_json
-from ..io import TOKENIZER_FILES, load_config_and_weights, read_quantization, tokenizer_directory
+from ..io import (
+    EXPORT_MANIFEST,
+    TOKENIZER_FILES,
+    load_config_and_weights,
+    read_quantization,
+    tokenizer_directory,
+)
 from ..version import __version__
 
-MANIFEST = "duplex_export.json"
-FORMATS = ("ct2",)
+MANIFEST = EXPORT_MANIFEST
+FORMATS = ("ct2", "onnx")
 # what each format needs installed, and the pip spec that brings it
-PACKAGES = {"ct2": (("ctranslate2", "ctranslate2>=4.5"), ("transformers", "transformers>=4.45"))}
-QUANTIZATIONS = {"ct2": ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")}
+PACKAGES = {"ct2": (("ctranslate2", "ctranslate2>=4.5"), ("transformers", "transformers>=4.45")),
+            "onnx": (("onnx", "onnx>=1.16"), ("onnxscript", "onnxscript>=0.3"), ("onnxruntime", "onnxruntime>=1.18"))}
+QUANTIZATIONS = {"ct2": ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"),
+                 "onnx": ("int8",)}
 
 
 @dataclass
@@ -42,7 +52,8 @@ class ExportResult:
     def summary(self) -> str:
         m = self.manifest
         quant = f", {m['quantization']}" if m.get("quantization") else ""
-        return (f"wrote {self.path}: {m['format']} export of a {m['family']} ({m['architecture']}{quant}), "
+        article = "an" if m["family"][0] in "aeiou" else "a"
+        return (f"wrote {self.path}: {m['format']} export of {article} {m['family']} ({m['architecture']}{quant}), "
                 f"{self.size_bytes / 2**20:.1f} MiB")
 
 
@@ -90,9 +101,9 @@ def export_model(src: str | Path, dst: str | Path, fmt: str, quantize: str | Non
     tok_dir = tokenizer_directory(src)
     if tok_dir is None:
         raise ModelDirectoryError(f"{src}: no tokenizer.json; an export needs the model's tokenizer beside it")
-    from . import ct2
+    from . import ct2, onnx
 
-    writer = {"ct2": ct2}[fmt]
+    writer = {"ct2": ct2, "onnx": onnx}[fmt]
     architecture = writer.check(config)  # one line naming what would work, before any import or write
     require(fmt)
     with atomic_directory(dst) as tmp:

@@ -8,6 +8,11 @@ to every layer's self-attention scores; no 1/sqrt(head_dim) scaling of the score
 without position bias; a ReLU (v1.0) or gated-GELU (v1.1) feed-forward; a tied head whose input is
 scaled by d_model**-0.5 (v1.0) or a separate head without scaling (v1.1).
 
+One choice of ours, off by default (T5 has no such thing, so such a model has no Hugging Face form):
+``absolute_positions='sinusoidal'`` adds the fixed sine/cosine position signal to each stack's input.
+Cross-attention has no position bias, so without it the decoder finds its place in the source by
+content alone, and on a monotonic task (Simplified → Traditional) it jumps where a character repeats.
+
 Read top to bottom: cache → block → stack (encoder or decoder) → the model.
 
 >>> import torch
@@ -452,4 +457,4 @@ class Seq2Seq(nn.Module):
         return out
 
 
-__all__ = ["Block", "Seq2Seq", "Seq2SeqCache", "Seq2SeqCacheRows", "Stack", "shift_right"]
+__all__ = ["Block", "Seq2Seq", "Seq2SeqCache", "Seq2SeqCacheRows", "Stack", "shift_right", "sinusoidal_positions"]
