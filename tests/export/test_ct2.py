@@ -110,3 +110,35 @@ def test_refusals_name_the_format_and_what_would_work(trained_models, tmp_path, 
     with pytest.raises(ConfigError, match=r"--format ct2: needs ctranslate2.*pip install"):
         export_model(trained_models["gpt2"], tmp_path / "o3", "ct2")
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+
+
+def test_ct2_engine_serves_requests_as_our_engine(trained_models, export_tokenizer, tmp_path):
+    from duplexlm.export.ct2 import CT2Engine
+
+    out = tmp_path / "ct2"
+    export_model(trained_models["llama"], out, "ct2")
+    engine = CT2Engine(out, export_tokenizer, max_batch_size=2)  # 5 prompts: three batches
+    prompts = [export_tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    got = engine.generate(prompts, SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True))
+    assert [c.token_ids for c in got] == ours_greedy(trained_models["llama"], prompts, 12)
+    assert all(c.finish_reason == "length" for c in got)
+    # a stop string cuts the text before it; the end token stops a line learnt to its end
+    model, tok = duplexlm.load(trained_models["llama"])
+    full = engine.generate("我爱北京", max_new_tokens=40, temperature=0)
+    assert full.finish_reason == "stop" and full.text == Engine(model, tok).generate(
+        "我爱北京", max_new_tokens=40, temperature=0).text
+    cut = engine.generate("我爱北京", max_new_tokens=40, temperature=0, stop=["上"])
+    assert cut.finish_reason == "stop" and cut.text == full.text.split("上")[0]
+    # streamed pieces join to the text; an abort ends a request with reason "abort"
+    assert "".join(engine.stream("今天天气", max_new_tokens=20, temperature=0)) == engine.generate(
+        "今天天气", max_new_tokens=20, temperature=0).text
+    rid = engine.add_request("hello world,", SamplingParams(max_new_tokens=500, temperature=0, ignore_eos=True))
+    engine.abort(rid)
+    ends = [o for _ in range(50) for o in engine.step() if o.request_id == rid and o.finished]
+    assert ends and ends[0].finish_reason == "abort" and not engine.has_unfinished()
+    beam = engine.generate("我爱北京", max_new_tokens=20, num_beams=2)
+    assert beam.text == full.text and beam.score is not None
+    with pytest.raises(ConfigError, match="min_p"):
+        engine.add_request("我爱", SamplingParams(min_p=0.1))
+    with pytest.raises(ConfigError, match="seed: the CTranslate2 engine cannot"):
+        engine.add_request("我爱", SamplingParams(seed=3, temperature=0.7))

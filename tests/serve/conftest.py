@@ -41,6 +41,7 @@ class Server:
     name: str
     key: str | None
     log: Path
+    engine: str = "model"  # what serves: our engine on the model directory, or "ct2" on its export
 
     def client(self, **kwargs):
         from openai import OpenAI
@@ -119,7 +120,17 @@ def classifier_dir(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
-@pytest.fixture(scope="package")
-def server(decoder_dir, tmp_path_factory) -> Iterator[Server]:
-    with run_server(decoder_dir, tmp_path_factory.mktemp("log") / "server.log") as s:
+@pytest.fixture(scope="package", params=["model", "ct2"])
+def server(request, decoder_dir, tmp_path_factory) -> Iterator[Server]:
+    """The decoder served from its model directory, and from its CTranslate2 export: the same tests
+    hold for both."""
+    served = decoder_dir
+    if request.param == "ct2":
+        pytest.importorskip("ctranslate2")
+        from duplexlm.export import export_model
+
+        served = tmp_path_factory.mktemp("ct2") / decoder_dir.name
+        export_model(decoder_dir, served, "ct2")
+    with run_server(served, tmp_path_factory.mktemp("log") / "server.log") as s:
+        s.engine = request.param
         yield s

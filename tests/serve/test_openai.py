@@ -64,7 +64,8 @@ def reference(decoder_dir):
 def test_models_list_names_the_model_and_what_it_can_do(server):
     models = server.client().models.list().data
     assert [m.id for m in models] == [server.name]
-    assert models[0].capabilities == ["completions", "chat", "attention"]
+    # an export generates; the attention map needs the torch model
+    assert models[0].capabilities == ["completions", "chat"] + (["attention"] if server.engine == "model" else [])
     assert models[0].family == "decoder"
 
 
@@ -114,6 +115,8 @@ def test_chat_streamed_equals_non_streamed_and_uses_the_chat_template(server, re
 
 
 def test_the_same_answer_alone_and_inside_a_busy_batch(server):
+    if server.engine == "ct2":
+        pytest.skip("CTranslate2 decodes static batches: a request that arrives while a batch runs waits for it")
     client = server.client()
     ask = {"model": server.name, "prompt": "北京欢迎你", "max_tokens": 24, "temperature": 0}
     wait_idle(server)
@@ -149,6 +152,12 @@ def test_the_same_answer_alone_and_inside_a_busy_batch(server):
 def test_seeded_sampling_is_reproducible_and_n_choices_differ(server):
     client = server.client()
     ask = {"model": server.name, "prompt": "今天", "max_tokens": 16, "temperature": 1.0, "seed": 7}
+    if server.engine == "ct2":  # no per-call seed in CTranslate2: refused by name, unseeded choices differ
+        with pytest.raises(openai.BadRequestError, match="seed: the CTranslate2 engine cannot"):
+            client.completions.create(**ask)
+        a = client.completions.create(**{**ask, "seed": None}, n=3)
+        assert [c.index for c in a.choices] == [0, 1, 2] and len({c.text for c in a.choices}) > 1
+        return
     a = client.completions.create(**ask, n=3)
     b = client.completions.create(**ask, n=3)
     assert [c.text for c in a.choices] == [c.text for c in b.choices]

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ..config import AnyConfig, DecoderConfig, Seq2SeqConfig
 from ..convert import to_hf
-from ..errors import UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from ..fileutil import independent, write_json
+from ..infer.engine import Engine, Request, RequestOutput, SamplingParams
 from ..io import TOKENIZER_FILES
 
 
@@ -85,7 +90,6 @@ class CT2Model:
 
     def __init__(self, path: str | Path, compute_type: str = "default", threads: int = 0) -> None:
         import ctranslate2
-        import torch
 
         from . import read_manifest
 
@@ -128,3 +132,212 @@ class CT2Model:
         if self.seq2seq:
             raise UnsupportedModelError("CT2Model.score: decoders only")
         return [list(r.log_probs) for r in self.engine.score_batch([self.tokens(s) for s in sequences])]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Serving: the engine's interface over a CTranslate2 export
+
+
+@dataclass
+class _Runner:
+    """What the server reads of the engine's runner: the context and the source room."""
+
+    context: int
+    max_source_len: int
+
+    def move_rows(self, *_: Any) -> None:  # rows are CTranslate2's own
+        pass
+
+
+@dataclass
+class _Batch:
+    """One CTranslate2 call in flight: its requests (batch index = row), their stop flags, which the
+    callback reads, and the tokens it reports, which :meth:`CT2Engine.step` reads."""
+
+    reqs: list[Request]
+    stop: list[bool]
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    results: list[Any] | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class ExportedModel:
+    """Stands for an export where a server reads a model: its ``config`` (the model it came from)."""
+
+    exported = True
+
+    def __init__(self, config: AnyConfig, path: Path) -> None:
+        self.config = config
+        self.path = path
+
+
+class CT2Engine(Engine):
+    """:class:`~duplexlm.infer.engine.Engine`'s interface (requests, stop strings, streamed text,
+    abort, beam search) over a CTranslate2 export, so that ``duplex serve`` serves one as it serves a
+    model directory.
+
+    CTranslate2 decodes static batches: requests that arrive while a batch runs wait for it to end
+    (our engine's continuous batching lets them join at the next step). Requests with the same
+    sampling settings share a batch (up to ``max_batch_size``). Beam search runs one request per call
+    and reports its text at the end. Not offered: ``min_p``, and ``seed`` on a sampled request
+    (CTranslate2 has no per-call seed: its threads seed their generators once)."""
+
+    def __init__(self, path: str | Path, tokenizer: Any, *, max_batch_size: int = 16, max_len: int | None = None,
+                 max_source_len: int = 512, threads: int = 0) -> None:
+        from ..config import config_from_dict
+
+        if max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: expected an integer >= 1, found {max_batch_size}")
+        self.ct2 = CT2Model(path, threads=threads)
+        c = config_from_dict(self.ct2.manifest["config"], source=f"{path}/duplex_export.json: config")
+        self.model = ExportedModel(c, Path(path))
+        self.tokenizer = tokenizer
+        self.family = c.family
+        self.device = torch.device("cpu")
+        context = min(c.max_seq_len, 2048) if c.family == "decoder" else 512
+        self.runner = _Runner(context if max_len is None else max_len, max_source_len)  # type: ignore[assignment]
+        self.max_batch_size = max_batch_size
+        self.vocab_size = c.vocab_size
+        eos = {c.eos_token_id} if getattr(c, "eos_token_id", None) is not None else set()
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos)
+        self._init_requests()
+        self._batch: _Batch | None = None
+
+    def _add(self, prompt: Any, params: SamplingParams | None, request_id: str | None) -> Request:
+        if params is not None and params.min_p > 0:
+            raise ConfigError("min_p: not offered by the CTranslate2 engine; leave it at 0")
+        if params is not None and params.seed is not None and not params.greedy and params.num_beams == 1:
+            # CTranslate2 seeds the generators of its own threads once, not one call's sampling
+            raise ConfigError("seed: the CTranslate2 engine cannot make one request's sampling reproducible; "
+                              "leave seed out, or serve the model directory for seeded sampling")
+        return super()._add(prompt, params, request_id)
+
+    # -- the step --------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Start a batch when none runs, then hand over the tokens it has made since the last call
+        (waiting briefly for one) → the outputs of the requests that changed."""
+        outputs: list[RequestOutput] = []
+        self._take_inbox(outputs)
+        if self._batch is None and self._waiting:
+            self._launch()
+        batch = self._batch
+        if batch is None:
+            return outputs
+        items = []
+        try:
+            items.append(batch.tokens.get(timeout=0.05))
+            while True:
+                items.append(batch.tokens.get_nowait())
+        except queue.Empty:
+            pass
+        for row, token in items:
+            req = batch.reqs[row]
+            if req.finished:
+                continue
+            out = self._advance(req, {row: token})  # type: ignore[arg-type]
+            if out is not None:
+                outputs.append(out)
+            if req.finished:
+                batch.stop[row] = True
+        if batch.done.is_set() and batch.tokens.empty():
+            outputs += self._end_batch(batch)
+        self._release()
+        return outputs
+
+    def _take_inbox(self, outputs: list[RequestOutput]) -> None:
+        super()._take_inbox(outputs)
+        if self._batch is not None:
+            for row, req in enumerate(self._batch.reqs):
+                if req.finished:
+                    self._batch.stop[row] = True
+
+    def _release(self) -> None:
+        self._running = [r for r in self._running if not r.finished]
+
+    def _launch(self) -> None:
+        """The first waiting request and those behind it with the same settings, as one CTranslate2 call
+        in a thread of its own."""
+        first = self._waiting[0]
+        key = _settings(first.params)
+        reqs = [first] if first.params.num_beams > 1 else [
+            r for r in self._waiting if _settings(r.params) == key][: self.max_batch_size]
+        for row, req in enumerate(reqs):
+            self._waiting.remove(req)
+            req.row = row
+        self._running.extend(reqs)
+        batch = self._batch = _Batch(reqs, [False] * len(reqs))
+        threading.Thread(target=self._run, args=(batch,), name="duplex-ct2", daemon=True).start()
+
+    def _run(self, batch: _Batch) -> None:
+        p = batch.reqs[0].params
+        beams = p.num_beams > 1
+
+        made = [0] * len(batch.reqs)  # step.step also counts a longer prompt's tail, decoded in the loop
+
+        def callback(step: Any) -> bool:
+            row = step.batch_id
+            req = batch.reqs[row]
+            if batch.stop[row]:
+                return True
+            batch.tokens.put((row, step.token_id))
+            made[row] += 1
+            # stop ids and the length are decided here, at once; stop strings by step(), a little later
+            return step.token_id in req.stop_ids or made[row] >= req.max_new_tokens
+
+        options: dict[str, Any] = {"end_token": [], "repetition_penalty": p.repetition_penalty}
+        if beams:
+            options.update(beam_size=p.num_beams, length_penalty=p.length_penalty, return_end_token=True, return_scores=True,
+                           end_token=sorted(batch.reqs[0].stop_ids))
+        elif p.greedy:
+            options.update(sampling_topk=1, callback=callback)
+        else:
+            options.update(sampling_topk=p.top_k, sampling_topp=p.top_p, sampling_temperature=p.temperature,
+                           callback=callback)
+        longest = max(r.max_new_tokens for r in batch.reqs)
+        prompts = [self.ct2.tokens(r.prompt_ids) for r in batch.reqs]
+        try:
+            if self.ct2.seq2seq:
+                batch.results = self.ct2.engine.translate_batch(prompts, max_decoding_length=longest, **options)
+            else:
+                batch.results = self.ct2.engine.generate_batch(prompts, max_length=longest,
+                                                               include_prompt_in_result=False, **options)
+        except BaseException as e:  # reported by step()
+            batch.error = e
+        finally:
+            batch.done.set()
+
+    def _end_batch(self, batch: _Batch) -> list[RequestOutput]:
+        """The call has returned: beam results become their requests' outputs; any request still open
+        (CTranslate2 stopped it) finishes by length."""
+        self._batch = None
+        if batch.error is not None:
+            raise batch.error
+        outputs = []
+        for row, req in enumerate(batch.reqs):
+            if req.finished:
+                continue
+            if req.params.num_beams > 1 and batch.results is not None:
+                r = batch.results[row]
+                best = (list(r.sequences_ids[0]) if not self.ct2.seq2seq else
+                        [self.ct2.index[t] for t in r.hypotheses[0]])[: req.max_new_tokens]
+                req.output_ids = best
+                req.score = float(r.scores[0]) if r.scores else None
+                reason = "stop" if best and best[-1] in req.stop_ids else "length"
+                if self.tokenizer is not None:
+                    req.text = self.tokenizer.decode(best, skip_special_tokens=req.params.skip_special_tokens)
+                out = self._finish(req, reason)
+                out.token_ids, out.text = list(best), req.text
+                outputs.append(out)
+            else:
+                outputs.append(self._finish(req, "length"))
+        return outputs
+
+
+def _settings(p: SamplingParams) -> tuple[Any, ...]:
+    """What must be equal for two requests to share a CTranslate2 call."""
+    if p.greedy:
+        return ("greedy", p.repetition_penalty)
+    return (p.temperature, p.top_k, p.top_p, p.repetition_penalty)

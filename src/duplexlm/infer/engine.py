@@ -408,14 +408,7 @@ class Engine:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
         self._decode_fn = torch.compile(self.runner.decode, dynamic=True) if compile else self.runner.decode
-
-        self._lock = threading.Lock()
-        self._inbox: list[Request] = []
-        self._aborts: set[str] = set()
-        self._waiting: deque[Request] = deque()
-        self._running: list[Request] = []  # in row order
-        self._ids: set[str] = set()
-        self._counter = itertools.count()
+        self._init_requests()
         n = max_batch_size
         self._tokens = torch.zeros(n, dtype=torch.long, device=self.device)  # each row's last token
         self._pos = torch.zeros(n, dtype=torch.long, device=self.device)  # each row's length = next position
@@ -423,6 +416,16 @@ class Engine:
         self._seen: Tensor | None = None  # (rows, V) bool, made when a request uses a repetition penalty
         self._params_key: tuple[Any, ...] | None = None
         self._params: dict[str, Tensor] = {}
+
+    def _init_requests(self) -> None:
+        """The request queues and their lock (an engine over another backend keeps the same ones)."""
+        self._lock = threading.Lock()
+        self._inbox: list[Request] = []
+        self._aborts: set[str] = set()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []  # in row order
+        self._ids: set[str] = set()
+        self._counter = itertools.count()
 
     # -- requests ----------------------------------------------------------------------------------
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, *,

@@ -113,6 +113,8 @@ class ServerSettings:
 def capabilities(model: torch.nn.Module) -> list[str]:
     """What a model can answer: ``completions``, ``chat``, ``embeddings``, ``classify``, ``attention``."""
     c = model.config
+    if getattr(model, "exported", False):  # an engine's export (CTranslate2): it generates, nothing else
+        return ["completions", "chat"] if c.family == "decoder" else ["completions"]
     caps: list[str] = []
     head = getattr(c, "head", "none")
     if c.family == "decoder" and head == "lm":
@@ -143,14 +145,14 @@ class _State:
     model_lock: asyncio.Lock | None = None  # one non-generation forward pass at a time
     model_waiting: int = 0
 
-    def ready(self, model: Any, tokenizer: Any) -> None:
+    def ready(self, model: Any, tokenizer: Any, engine: Engine | None = None) -> None:
         s = self.settings
         if tokenizer is None:
             raise ConfigError(f"--model: {s.model_dir} has no tokenizer.json; the server needs one")
         self.caps = capabilities(model)
         if "completions" in self.caps:
-            engine = Engine(model, tokenizer, max_batch_size=s.max_batch_size, compile=s.compile,
-                            cpu_layout=s.packed_weights)
+            engine = engine or Engine(model, tokenizer, max_batch_size=s.max_batch_size, compile=s.compile,
+                                      cpu_layout=s.packed_weights)
             self.worker = EngineWorker(engine, max_pending=s.max_batch_size + s.max_queue,
                                        on_step=self._stepped)
         self.model, self.tokenizer = model, tokenizer
@@ -162,10 +164,21 @@ class _State:
 
 
 def _load_in_background(state: _State) -> None:
+    from ..export import read_manifest
     from ..io import load
+    from ..tokenizer import Tokenizer
 
     s = state.settings
     try:
+        exported = read_manifest(s.model_dir)
+        if exported is not None and exported.get("format") == "ct2":  # CTranslate2 decodes
+            from ..export.ct2 import CT2Engine
+
+            tokenizer = Tokenizer.from_dir(s.model_dir)
+            engine = CT2Engine(s.model_dir, tokenizer, max_batch_size=s.max_batch_size)
+            state.ready(engine.model, tokenizer, engine)
+            log.info("serving the CTranslate2 export %s as %r: %s", s.model_dir, state.name, ", ".join(state.caps))
+            return
         device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load(s.model_dir, device=device)
         state.ready(model, tokenizer)
