@@ -71,3 +71,22 @@ def test_generate_keeps_the_training_mode_and_layout():
              generator=torch.Generator().manual_seed(0))
     assert model.training
     assert {n: p.stride() for n, p in model.named_parameters()} == strides
+    assert {type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)} == {"Linear"}
+
+
+def test_generate_decodes_with_packed_weights_and_gives_the_plain_tokens():
+    """generate() packs the weights for its call (the engine's CPU speed) and gives what the plain
+    layout gives; a model packed before (a server's) stays packed."""
+    from duplexlm.infer.engine import Engine
+    from duplexlm.infer.packed import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    model = build_model(DecoderConfig(vocab_size=50, max_seq_len=32, d_model=32, n_layer=2, n_head=2)).eval()
+    prompts = torch.randint(0, 50, (4, 5))
+    plain = Engine(model, max_batch_size=4, cpu_layout=False).generate(
+        prompts.tolist(), max_new_tokens=8, temperature=0, ignore_eos=True)
+    out = generate(model, prompts, max_new_tokens=8, temperature=0)
+    assert out[:, 5:].tolist() == [c.token_ids for c in plain]
+    pack_linears(model)
+    generate(model, prompts, max_new_tokens=2, temperature=0)
+    assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, torch.nn.Linear))

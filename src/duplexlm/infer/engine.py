@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .packed import pack_linears
+from .packed import pack_linears, packed_for_decoding
 from .sampling import apply_repetition_penalty, process_logits, sample_from_probs
 from .stream import TextStream
 
@@ -848,11 +848,14 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
                              top_p=1.0 if top_p is None else top_p, seed=s, ignore_eos=True,
                              stop_token_ids=() if eos_token_id is None else (eos_token_id,)) for s in seeds]
     was_training = model.training
-    try:  # leave the weights' layout and the model's mode as they were: a caller may be mid-training
-        engine = Engine(model, max_batch_size=B, max_len=T + max_new_tokens, cpu_layout=False)
-        outs = engine.generate([row.tolist() for row in input_ids], params)
-    finally:
-        model.train(was_training)
+    # the engine's CPU layout (packed weights) for this call only: the weights' layout and the model's
+    # mode are left as they were, since a caller may be mid-training
+    with packed_for_decoding(model):
+        try:
+            engine = Engine(model, max_batch_size=B, max_len=T + max_new_tokens, cpu_layout=False)
+            outs = engine.generate([row.tolist() for row in input_ids], params)
+        finally:
+            model.train(was_training)
     width = max(len(o.token_ids) for o in outs)
     fill = eos_token_id if eos_token_id is not None else 0
     new = torch.full((B, width), fill, dtype=input_ids.dtype)

@@ -49,6 +49,8 @@ packed copy (oneDNN's opaque tensors have no storage to copy) and repack on thei
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -137,6 +139,24 @@ def pack_linears(model: nn.Module) -> int:
         module._packed, module._packed_key = _pack(w), _key(w)
         packed += module._packed is not None
     return packed
+
+
+@contextlib.contextmanager
+def packed_for_decoding(model: nn.Module) -> Iterator[None]:
+    """:func:`pack_linears` for the duration of a ``with`` block, then every module it packed back to a
+    plain ``nn.Linear`` with its weight in its former layout (modules packed before stay packed): what a
+    one-call generation on a model that is not a server's does."""
+    plain = {m: m.weight.is_contiguous() for m in model.modules() if type(m) is nn.Linear}
+    pack_linears(model)
+    try:
+        yield
+    finally:
+        for module, contiguous in plain.items():
+            if type(module) is PackedLinear:
+                del module._packed, module._packed_key
+                module.__class__ = nn.Linear
+            if contiguous and not module.weight.is_contiguous():
+                module.weight.data = module.weight.data.contiguous()
 
 
 def unpack_linears(model: nn.Module) -> int:
