@@ -4,6 +4,7 @@ interface, so that classify, tag and eval score the export as they score the ori
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -43,7 +44,9 @@ def test_onnx_classifier_gives_the_original_logits_and_labels(trained_encoders, 
 def test_onnx_int8_classifier_keeps_its_answers(trained_encoders, tmp_path):
     fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
     export_model(trained_encoders["classify"], fp32, "onnx")
+    levels = logging.getLogger().level, logging.getLogger("torch.onnx").level
     export_model(trained_encoders["classify"], int8, "onnx", quantize="int8")
+    assert (logging.getLogger().level, logging.getLogger("torch.onnx").level) == levels  # the quiet is undone
     assert (int8 / "model.onnx").stat().st_size < 0.6 * (fp32 / "model.onnx").stat().st_size
     model, tok = duplexlm.load(int8)
     labels = [p["label"] for p in classify(model, tok, POSITIVE + NEGATIVE)]

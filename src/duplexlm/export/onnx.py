@@ -67,10 +67,15 @@ def write(config: AnyConfig, state_dict: dict[str, Tensor], tokenizer_dir: Path,
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing hint
+        root = logging.getLogger()  # quantize_dynamic logs a pre-processing hint at WARNING on the root
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))
         full = out / "model.fp32.onnx"
         (out / ONNX_FILE).rename(full)
-        quantize_dynamic(str(full), str(out / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
+        try:
+            quantize_dynamic(str(full), str(out / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
         full.unlink()
     details: dict[str, Any] = {"engine": "onnxruntime", "inputs": ["input_ids", "attention_mask"],
                                "outputs": ["logits"]}
