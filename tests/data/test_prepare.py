@@ -29,7 +29,10 @@ RAW = [
     "The quick brown fox jumps",  # the first document again, once cleaned
     "a document that writes the separator <|endoftext|> inside itself",
 ]
-KEPT = [clean_text(t) for t in RAW[:2]] + [clean_text(RAW[3]), clean_text(RAW[5])]
+# byte-level BPE learnt full-width characters as they come (`duplex tokenizer train` does not NFKC its
+# text): the shards keep them so; a WordPiece tokenizer's documents are NFKC'd, as its training text was
+KEPT = [clean_text(t, nfkc=False) for t in (*RAW[:2], RAW[3], RAW[5])]
+assert KEPT[1].startswith("Ｆｕｌｌ－ｗｉｄｔｈ")
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -79,6 +82,14 @@ def test_round_trip_decodes_to_cleaned_documents(tmp_path: Path, bpe_dir: Path, 
     out_files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert out_files == ["meta.json", "tokenizer.json", "tokenizer_config.json", "train_000.bin"]
     assert Tokenizer.from_dir(tmp_path / "out").eos_token_id == bpe.eos_token_id
+
+
+def test_wordpiece_shards_are_nfkc_normalised_as_its_training_text(tmp_path: Path, wordpiece_dir: Path) -> None:
+    src = write_lines(tmp_path / "corpus.txt", [RAW[1]])
+    run([src], tmp_path / "out", wordpiece_dir, val_fraction=0.0)
+    wp = Tokenizer.from_dir(wordpiece_dir)
+    (doc,) = documents(TokenShards(tmp_path / "out", "train"))
+    assert doc[:-1].tolist() == wp.encode(clean_text(RAW[1]), add_special_tokens=False)  # "Full-width ..."
 
 
 def test_tokenizer_padding_and_truncation_are_ignored(tmp_path: Path, bpe_dir: Path) -> None:

@@ -56,6 +56,9 @@ class EncodeConfig:
     keep_newlines: bool = False
     near_dedup: bool = False
     word_boundaries: bool = False
+    # NFKC as `duplex tokenizer train` did for this kind: not for byte-level BPE, which learnt full-width
+    # ，and １ as they come (and meets them so at inference)
+    nfkc: bool = True
 
 
 @dataclass
@@ -202,7 +205,7 @@ class ChunkEncoder:
 
     def __call__(self, chunk: Chunk) -> EncodedChunk:
         cfg = self.config
-        texts = [clean_text(text, cfg.keep_newlines) for text, _ in chunk]
+        texts = [clean_text(text, cfg.keep_newlines, nfkc=cfg.nfkc) for text, _ in chunk]
         encoded = [t.encode("utf-8") for t in texts]
         keep = [i for i, t in enumerate(texts) if t]
         encs = self.backend.encode_batch([texts[i] for i in keep], add_special_tokens=False) if keep else []

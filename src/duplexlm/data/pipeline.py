@@ -193,7 +193,7 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
         config = EncodeConfig(tokenizer_file=str(tmp / "tokenizer.json"), sep_id=sep_id, dtype=dtype.name,
                               seed=int(seed), keep_newlines=doc_format != "line", near_dedup=near_dedup,
-                              word_boundaries=word_boundaries)
+                              word_boundaries=word_boundaries, nfkc=tokenizer.kind != "bpe")
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, word_boundaries) for s in SPLITS}
         splitter = _Splitter(writers, val_fraction)
         dedup = _Deduplicator(near_dedup, near_dedup_threshold)
