@@ -134,8 +134,9 @@ def reused(stamp: Path, key: dict[str, Any], needed: Path) -> dict[str, Any] | N
 
 
 def people_daily(limit: int | None) -> tuple[list[str], list[str]]:
-    """People's Daily lines cleaned as ``duplex data prepare`` cleans them (NFKC): (training, held out),
-    the held-out ones the last :data:`HELD_OUT` of them."""
+    """People's Daily lines, cleaned and NFKC-normalised once here (as the demo's corpus is), so that the
+    tokenizer, the shards and the held-out text all read the same characters: (training, held out), the
+    held-out ones the last :data:`HELD_OUT` of them."""
     from duplexlm.data import iter_documents
     from duplexlm.data.clean import clean_text
 

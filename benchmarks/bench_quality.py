@@ -63,13 +63,16 @@ RECIPES: dict[str, dict[str, list[str]]] = {
     },
     # T5 from scratch. Adafactor at 3e-2 (T5's optimizer, steps relative to each weight's scale): with
     # AdamW the unit-scale embeddings and the position biases move so slowly that after 1,200 steps the
-    # model had not yet learnt to read its source (chrF < 5).
+    # model had not yet learnt to read its source (chrF < 5). Sinusoidal absolute positions on top of
+    # T5's relative ones: cross-attention has no position bias, and without them the decoder found its
+    # place in the source by content alone, jumping where a character repeats (val chrF 5.7 at step 500
+    # and 83 at 2,000 without; 90 at 500, 98.3 at 1,500 and 99.3 at 2,000 with).
     "s2t": {
         "t5": ["task=seq2seq", "model.preset=t5-tiny", "model.d_model=256", "model.head_dim=64", "model.n_head=4",
-               "model.d_ff=1024", "model.n_layer=2", "model.dropout=0.0", "data.seq_len=136",
-               "batch_size=32", "optim.name=adafactor", "optim.lr=3e-2", "optim.min_lr=3e-3", "optim.warmup_steps=50",
-               "optim.weight_decay=0.0", "max_steps=2000", "generation.val_examples=100", "generation.max_new_tokens=160",
-               "eval_metric=chrf", "generation.test=false"],
+               "model.d_ff=1024", "model.n_layer=2", "model.dropout=0.0", "model.absolute_positions=sinusoidal",
+               "data.seq_len=136", "batch_size=32", "optim.name=adafactor", "optim.lr=3e-2", "optim.min_lr=3e-3",
+               "optim.warmup_steps=50", "optim.weight_decay=0.0", "max_steps=1200", "generation.val_examples=100",
+               "generation.max_new_tokens=160", "eval_metric=chrf", "generation.test=false"],
     },
 }
 BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh", "s2t": "s2t"}

@@ -6,7 +6,7 @@
     duplex convert --from-hf SRC DST   Hugging Face directory → duplexlm directory
     duplex convert --to-peft --base BASE ADAPTER DST   a LoRA adapter → PEFT (for the Hugging Face form of BASE)
     duplex export CHECKPOINT OUT [--overwrite]   a training checkpoint (out_dir/checkpoints/step_N) → a model directory
-    duplex export --format ct2 MODEL OUT [--quantize int8]   a model or checkpoint → an engine's directory
+    duplex export --format ct2|onnx|gguf MODEL OUT [--quantize int8]   a model or checkpoint → an engine's directory
     duplex quantize --model DIR --method int8|int4 --out DIR [--embeddings]   weight-only quantisation
     duplex prune --model DIR --sparsity S --method magnitude|heads|neurons --out DIR [--recover key=value ...]
                                                                 pruning (heads/neurons: a smaller model), recovery
@@ -240,7 +240,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     """Train a byte-level BPE (GPT-style) or WordPiece (BERT-style) tokenizer on a corpus, with the
     special tokens of every family; reports characters per token on held-out documents."""
     from .data import iter_documents
-    from .data.clean import clean_text
+    from .data.clean import clean_text, nfkc_for
     from .fileutil import check_output_dir
     from .tokenizer import save_tokenizer, train_tokenizer
 
@@ -250,9 +250,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     def texts():
         docs = zip(range(args.max_docs or sys.maxsize), iter_documents(  # the first --max-docs documents
             args.sources, text_field=args.text_field, doc_format=args.doc_format, on_error=args.on_error))
-        # byte-level BPE encodes text as given (no normaliser): it must learn full-width ，and １ as they
-        # come, not their NFKC forms, or each stays three byte tokens
-        nfkc = args.kind != "bpe"
+        nfkc = nfkc_for(args.kind)  # byte-level BPE learns full-width ，and １ as they come
         for i, text in enumerate(t for _, doc in docs if (t := clean_text(doc.text, nfkc=nfkc))):
             if i % 50:
                 yield text
@@ -756,8 +754,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the directory to write (new or empty; written atomically)")
     p.add_argument("--format", default="model", choices=("model", *FORMATS),
                    help="model: a model directory of ours (default); ct2: CTranslate2 (decoders, T5); onnx: ONNX "
-                   "Runtime (encoders with a classify or tag head)")
-    p.add_argument("--quantize", default=None, help="the engine's weight type, e.g. int8 (default: float32)")
+                   "Runtime (encoders with a classify or tag head); gguf: llama.cpp (decoders)")
+    p.add_argument("--quantize", default=None, help="the engine's weight type: int8 (ct2, onnx), q8_0 or f16 "
+                   "(gguf), other CTranslate2 types (default: float32)")
     _overwrite_arg(p)
 
 

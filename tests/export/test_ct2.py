@@ -142,3 +142,42 @@ def test_ct2_engine_serves_requests_as_our_engine(trained_models, export_tokeniz
         engine.add_request("我爱", SamplingParams(min_p=0.1))
     with pytest.raises(ConfigError, match="seed: the CTranslate2 engine cannot"):
         engine.add_request("我爱", SamplingParams(seed=3, temperature=0.7))
+
+
+def test_ct2_engine_edge_cases(trained_models, export_tokenizer, tmp_path):
+    """A T5 export through the engine; a one-token prompt batched with longer ones; a beam request
+    queued behind a sampled one; a CTranslate2 call that fails ends its requests, not the engine."""
+    from duplexlm.export.ct2 import CT2Engine
+
+    t5 = tmp_path / "t5"
+    export_model(trained_models["t5"], t5, "ct2")
+    eos = export_tokenizer.eos_token_id
+    sources = [[*export_tokenizer.encode(line, add_special_tokens=False)[:12], eos] for line in LINES[:3]]
+    got = CT2Engine(t5, export_tokenizer).generate(sources, SamplingParams(max_new_tokens=16, temperature=0))
+    assert [c.token_ids for c in got] == ours_greedy(trained_models["t5"], sources, 16, ignore_eos=False)
+
+    out = tmp_path / "llama"
+    export_model(trained_models["llama"], out, "ct2")
+    engine = CT2Engine(out, export_tokenizer, max_batch_size=4)
+    prompts = [export_tokenizer.encode("我", add_special_tokens=False)[:1],
+               export_tokenizer.encode("今天天气很好", add_special_tokens=False)]
+    greedy = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)
+    assert [c.token_ids for c in engine.generate(prompts, greedy)] == ours_greedy(trained_models["llama"], prompts, 8)
+    assert [len(r) for r in CT2Model(out).generate(prompts, 8, ignore_eos=True)] == [8, 8]
+
+    sampled, beam = SamplingParams(max_new_tokens=6), SamplingParams(max_new_tokens=6, num_beams=2)  # both at T=1
+    _, b = engine.generate(["我爱北京", "我爱北京"], [sampled, beam])
+    assert b.score is not None and b.text == engine.generate("我爱北京", beam).text  # decoded as a beam request
+
+    def fail(*_, **__):
+        raise RuntimeError("simulated CTranslate2 failure")
+
+    real = engine.ct2.engine.generate_batch
+    engine.ct2.engine = type("Broken", (), {"generate_batch": staticmethod(fail)})()
+    broken = engine.generate("我爱北京", greedy)
+    assert broken.finish_reason == "abort"
+    engine.ct2.engine = type("Fixed", (), {"generate_batch": staticmethod(real)})()
+    assert engine.generate("我爱北京", greedy).finish_reason == "length"  # the engine goes on
+    with pytest.raises(ConfigError, match="stop_token_ids"):
+        engine.add_request("我爱", SamplingParams(stop_token_ids=(10**6,)))
+    engine.close()

@@ -42,6 +42,7 @@ class Server:
     key: str | None
     log: Path
     engine: str = "model"  # what serves: our engine on the model directory, or "ct2" on its export
+    path: Path | None = None  # the directory served
 
     def client(self, **kwargs):
         from openai import OpenAI
@@ -132,5 +133,5 @@ def server(request, decoder_dir, tmp_path_factory) -> Iterator[Server]:
         served = tmp_path_factory.mktemp("ct2") / decoder_dir.name
         export_model(decoder_dir, served, "ct2")
     with run_server(served, tmp_path_factory.mktemp("log") / "server.log") as s:
-        s.engine = request.param
+        s.engine, s.path = request.param, served
         yield s

@@ -51,9 +51,15 @@ def wait_idle(server, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(decoder_dir):
-    """The same weights, decoded by the engine directly (no server)."""
+def reference(server, decoder_dir):
+    """What the server runs, without the server: our engine on the same weights, or for the CTranslate2
+    export its engine (on this untrained model the two may differ in near ties; tests/export compares
+    them on trained ones)."""
     model, tokenizer = load(decoder_dir)
+    if server.engine == "ct2":
+        from duplexlm.export.ct2 import CT2Engine
+
+        return CT2Engine(server.path, tokenizer, max_batch_size=4), tokenizer
     return Engine(model, tokenizer, max_batch_size=4), tokenizer
 
 

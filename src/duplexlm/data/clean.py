@@ -38,6 +38,16 @@ def _control_pattern() -> re.Pattern[str]:
     return re.compile(f"[{body}]+")
 
 
+def nfkc_for(kind: str) -> bool:
+    """Whether text for a tokenizer of ``kind`` is NFKC-normalised: not for byte-level BPE, which learns
+    full-width ，and １ as they come (and meets them so at inference); yes for the others.
+
+    >>> nfkc_for("bpe"), nfkc_for("wordpiece")
+    (False, True)
+    """
+    return kind != "bpe"
+
+
 def clean_text(text: str, keep_newlines: bool = False, nfkc: bool = True) -> str:
     """NFKC-normalise (unless not ``nfkc``), drop control/format characters, collapse whitespace, strip.
 

@@ -93,7 +93,7 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def _starts_from_words(text: str, words: list[str]) -> np.ndarray | None:
+def _starts_from_words(text: str, words: list[str], nfkc: bool = True) -> np.ndarray | None:
     """Start positions of ``words`` found in order in the cleaned ``text``; None if one is not found
     (the words then do not describe this text, and another segmentation is used)."""
     # one cleaning call for all the words, joined by a private-use character that cleaning keeps
@@ -102,7 +102,7 @@ def _starts_from_words(text: str, words: list[str]) -> np.ndarray | None:
         return None
     starts = []
     pos = 0
-    for word in clean_text(joined).split(_WORD_SEP):
+    for word in clean_text(joined, nfkc=nfkc).split(_WORD_SEP):
         word = word.strip()
         if not word:
             continue
@@ -140,7 +140,7 @@ def _starts_from_spaces(space: np.ndarray) -> np.ndarray:
 
 
 def word_start_flags(text: str, enc: Encoding, words: list[str] | None = None,
-                     subword_prefix: str | None = None) -> np.ndarray:
+                     subword_prefix: str | None = None, nfkc: bool = True) -> np.ndarray:
     """``(len(enc.ids),)`` uint8: 1 where a token begins a word, 0 where it continues one.
 
     Words come from ``words`` when given, else from jieba for text with CJK characters, else from
@@ -156,7 +156,7 @@ def word_start_flags(text: str, enc: Encoding, words: list[str] | None = None,
         return np.zeros(0, dtype=np.uint8)
     starts = None
     if words is not None:
-        starts = _starts_from_words(text, words)
+        starts = _starts_from_words(text, words, nfkc)
     if starts is None and _CJK.search(text):
         starts = _starts_from_jieba(text)
     if starts is None and subword_prefix:
@@ -217,7 +217,7 @@ class ChunkEncoder:
         if cfg.word_boundaries:
             parts = []
             for i, e in zip(keep, encs):
-                parts += [word_start_flags(texts[i], e, chunk[i][1], self.subword_prefix),
+                parts += [word_start_flags(texts[i], e, chunk[i][1], self.subword_prefix, cfg.nfkc),
                           np.ones(1, dtype=np.uint8)]  # the separator begins a word of its own
             word_starts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
         signatures = None

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..fileutil import atomic_directory, check_output_dir, sha256_file, write_json
 from ..tokenizer import Tokenizer
+from .clean import nfkc_for
 from .corpus import DataError, DocFormat, Document, OnError, SourceStats, check_options, iter_documents
 from .dedup import NearDuplicateIndex
 from .encode import Chunk, EncodeConfig, EncodedChunk, encode_chunks
@@ -193,7 +194,7 @@ def prepare(sources: Sequence[str], out_dir: str | Path, tokenizer_dir: str | Pa
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
         config = EncodeConfig(tokenizer_file=str(tmp / "tokenizer.json"), sep_id=sep_id, dtype=dtype.name,
                               seed=int(seed), keep_newlines=doc_format != "line", near_dedup=near_dedup,
-                              word_boundaries=word_boundaries, nfkc=tokenizer.kind != "bpe")
+                              word_boundaries=word_boundaries, nfkc=nfkc_for(tokenizer.kind))
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, word_boundaries) for s in SPLITS}
         splitter = _Splitter(writers, val_fraction)
         dedup = _Deduplicator(near_dedup, near_dedup_threshold)

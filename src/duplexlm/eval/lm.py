@@ -152,15 +152,16 @@ def load_lm_text(data: str, tokenizer: Tokenizer, *, split: str | None = None, t
 
 def _documents_text(data: str, tokenizer: Tokenizer, *, text_field: str, split: str | None,
                     seed: int) -> LMText:
-    from ..data.clean import clean_text, split_key
+    from ..data.clean import clean_text, nfkc_for, split_key
     from ..data.corpus import iter_documents
 
     sep = separator_id(tokenizer, str(data))
     below = int(HELD_OUT_FRACTION * 2**64)
     texts: list[str] = []
     seen: set[str] = set()
+    nfkc = nfkc_for(tokenizer.kind)  # as duplex data prepare cleaned them for this tokenizer
     for doc in iter_documents([data], text_field=text_field):
-        text = clean_text(doc.text)
+        text = clean_text(doc.text, nfkc=nfkc)
         if not text:
             continue
         if split is not None:  # a built-in corpus: prepare's split, and its exact de-duplication

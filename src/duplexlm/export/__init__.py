@@ -7,6 +7,8 @@ so that ``duplex serve`` and :func:`read_manifest` can tell an export from a mod
 
 - ``ct2``: CTranslate2, for the decoders (GPT-2, Llama, Qwen2 shapes) and T5, through CTranslate2's
   own converter run on the Hugging Face form of the model (``duplex convert --to-hf``'s).
+- ``gguf``: GGUF for llama.cpp, for the decoders, written with the ``gguf`` package in the layout
+  llama.cpp reads (see :mod:`duplexlm.export.gguf`).
 - ``onnx``: ONNX, by torch's exporter, for encoders with a classify or tag head, run by onnxruntime;
   ``duplexlm.load`` returns it behind the model's interface, so ``duplex classify|tag|eval`` take it.
 
@@ -33,12 +35,13 @@ from ..io import (
 from ..version import __version__
 
 MANIFEST = EXPORT_MANIFEST
-FORMATS = ("ct2", "onnx")
+FORMATS = ("ct2", "onnx", "gguf")
 # what each format needs installed, and the pip spec that brings it
 PACKAGES = {"ct2": (("ctranslate2", "ctranslate2>=4.5"), ("transformers", "transformers>=4.45")),
-            "onnx": (("onnx", "onnx>=1.16"), ("onnxscript", "onnxscript>=0.3"), ("onnxruntime", "onnxruntime>=1.18"))}
+            "onnx": (("onnx", "onnx>=1.16"), ("onnxscript", "onnxscript>=0.3"), ("onnxruntime", "onnxruntime>=1.18")),
+            "gguf": (("gguf", "gguf>=0.10"),)}
 QUANTIZATIONS = {"ct2": ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"),
-                 "onnx": ("int8",)}
+                 "onnx": ("int8",), "gguf": ("q8_0", "int8", "f16")}
 
 
 @dataclass
@@ -101,9 +104,9 @@ def export_model(src: str | Path, dst: str | Path, fmt: str, quantize: str | Non
     tok_dir = tokenizer_directory(src)
     if tok_dir is None:
         raise ModelDirectoryError(f"{src}: no tokenizer.json; an export needs the model's tokenizer beside it")
-    from . import ct2, onnx
+    from . import ct2, gguf, onnx
 
-    writer = {"ct2": ct2, "onnx": onnx}[fmt]
+    writer = {"ct2": ct2, "onnx": onnx, "gguf": gguf}[fmt]
     architecture = writer.check(config)  # one line naming what would work, before any import or write
     require(fmt)
     with atomic_directory(dst) as tmp:

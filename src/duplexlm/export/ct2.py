@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import tempfile
 import threading
@@ -23,7 +24,7 @@ from ..config import AnyConfig, DecoderConfig, Seq2SeqConfig
 from ..convert import to_hf
 from ..errors import ConfigError, UnsupportedModelError
 from ..fileutil import independent, write_json
-from ..infer.engine import Engine, Request, RequestOutput, SamplingParams
+from ..infer.engine import Engine, Request, RequestOutput, SamplingParams, end_token_ids
 from ..io import TOKENIZER_FILES
 
 
@@ -123,9 +124,17 @@ class CT2Model:
                                                   beam_size=1, min_decoding_length=max_new_tokens if ignore_eos else 0,
                                                   **sampling, **end)
             return [[self.index[t] for t in r.hypotheses[0]] for r in results]
-        results = self.engine.generate_batch([self.tokens(p) for p in prompts], max_length=max_new_tokens,
-                                             include_prompt_in_result=False, **sampling, **end)
-        return [list(r.sequences_ids[0]) for r in results]
+        out: list[list[int]] = [[] for _ in prompts]
+        # one-token prompts apart: beside longer ones, CTranslate2 reports the longer prompts' tails as
+        # generated (it feeds the shortest prompt's length minus one at once, then decodes the rest)
+        for single in (True, False):
+            rows = [i for i, p in enumerate(prompts) if (len(p) == 1) == single]
+            if rows:
+                results = self.engine.generate_batch([self.tokens(prompts[i]) for i in rows], max_length=max_new_tokens,
+                                                     include_prompt_in_result=False, **sampling, **end)
+                for i, r in zip(rows, results):
+                    out[i] = list(r.sequences_ids[0])
+        return out
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         """Decoders: the log-probability of each token after the first, given those before it."""
@@ -136,6 +145,8 @@ class CT2Model:
 
 # ----------------------------------------------------------------------------------------------------
 # Serving: the engine's interface over a CTranslate2 export
+
+log = logging.getLogger("duplexlm.serve")
 
 
 @dataclass
@@ -180,8 +191,10 @@ class CT2Engine(Engine):
     CTranslate2 decodes static batches: requests that arrive while a batch runs wait for it to end
     (our engine's continuous batching lets them join at the next step). Requests with the same
     sampling settings share a batch (up to ``max_batch_size``). Beam search runs one request per call
-    and reports its text at the end. Not offered: ``min_p``, and ``seed`` on a sampled request
-    (CTranslate2 has no per-call seed: its threads seed their generators once)."""
+    and reports its text at the end; aborting it ends the request at once, but the call runs to its end
+    before the next batch starts (CTranslate2 takes no callback with beams). Not offered: ``min_p``,
+    ``seed`` on a sampled request (CTranslate2 has no per-call seed: its threads seed their generators
+    once) and ``early_stopping`` (its beam search stops by its own rule)."""
 
     def __init__(self, path: str | Path, tokenizer: Any, *, max_batch_size: int = 16, max_len: int | None = None,
                  max_source_len: int = 512, threads: int = 0) -> None:
@@ -199,21 +212,34 @@ class CT2Engine(Engine):
         self.runner = _Runner(context if max_len is None else max_len, max_source_len)  # type: ignore[assignment]
         self.max_batch_size = max_batch_size
         self.vocab_size = c.vocab_size
-        eos = {c.eos_token_id} if getattr(c, "eos_token_id", None) is not None else set()
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos_token_ids = frozenset(eos)
+        self.eos_token_ids = end_token_ids(c, tokenizer)
         self._init_requests()
         self._batch: _Batch | None = None
+        self._thread: threading.Thread | None = None
 
     def _add(self, prompt: Any, params: SamplingParams | None, request_id: str | None) -> Request:
-        if params is not None and params.min_p > 0:
+        p = params or SamplingParams()
+        if p.min_p > 0:
             raise ConfigError("min_p: not offered by the CTranslate2 engine; leave it at 0")
-        if params is not None and params.seed is not None and not params.greedy and params.num_beams == 1:
+        if p.seed is not None and not p.greedy and p.num_beams == 1:
             # CTranslate2 seeds the generators of its own threads once, not one call's sampling
             raise ConfigError("seed: the CTranslate2 engine cannot make one request's sampling reproducible; "
                               "leave seed out, or serve the model directory for seeded sampling")
+        if p.num_beams > 1 and p.early_stopping is not False:
+            raise ConfigError("early_stopping: the CTranslate2 engine's beam search has its own stopping rule; "
+                              "leave early_stopping at false")
+        bad = [i for i in p.stop_token_ids if i >= self.vocab_size]
+        if bad:
+            raise ConfigError(f"stop_token_ids: {bad} lie outside the vocabulary of {self.vocab_size} tokens")
         return super()._add(prompt, params, request_id)
+
+    def close(self) -> None:
+        """Stop the running CTranslate2 call (at its next token) and wait for its thread."""
+        batch, thread = self._batch, self._thread
+        if batch is not None:
+            batch.stop[:] = [True] * len(batch.stop)
+        if thread is not None:
+            thread.join(timeout=10)
 
     # -- the step --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -233,6 +259,7 @@ class CT2Engine(Engine):
                 items.append(batch.tokens.get_nowait())
         except queue.Empty:
             pass
+        self.stepped = bool(items)  # an empty poll decoded nothing: the server's step metrics skip it
         for row, token in items:
             req = batch.reqs[row]
             if req.finished:
@@ -261,17 +288,29 @@ class CT2Engine(Engine):
         """The first waiting request and those behind it with the same settings, as one CTranslate2 call
         in a thread of its own."""
         first = self._waiting[0]
-        key = _settings(first.params)
+        # a one-token prompt goes apart: beside longer ones, CTranslate2 would report their prompts' tails
+        # as generated tokens (it feeds the shortest prompt's length minus one at once, then decodes)
+        key = (_settings(first.params), len(first.prompt_ids) == 1)
         reqs = [first] if first.params.num_beams > 1 else [
-            r for r in self._waiting if _settings(r.params) == key][: self.max_batch_size]
+            r for r in self._waiting
+            if r.params.num_beams == 1 and (_settings(r.params), len(r.prompt_ids) == 1) == key][: self.max_batch_size]
         for row, req in enumerate(reqs):
             self._waiting.remove(req)
             req.row = row
         self._running.extend(reqs)
         batch = self._batch = _Batch(reqs, [False] * len(reqs))
-        threading.Thread(target=self._run, args=(batch,), name="duplex-ct2", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(batch,), name="duplex-ct2", daemon=True)
+        self._thread.start()
 
     def _run(self, batch: _Batch) -> None:
+        try:
+            self._call(batch)
+        except BaseException as e:  # reported by step(), which ends the batch's requests
+            batch.error = e
+        finally:
+            batch.done.set()
+
+    def _call(self, batch: _Batch) -> None:
         p = batch.reqs[0].params
         beams = p.num_beams > 1
 
@@ -287,34 +326,31 @@ class CT2Engine(Engine):
             # stop ids and the length are decided here, at once; stop strings by step(), a little later
             return step.token_id in req.stop_ids or made[row] >= req.max_new_tokens
 
-        options: dict[str, Any] = {"end_token": [], "repetition_penalty": p.repetition_penalty}
-        if beams:
-            options.update(beam_size=p.num_beams, length_penalty=p.length_penalty, return_end_token=True, return_scores=True,
-                           end_token=sorted(batch.reqs[0].stop_ids))
+        options: dict[str, Any] = {"end_token": [], "repetition_penalty": p.repetition_penalty, "beam_size": 1}
+        if beams:  # no callback: CTranslate2 takes none with beams, so the answer comes at the end
+            options.update(beam_size=p.num_beams, length_penalty=p.length_penalty, return_end_token=True,
+                           return_scores=True, end_token=sorted(batch.reqs[0].stop_ids))
         elif p.greedy:
             options.update(sampling_topk=1, callback=callback)
-        else:
-            options.update(sampling_topk=p.top_k, sampling_topp=p.top_p, sampling_temperature=p.temperature,
-                           callback=callback)
+        else:  # top_k beyond the vocabulary is all of it, which CTranslate2 spells 0
+            options.update(sampling_topk=p.top_k if p.top_k < self.vocab_size else 0, sampling_topp=p.top_p,
+                           sampling_temperature=p.temperature, callback=callback)
         longest = max(r.max_new_tokens for r in batch.reqs)
         prompts = [self.ct2.tokens(r.prompt_ids) for r in batch.reqs]
-        try:
-            if self.ct2.seq2seq:
-                batch.results = self.ct2.engine.translate_batch(prompts, max_decoding_length=longest, **options)
-            else:
-                batch.results = self.ct2.engine.generate_batch(prompts, max_length=longest,
-                                                               include_prompt_in_result=False, **options)
-        except BaseException as e:  # reported by step()
-            batch.error = e
-        finally:
-            batch.done.set()
+        if self.ct2.seq2seq:  # our engine lets a T5 end at once: no minimum length
+            batch.results = self.ct2.engine.translate_batch(prompts, max_decoding_length=longest,
+                                                            min_decoding_length=0, **options)
+        else:
+            batch.results = self.ct2.engine.generate_batch(prompts, max_length=longest,
+                                                           include_prompt_in_result=False, **options)
 
     def _end_batch(self, batch: _Batch) -> list[RequestOutput]:
         """The call has returned: beam results become their requests' outputs; any request still open
         (CTranslate2 stopped it) finishes by length."""
         self._batch = None
-        if batch.error is not None:
-            raise batch.error
+        if batch.error is not None:  # the call failed: its requests end, the engine goes on
+            log.error("a CTranslate2 call failed: %r", batch.error)
+            return [self._finish(req, "abort") for req in batch.reqs if not req.finished]
         outputs = []
         for row, req in enumerate(batch.reqs):
             if req.finished:
@@ -323,14 +359,7 @@ class CT2Engine(Engine):
                 r = batch.results[row]
                 best = (list(r.sequences_ids[0]) if not self.ct2.seq2seq else
                         [self.ct2.index[t] for t in r.hypotheses[0]])[: req.max_new_tokens]
-                req.output_ids = best
-                req.score = float(r.scores[0]) if r.scores else None
-                reason = "stop" if best and best[-1] in req.stop_ids else "length"
-                if self.tokenizer is not None:
-                    req.text = self.tokenizer.decode(best, skip_special_tokens=req.params.skip_special_tokens)
-                out = self._finish(req, reason)
-                out.token_ids, out.text = list(best), req.text
-                outputs.append(out)
+                outputs.append(self._finish_beam(req, best, float(r.scores[0]) if r.scores else None))
             else:
                 outputs.append(self._finish(req, "length"))
         return outputs

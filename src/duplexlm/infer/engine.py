@@ -354,6 +354,14 @@ class _Seq2SeqRunner:
 # The engine
 
 
+def end_token_ids(config: Any, tokenizer: Any) -> frozenset[int]:
+    """The ids that end a generation by default: the config's eos and the tokenizer's."""
+    eos = {config.eos_token_id} if getattr(config, "eos_token_id", None) is not None else set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    return frozenset(eos)
+
+
 class Engine:
     """Continuous-batching generation for a decoder or an encoder-decoder (see the module's docstring).
 
@@ -403,10 +411,7 @@ class Engine:
             self.runner = _Seq2SeqRunner(model, max_batch_size, limit, max_source_len)
         self.max_batch_size = max_batch_size
         self.vocab_size = c.vocab_size
-        eos = {c.eos_token_id} if getattr(c, "eos_token_id", None) is not None else set()
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos_token_ids = frozenset(eos)
+        self.eos_token_ids = end_token_ids(c, tokenizer)
         self._decode_fn = torch.compile(self.runner.decode, dynamic=True) if compile else self.runner.decode
         self._init_requests()
         n = max_batch_size
@@ -703,15 +708,7 @@ class Engine:
         if req.beams is not None:
             req.output_ids.append(host[req.row])  # counts the steps; the text comes at the end
             if req.beams.done:
-                best = req.beams.finished[0]
-                req.output_ids = list(best)
-                req.score = float(req.beams.finished_scores[0])
-                reason: FinishReason = "stop" if best and best[-1] in req.stop_ids else "length"
-                if self.tokenizer is not None:
-                    req.text = self.tokenizer.decode(best, skip_special_tokens=req.params.skip_special_tokens)
-                out = self._finish(req, reason)
-                out.token_ids, out.text = list(best), req.text
-                return out
+                return self._finish_beam(req, list(req.beams.finished[0]), float(req.beams.finished_scores[0]))
             return None
         token = host[req.row]
         req.output_ids.append(token)
@@ -729,6 +726,17 @@ class Engine:
                                      completion_tokens=len(req.output_ids))
             reason = "length"
         return self._finish(req, reason, piece, [token])
+
+    def _finish_beam(self, req: Request, best: list[int], score: float | None) -> RequestOutput:
+        """A beam request's end: its best hypothesis as the whole output, text and score."""
+        req.output_ids = best
+        req.score = score
+        reason: FinishReason = "stop" if best and best[-1] in req.stop_ids else "length"
+        if self.tokenizer is not None:
+            req.text = self.tokenizer.decode(best, skip_special_tokens=req.params.skip_special_tokens)
+        out = self._finish(req, reason)
+        out.token_ids, out.text = list(best), req.text
+        return out
 
     def _finish(self, req: Request, reason: FinishReason, piece: str = "",
                 token_ids: list[int] | None = None) -> RequestOutput:
@@ -873,4 +881,4 @@ def _is_one_prompt(prompts: Any) -> bool:
     return len(prompts) > 0 and isinstance(prompts[0], int)
 
 
-__all__ = ["Completion", "Engine", "Request", "RequestOutput", "SamplingParams", "generate"]
+__all__ = ["Completion", "Engine", "Request", "RequestOutput", "SamplingParams", "end_token_ids", "generate"]

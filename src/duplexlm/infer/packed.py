@@ -147,8 +147,8 @@ def packed_for_decoding(model: nn.Module) -> Iterator[None]:
     plain ``nn.Linear`` with its weight in its former layout (modules packed before stay packed): what a
     one-call generation on a model that is not a server's does."""
     plain = {m: m.weight.is_contiguous() for m in model.modules() if type(m) is nn.Linear}
-    pack_linears(model)
     try:
+        pack_linears(model)
         yield
     finally:
         for module, contiguous in plain.items():

@@ -195,8 +195,8 @@ def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: boo
                 f"attention_mask: expected {k_len} columns (one per key position, cached ones included), "
                 f"found shape {tuple(attention_mask.shape)}"
             )
-        # (traced for export, the mask's values are unknown: it is kept)
-        if torch.compiler.is_compiling() or not bool(attention_mask.all()):
+        # (traced by torch.export, the mask's values are unknown: it is kept)
+        if torch.compiler.is_exporting() or not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     # Causality needs no explicit mask when the attention function can infer it: a square
     # block from position 0 (is_causal, the flash path), or one new token that sees everything.

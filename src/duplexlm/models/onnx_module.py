@@ -23,7 +23,10 @@ ONNX_FILE = "model.onnx"
 
 class ONNXModule(nn.Module):
     """``path``: the export directory; ``manifest``: its ``duplex_export.json``; ``threads``: the
-    session's intra-op threads (default: torch's)."""
+    session's intra-op threads (default: torch's). It has the head's logits only: no hidden states,
+    embeddings or attention maps."""
+
+    exported = True
 
     def __init__(self, path: str | Path, manifest: dict[str, Any], threads: int = 0) -> None:
         super().__init__()
@@ -54,7 +57,7 @@ class ONNXModule(nn.Module):
                 "attention_mask": attention_mask.detach().cpu().long().numpy()}
         (logits,) = self.session.run(["logits"], feed)
         logits = torch.from_numpy(logits).to(input_ids.device)
-        return ModelOutput(last_hidden_state=logits, logits=logits)
+        return ModelOutput(last_hidden_state=None, logits=logits)  # type: ignore[arg-type]
 
 
 __all__ = ["ONNX_FILE", "ONNXModule"]

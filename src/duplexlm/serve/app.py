@@ -113,7 +113,9 @@ class ServerSettings:
 def capabilities(model: torch.nn.Module) -> list[str]:
     """What a model can answer: ``completions``, ``chat``, ``embeddings``, ``classify``, ``attention``."""
     c = model.config
-    if getattr(model, "exported", False):  # an engine's export (CTranslate2): it generates, nothing else
+    if getattr(model, "exported", False):  # an engine's export: CTranslate2 generates, ONNX classifies
+        if c.family == "encoder":
+            return ["classify"]
         return ["completions", "chat"] if c.family == "decoder" else ["completions"]
     caps: list[str] = []
     head = getattr(c, "head", "none")

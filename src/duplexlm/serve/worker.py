@@ -105,6 +105,9 @@ class EngineWorker:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=5)
+        close = getattr(self.engine, "close", None)  # an engine with threads of its own (CTranslate2's)
+        if close is not None:
+            close()
 
     # -- the thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -124,7 +127,7 @@ class EngineWorker:
             seconds = time.perf_counter() - start
             batch = self._count_batch(outputs)
             self._deliver(outputs)
-            if self._on_step is not None:
+            if self._on_step is not None and getattr(engine, "stepped", True):  # not a poll that found nothing
                 self._on_step(outputs, seconds, batch)
 
     def _count_batch(self, outputs: list[RequestOutput]) -> int:
