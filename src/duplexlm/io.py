@@ -403,7 +403,8 @@ def _write_model(directory: Path, config: AnyConfig, state_dict: dict[str, Tenso
               metadata={"format": "pt", "producer": "duplexlm"})
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> None:
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """The tokenizer files of ``src`` that exist, copied into ``dst``."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
@@ -428,7 +429,7 @@ def convert_to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
     with atomic_directory(dst) as tmp:
         write_json(tmp / "config.json", hf_config)
         save_file(independent(hf_sd), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _copy_tokenizer(src, tmp)
+        copy_tokenizer(src, tmp)
     return hf_config
 
 
@@ -455,7 +456,7 @@ def convert_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -
     model, _ = load(src)
     with atomic_directory(dst) as tmp:
         _write_model(tmp, model.config, own_state_dict(model))
-        _copy_tokenizer(src, tmp)
+        copy_tokenizer(src, tmp)
     return model.config
 
 
@@ -485,5 +486,5 @@ def export_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False)
     with atomic_directory(dst) as tmp:
         _write_model(tmp, config, {k: v for k, v in sd.items() if k not in tied})
         if tok_dir is not None:
-            _copy_tokenizer(tok_dir, tmp)
+            copy_tokenizer(tok_dir, tmp)
     return config

@@ -27,7 +27,7 @@ from ..errors import ConfigError, ModelDirectoryError, UnsupportedModelError
 from ..fileutil import atomic_directory, check_output_dir, read_json_object, write_json
 from ..io import (
     EXPORT_MANIFEST,
-    TOKENIZER_FILES,
+    copy_tokenizer,
     load_config_and_weights,
     read_quantization,
     tokenizer_directory,
@@ -111,9 +111,7 @@ def export_model(src: str | Path, dst: str | Path, fmt: str, quantize: str | Non
     require(fmt)
     with atomic_directory(dst) as tmp:
         details = writer.write(config, state_dict, tok_dir, tmp, quantize)
-        for name in TOKENIZER_FILES:
-            if (tok_dir / name).is_file():
-                (tmp / name).write_bytes((tok_dir / name).read_bytes())
+        copy_tokenizer(tok_dir, tmp)
         manifest = {"format": fmt, "family": config.family, "architecture": architecture,
                     "head": getattr(config, "head", "none"), "quantization": quantize, "source": str(src),
                     "duplexlm_version": __version__, "config": config.to_dict(), **details}

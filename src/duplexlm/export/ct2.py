@@ -25,7 +25,7 @@ from ..convert import to_hf
 from ..errors import ConfigError, UnsupportedModelError
 from ..fileutil import independent, write_json
 from ..infer.engine import Engine, Request, RequestOutput, SamplingParams, end_token_ids
-from ..io import TOKENIZER_FILES
+from ..io import copy_tokenizer
 
 
 @contextlib.contextmanager
@@ -73,9 +73,7 @@ def write(config: AnyConfig, state_dict: dict[str, Tensor], tokenizer_dir: Path,
         hf_dir = Path(hf)
         write_json(hf_dir / "config.json", hf_config)
         save_file(independent(hf_sd), str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).is_file():
-                (hf_dir / name).write_bytes((tokenizer_dir / name).read_bytes())
+        copy_tokenizer(tokenizer_dir, hf_dir)
         with quiet_transformers():
             TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantize, force=True)
     return {"engine": "ctranslate2", "loader": "Translator" if config.family == "seq2seq" else "Generator"}
