@@ -4,6 +4,7 @@
     python benchmarks/bench_quality.py --task ner --labels 300 1000 3000 all --seeds 1 --out runs/q-curve
     python benchmarks/bench_quality.py --task sentiment --out runs/quality-sentiment
     python benchmarks/bench_quality.py --task s2t --out runs/quality-s2t            # T5 from scratch, 3 seeds
+    python benchmarks/bench_quality.py --task sft --out runs/quality-sft            # a decoder on zh-tasks
     python benchmarks/bench_quality.py --task ner --smoke --out /tmp/q             # tiny: checks it runs
 
 Each system is trained with the recipe below through ``duplex finetune`` (the same command a user runs,
@@ -15,7 +16,11 @@ frequent type, 2+ characters; :class:`duplexlm.data.baselines.EntityDictionary`)
 TF-IDF over character 1-3-grams with logistic regression, for ``s2t`` (Simplified → Traditional, chrF)
 copying the input and a character map counted from the training pairs
 (:class:`duplexlm.data.baselines.CharacterMap`); the sentences where the map and the first seed's model
-disagree are written to ``OUT/disagreements.jsonl`` and counted in the table. Validation picks the checkpoint (the loop's
+disagree are written to ``OUT/disagreements.jsonl`` and counted in the table. ``sft`` instruction-tunes
+a decoder on the four zh-tasks together (``--labels``: conversations per task, each task capped by its
+pool; the test split is the built-in's, 200 per task, whatever the size) and scores each task's answers
+(accuracy, chrF, entity F1, and the share in the task's format) beside the majority answer, copying
+the input, the character map (转繁体) and a dictionary of the training answers' entities (实体识别). Validation picks the checkpoint (the loop's
 best on the validation metric); the test split only reports. ``--write`` puts the table in
 docs/benchmarks.md with the machine and the wall time.
 """
@@ -75,8 +80,29 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                "generation.max_new_tokens=160", "eval_metric=chrf", "generation.test=false"],
     },
 }
-BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh", "s2t": "s2t"}
-METRIC = {"ner": "f1", "sentiment": "accuracy", "s2t": "chrf"}
+# sft: a Llama-shaped decoder (RoPE, SwiGLU) of 4 x 256, one token per Chinese character. The same
+# settings tune it from scratch and from a checkpoint of PRETRAIN_SFT (decoder-pretrained, whose shape
+# comes with its weights).
+SFT_MODEL = ["model.preset=llama-tiny", "model.d_model=256", "model.n_head=4", "model.n_kv_head=4", "model.d_ff=768",
+             "model.n_layer=4", "model.max_seq_len=320"]
+SFT_TRAIN = ["task=sft", "model.dropout=0.0", "data.seq_len=320", "data.packing=true", "batch_size=16", "optim.lr=1.5e-3",
+             "optim.min_lr=1e-4", "optim.warmup_steps=100", "max_steps=1500", "generation.val_examples=80",
+             "generation.max_new_tokens=80", "generation.test=false"]
+RECIPES["sft"] = {"decoder-scratch": [*SFT_TRAIN[:1], *SFT_MODEL, *SFT_TRAIN[1:]],
+                  "decoder-pretrained": SFT_TRAIN}  # + init_from=OUT/pretrain/model
+# causal-LM pretraining of decoder-pretrained: People's Daily and the training reviews (no sentence a
+# zh-task holds out), each text written twice on its line, so that the second half of a line can be
+# predicted only by copying from the first: the decoder learns to copy out of its context (an
+# induction circuit), which 转繁体 and 实体识别 need and which instruction tuning from scratch does not
+# reach in its budget. Measured (docs/recipes.md): the circuit formed between 1,400 and 1,900 steps
+# of 900 at 2e-3 then 1,000 at 1.5e-3; one run of 2,400 keeps the rate high until past that point.
+PRETRAIN_SFT = ["objective=clm", *SFT_MODEL, "model.dropout=0.0", "data.seq_len=320", "batch_size=16", "optim.lr=2e-3",
+                "optim.min_lr=1e-3", "optim.warmup_steps=50", "max_steps=2400"]
+BUILTIN = {"ner": "peoples-daily-ner", "sentiment": "reviews-zh", "s2t": "s2t", "sft": "zh-tasks"}
+METRIC = {"ner": "f1", "sentiment": "accuracy", "s2t": "chrf", "sft": "chrf"}
+# sft: the table's columns, (task, metric) of `duplex eval`'s metrics.json ({task}_{metric})
+SFT_COLUMNS = (("情感判断", "accuracy"), ("转繁体", "chrf"), ("实体识别", "f1"), ("翻译", "chrf"))
+SFT_SIZE = 8000  # conversations per task when --labels is all
 
 
 def _cli(*args: str, log: Path, threads: int | None = None) -> None:
@@ -106,12 +132,15 @@ def _write_csv(path: Path, examples: list[Any]) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _prepare(task: str, out: Path, sizes: list[int | None]) -> tuple[dict[str, Any], dict[int | None, Any], Any, Any]:
+def _prepare(task: str, out: Path, sizes: list[int | None], eval_per_task: int = 200
+             ) -> tuple[dict[str, Any], dict[int | None, Any], Any, Any]:
     """The built-in task's splits as files (a training file per size, the first N of the seeded training
     split), and the text of the full training split for the tokenizer. ``s2t`` trains and scores on
     the built-in itself (its split is the loader's); its tokenizer text holds both scripts."""
     files = out / "data"
     files.mkdir(parents=True, exist_ok=True)
+    if task == "sft":
+        return _prepare_sft(files, sizes, eval_per_task)
     if task == "s2t":
         from duplexlm.data.gen_tasks import load_seq2seq_data
 
@@ -135,6 +164,73 @@ def _prepare(task: str, out: Path, sizes: list[int | None]) -> tuple[dict[str, A
     corpus.write_text("".join(("".join(e.text) if task == "ner" else e.text) + "\n" for e in splits["train"]),
                       encoding="utf-8")
     return splits, train_files, val, test
+
+
+def _write_chats(path: Path, examples: list[Any]) -> None:
+    path.write_text("".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False) + "\n"
+                            for e in examples), encoding="utf-8")
+
+
+def _prepare_sft(files: Path, sizes: list[int | None], eval_per_task: int
+                 ) -> tuple[dict[str, Any], dict[int | None, Any], Any, Any]:
+    """zh-tasks as JSONL: a training file per size (conversations per task), a validation file that
+    takes the tasks in turn (so that the first N generated while training cover all four), the test
+    split (200 per task, the same for every size: each split draws with its own RNG)."""
+    from duplexlm.data.gen_tasks import ZH_TASKS, zh_tasks
+
+    train_files, splits = {}, {}
+    for n in sizes:
+        data = zh_tasks(seed=1234, train_per_task=n or SFT_SIZE, eval_per_task=eval_per_task)
+        path = files / f"train-{n or 'all'}.jsonl"
+        _write_chats(path, data.splits["train"])
+        train_files[n], splits[n] = path, data.splits["train"]
+    by_task = {t: [e for e in data.splits["validation"] if e.task == t] for t in ZH_TASKS}
+    validation = [e for group in zip(*by_task.values()) for e in group]
+    val, test = files / "validation.jsonl", files / "test.jsonl"
+    _write_chats(val, validation)
+    _write_chats(test, data.splits["test"])
+    (files / "train-text.txt").write_text(
+        "".join(m["content"] + "\n" for e in splits[sizes[-1]] for m in e.messages), encoding="utf-8")
+    return {"train": splits, "test": data.splits["test"]}, train_files, val, test
+
+
+def _sft_baselines(train: list[Any], test: list[Any]) -> dict[str, dict[str, float]]:
+    """The trivial systems' answers to the zh-tasks test conversations, scored per task as a model's
+    are: the most frequent training answer of each task; the task's input copied; the character map
+    counted from the training 转繁体 pairs; the longest-match dictionary of the entities the training
+    实体识别 answers list. A system scores only the tasks it answers."""
+    from collections import Counter
+
+    from duplexlm.data.baselines import CharacterMap, EntityDictionary
+    from duplexlm.data.gen_tasks import zh_task_input
+    from duplexlm.scores.labels import extract_entities
+    from duplexlm.scores.text import format_entities, parse_entities, score_generations
+
+    answers: dict[str, Counter[str]] = {}
+    for e in train:
+        answers.setdefault(e.task, Counter())[e.target] += 1
+    cmap = CharacterMap.from_pairs((zh_task_input(e), e.target) for e in train if e.task == "转繁体")
+    entities = EntityDictionary.from_entities((typ, name) for e in train if e.task == "实体识别"
+                                              for typ, name in parse_entities(e.target))
+
+    def dictionary(text: str) -> str:
+        chars = list(text)
+        return format_entities((typ, "".join(chars[a:b])) for typ, a, b in extract_entities(entities.tag(chars)))
+
+    systems = {"majority answer": lambda e: answers[e.task].most_common(1)[0][0],
+               "copy the input": lambda e: zh_task_input(e) if e.task == "转繁体" else None,
+               "character map": lambda e: cmap.convert(zh_task_input(e)) if e.task == "转繁体" else None,
+               "dictionary": lambda e: dictionary(zh_task_input(e)) if e.task == "实体识别" else None}
+    out: dict[str, dict[str, float]] = {}
+    for name, answer in systems.items():
+        scores: dict[str, float] = {}
+        for task in answers:
+            rows = [e for e in test if e.task == task]
+            preds = [answer(e) for e in rows]
+            if preds and None not in preds:
+                scores.update({f"{task}_{k}": v for k, v in score_generations(task, preds, [e.target for e in rows]).items()})
+        out[name] = scores
+    return out
 
 
 def _baselines(task: str, train: list[Any], test: list[Any], cmap: Any = None) -> dict[str, float]:
@@ -199,15 +295,16 @@ def main() -> int:
     systems = args.systems or list(RECIPES[args.task])
     if args.task == "s2t" and sizes != [None]:
         p.error("--task s2t trains on all its pairs: --labels all")
+    generative = args.task in ("s2t", "sft")
     smoke: list[str] = []  # settings after the recipe's
     if args.smoke:
         sizes, args.seeds, args.epochs, args.eval_every = [None if args.task == "s2t" else 200], [1], 0.5, 10
-        smoke = ["max_steps=20", "generation.val_examples=8"] if args.task == "s2t" else []
-    splits, train_files, val, test = _prepare(args.task, out, sizes)
+        smoke = ["max_steps=20", "generation.val_examples=8"] if generative else []
+    splits, train_files, val, test = _prepare(args.task, out, sizes, 10 if args.smoke else 200)
     log = out / "commands.log"
     tok = out / "tokenizer"
     if not (tok / "tokenizer.json").is_file():
-        kind = (["--kind", "bpe", "--cjk-chars", "--num-sentinels", "0"] if args.task == "s2t"
+        kind = (["--kind", "bpe", "--cjk-chars", "--num-sentinels", "0"] if generative
                 else ["--kind", "wordpiece"])
         _cli("tokenizer", "train", str(out / "data" / "train-text.txt"), *kind, "--vocab-size", "8000",
              "--out", str(tok), "--quiet", log=log)
@@ -215,6 +312,15 @@ def main() -> int:
     notes: list[str] = []
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     rows: list[dict[str, Any]] = []
+    if args.task == "sft":
+        rows = _run_sft(args, out, sizes, systems, splits, train_files, val, test, tok, smoke, threads)
+        total = (time.perf_counter() - start) / 60
+        table = _sft_table(args, rows, total)
+        print(table)
+        (out / "quality.md").write_text(table, encoding="utf-8")
+        if args.write:
+            write_section(Path(args.write), table.splitlines()[0], table)
+        return 0
     for n in sizes:
         train = splits["train"][:n] if n else splits["train"]
         cmap = None
@@ -265,10 +371,119 @@ def main() -> int:
     return 0
 
 
+def _run_sft(args: argparse.Namespace, out: Path, sizes: list[int | None], systems: list[str], splits: dict[str, Any],
+             train_files: dict[int | None, Path], val: Path, test: Path, tok: Path, smoke: list[str],
+             threads: int | None) -> list[dict[str, Any]]:
+    """The baselines' and each system's per-task scores (``{task}_{metric}``) for every size."""
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        train = splits["train"][n]
+        per_task = len(train) // 4
+        for name, scores in _sft_baselines(train, splits["test"]).items():
+            rows.append({"system": name, "labels": per_task, "scores": [scores], "minutes": [], "steps": []})
+            print(f"{per_task} per task, {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()
+                                                                 if not k.endswith(("bleu", "format"))), flush=True)
+        for system in systems:
+            init = []
+            if system == "decoder-pretrained":
+                init = [f"init_from={_pretrain_decoder(out, tok, smoke)}"]
+            row: dict[str, Any] = {"system": system, "labels": per_task, "scores": [], "minutes": [], "steps": []}
+            for seed in args.seeds:
+                run = out / f"{n or 'all'}" / f"{system}-s{seed}"
+                run.parent.mkdir(parents=True, exist_ok=True)
+                log_one = run.parent / f"{system}-s{seed}.log"
+                t0 = time.perf_counter()
+                _cli("finetune", *RECIPES["sft"][system], *init, f"tokenizer={tok}", f"data.train={train_files[n]}",
+                     f"data.validation={val}", f"data.test={test}", f"seed={seed}", f"out_dir={run}", *smoke,
+                     f"eval_every={args.eval_every}", f"save_every={args.eval_every}", "progress=false",
+                     "--overwrite", log=log_one, threads=threads)
+                minutes = (time.perf_counter() - t0) / 60
+                _cli("eval", "--model", str(run / "model"), "--data", str(test), "--out", str(run / "eval"),
+                     "--overwrite", log=log_one, threads=threads)
+                scores = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+                steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
+                row["scores"].append(scores)
+                row["minutes"].append(minutes)
+                row["steps"].append(steps)
+                print(f"{per_task} per task, {system} seed {seed} ({minutes:.1f} min, {steps} steps): "
+                      + ", ".join(f"{t} {m} {scores.get(f'{t}_{m}', float('nan')):.4f}" for t, m in SFT_COLUMNS),
+                      flush=True)
+            rows.append(row)
+    return rows
+
+
+def _pretrain_decoder(out: Path, tok: Path, smoke: list[str]) -> Path:
+    """decoder-pretrained's checkpoint (made once, kept in OUT/pretrain): the corpus written by the
+    demo's ``write_corpus`` (People's Daily less the held-out task sentences, and the training reviews),
+    each text twice on its line, turned into shards with the sft tokenizer, then PRETRAIN_SFT."""
+    from duplexlm.data.tasks import load_task_data
+    from duplexlm.demo.common import held_out_task_sentences, write_corpus
+
+    root = out / "pretrain"
+    model = root / "run" / "model"
+    if (model / "config.json").is_file():
+        return model
+    root.mkdir(parents=True, exist_ok=True)
+    reviews = load_task_data("classify", "reviews-zh", seed=1234).splits["train"]
+    texts, _ = write_corpus(root, reviews[:500] if smoke else reviews, max_texts=500 if smoke else None,
+                            held_out=held_out_task_sentences(), unit="paragraphs")
+    twice = root / "corpus-twice.txt"
+    twice.write_text("".join(f"{t} {t}\n" for t in texts), encoding="utf-8")
+    log = root / "pretrain.log"
+    _cli("data", "prepare", str(twice), "--tokenizer", str(tok), "--out", str(root / "data"), "--quiet", "--overwrite",
+         log=log)
+    t0 = time.perf_counter()
+    _cli("pretrain", *PRETRAIN_SFT, f"data.path={root / 'data'}", f"tokenizer={tok}", f"out_dir={root / 'run'}",
+         "eval_every=400", "save_every=400", "log_every=50", "progress=false",
+         *(["max_steps=20", "eval_every=10", "save_every=20", "log_every=5"] if smoke else []), "--overwrite", log=log)
+    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    summary = {"tokens": max(r.get("tokens", 0) for r in rows), "steps": max(r["step"] for r in rows),
+               "minutes": round((time.perf_counter() - t0) / 60, 1),
+               "val_loss": [r["val_loss"] for r in rows if "val_loss" in r][-1]}
+    (root / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    print(f"decoder pretraining: {summary['tokens']:,} tokens, {summary['steps']} steps in {summary['minutes']} minutes",
+          flush=True)
+    return model
+
+
+def _sft_table(args: argparse.Namespace, rows: list[dict[str, Any]], total: float) -> str:
+    """Per task: the score (mean [min–max] over seeds) and the answers out of format (of 200)."""
+    cmd = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
+    lines = ["### Quality: instruction tuning a decoder on `zh-tasks` (CPU)", "",
+             f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all. The built-in's test split ("
+             f"{10 if args.smoke else 200} conversations per task), answered greedily and scored by `duplex eval`; seeds "
+             f"{', '.join(map(str, args.seeds))}: mean [min–max]. Format: the test answers not written in their "
+             f"task's format (`answer_in_format`), per task in the columns' order, the first seed. "
+             f"Command: `{cmd.strip()}`.", "",
+             "| per task | system | " + " | ".join(f"{t} {'chrF' if m == 'chrf' else m}" for t, m in SFT_COLUMNS)
+             + " | out of format | minutes per run | steps |", "|---" * (len(SFT_COLUMNS) + 5) + "|"]
+    for r in rows:
+        cells = []
+        for t, m in SFT_COLUMNS:
+            vals = [sc[f"{t}_{m}"] for sc in r["scores"] if f"{t}_{m}" in sc]
+            fmt = "{:.2f}" if m == "chrf" else "{:.3f}"
+            cells.append("—" if not vals else fmt.format(statistics.mean(vals)) + (
+                f" [{fmt.format(min(vals))}–{fmt.format(max(vals))}]" if len(vals) > 1 else ""))
+        first = r["scores"][0]
+        wrong = [f"{round((1 - first[f'{t}_format']) * (10 if args.smoke else 200))}" if f"{t}_format" in first else "—" for t, _ in SFT_COLUMNS]
+        mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
+        steps = f"{statistics.mean(r['steps']):.0f}" if r["steps"] else "—"
+        lines.append(f"| {r['labels']:,} | {r['system']} | " + " | ".join(cells) + f" | {' / '.join(wrong)} | {mins} | {steps} |")
+    recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES["sft"].items())
+    pre = Path(args.out) / "pretrain" / "summary.json"
+    if pre.is_file():
+        info = json.loads(pre.read_text(encoding="utf-8"))
+        lines += ["", f"decoder-pretrained's pretraining (not in its minutes): {info['tokens']:,} tokens, {info['steps']} "
+                      f"steps, {info['minutes']} minutes, validation loss {info['val_loss']:.3f}; `duplex pretrain "
+                      f"{' '.join(PRETRAIN_SFT)}` on People's Daily and the training reviews, each text twice on its line."]
+    lines += ["", f"Recipes (`duplex finetune` settings, plus the tokenizer and data files): {recipe}.", ""]
+    return "\n".join(lines)
+
+
 def _table(args: argparse.Namespace, rows: list[dict[str, Any]], metric: str, total: float, notes: list[str]) -> str:
     cmd = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
     title = {"ner": "NER on `peoples-daily-ner`", "sentiment": "sentiment on `reviews-zh`",
-             "s2t": "Simplified → Traditional on `s2t`"}[args.task]
+             "s2t": "Simplified → Traditional on `s2t`", "sft": ""}[args.task]
     lines = [f"### Quality: {title} (CPU)", "",
              f"Machine: {machine(torch.device('cpu'))}; {args.jobs} run(s) at a time; {total:.1f} minutes in all. Test split of the built-in "
              f"(split seed 1234), scored by `duplex eval`; validation picks each run's checkpoint. Seeds "

@@ -33,6 +33,7 @@ from duplexlm.data.gen_tasks import (
     format_entities,
     load_seq2seq_data,
     load_sft_data,
+    zh_task_input,
     zh_tasks,
 )
 from duplexlm.data.tasks import load_task_data, peoples_daily_bio
@@ -477,6 +478,23 @@ def test_zh_tasks_answers_round_trip(zh: GenData) -> None:
     # the NER answers hold every kind of entity, and sentences without any
     ner = [parse_entities(e.target) for e in zh.splits["train"] if e.task == "实体识别"]
     assert {t for ents in ner for t, _ in ents} == {"PER", "LOC", "ORG"} and set() in ner
+
+
+def test_zh_task_input_is_the_text_the_template_wraps(zh: GenData) -> None:
+    """Every example's input is found again: the review, the word, the sentence; put back into one of
+    the task's templates it gives the user turn."""
+    for part in zh.splits.values():
+        for e in part:
+            text = zh_task_input(e)
+            assert any(t.format(text=text) == user_text(e) for t in TEMPLATES[e.task])
+            if e.task == "转繁体":
+                assert len(text) == len(e.target)  # OpenCC's s2t maps character to character here
+    with pytest.raises(DataError, match="fits none of the 转繁体 templates: '你好'"):
+        zh_task_input(ChatExample(({"role": "user", "content": "你好"}, {"role": "assistant", "content": "妳好"}),
+                                  "转繁体", "f.jsonl:3"))
+    with pytest.raises(DataError, match="f.jsonl:3: expected a zh-tasks example"):
+        zh_task_input(ChatExample(({"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}),
+                                  None, "f.jsonl:3"))
 
 
 def test_zh_tasks_hold_out_the_source_test_splits(zh: GenData) -> None:

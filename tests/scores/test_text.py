@@ -14,6 +14,7 @@ from duplexlm.data.gen_tasks import ENTITY_LABELS, format_entities
 from duplexlm.errors import ConfigError, DataError
 from duplexlm.scores import text as generation
 from duplexlm.scores.text import (
+    answer_in_format,
     bleu,
     char_accuracy,
     chrf,
@@ -176,8 +177,10 @@ def test_parsers_reject_non_strings() -> None:
 def test_score_sentiment() -> None:
     preds = ["正面", "情感：负面。", "不是正面", "我不确定", "正面"]
     refs = ["正面", "负面", "负面", "正面", "负面"]
-    assert score_generations("情感判断", preds, refs) == {"accuracy": 3 / 5, "parsable": 4 / 5}
-    assert score_generations("reviews-zh", preds, refs) == {"accuracy": 3 / 5, "parsable": 4 / 5}
+    # in format: "正面" twice (情感：负面。 and 不是正面 are read, but not written as the answers are)
+    expected = {"accuracy": 3 / 5, "parsable": 4 / 5, "format": 2 / 5}
+    assert score_generations("情感判断", preds, refs) == expected
+    assert score_generations("reviews-zh", preds, refs) == expected
     with pytest.raises(DataError, match=r"refs\[1\]: expected a sentiment answer \(正面 or 负面\), found '好'"):
         score_generations("情感判断", ["正面", "正面"], ["正面", "好"])
 
@@ -187,20 +190,41 @@ def test_score_entities_by_hand() -> None:
     refs = ["人名：张三、李四；地名：北京；机构名：无", "人名：无；地名：无；机构名：新华社", "人名：王五；地名：无；机构名：无"]
     # predicted: 张三, 北京, 上海, 新华社 (4); true: 张三, 李四, 北京, 新华社, 王五 (5); correct: 张三, 北京, 新华社
     scores = score_generations("实体识别", preds, refs)
-    assert scores == pytest.approx({"precision": 3 / 4, "recall": 3 / 5, "f1": 2 * 3 / (4 + 5)})
-    # the type must match too
-    assert score_generations("实体识别", ["地名：张三"], ["人名：张三"]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert scores == pytest.approx({"precision": 3 / 4, "recall": 3 / 5, "f1": 2 * 3 / (4 + 5), "format": 2 / 3})
+    # the type must match too; a section alone is read but is out of format
+    assert score_generations("实体识别", ["地名：张三"], ["人名：张三"]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                                    "format": 0.0}
     none = "人名：无；地名：无；机构名：无"
-    assert score_generations("peoples-daily-ner", [none], [none]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert score_generations("peoples-daily-ner", [none], [none]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                                      "format": 1.0}
+
+
+@pytest.mark.parametrize(("task", "answer", "ok"), [
+    ("情感判断", "正面", True), ("情感判断", " 负面。", True), ("情感判断", "正面的", False), ("情感判断", "", False),
+    ("实体识别", "人名：江泽民、李鹏；地名：北京；机构名：无", True), ("实体识别", "人名：无；地名：无；机构名：无", True),
+    ("实体识别", "地名：北京；人名：无；机构名：无", False),  # out of order
+    ("实体识别", "人名：江泽民，李鹏；地名：北京；机构名：无", False),  # ， not 、
+    ("实体识别", "人名：；地名：北京；机构名：无", False), ("实体识别", "人名：江泽民", False),
+    ("转繁体", "邁向新世紀", True), ("转繁体", "邁向\n新世紀", False), ("转繁体", "", False),
+    ("转繁体", "人名：无；地名：无；机构名：无", False), ("翻译", "花瓶", True), ("翻译", "vase", False),
+    ("cedict-en-zh", "花瓶", True),
+])
+def test_answer_in_format(task: str, answer: str, ok: bool) -> None:
+    assert answer_in_format(task, answer) is ok
+
+
+def test_answer_in_format_refuses_other_tasks() -> None:
+    with pytest.raises(ConfigError, match="expected one of the zh-tasks"):
+        answer_in_format("摘要", "x")
 
 
 def test_score_translation_and_s2t() -> None:
     preds, refs = ["花瓶", "猫咪", "狗"], ["花瓶", "猫", "犬"]
     scores = score_generations("翻译", preds, refs)
-    assert scores == {"chrf": chrf(preds, refs), "bleu": bleu(preds, refs), "exact_match": 1 / 3}
+    assert scores == {"chrf": chrf(preds, refs), "bleu": bleu(preds, refs), "exact_match": 1 / 3, "format": 1.0}
     assert score_generations("cedict-en-zh", preds, refs) == scores
     scores = score_generations("转繁体", ZH_PREDS, ZH_REFS)
-    assert set(scores) == {"chrf", "bleu", "exact_match", "char_accuracy"}
+    assert set(scores) == {"chrf", "bleu", "exact_match", "char_accuracy", "format"}
     assert scores["exact_match"] == 0.25 and scores["chrf"] == sacrebleu.corpus_chrf(ZH_PREDS, [ZH_REFS]).score
     # 15 of 15 + (迈向充满希望的新世纪: all but 迈, 满, 纪 = 7 of 10) + (今天天气很好: 5 of 6) + (北京: 2 of 3)
     assert scores["char_accuracy"] == pytest.approx((15 + 7 + 5 + 2) / (15 + 10 + 6 + 3))
@@ -220,5 +244,5 @@ def test_score_other_tasks() -> None:
 
 
 def test_module_exports() -> None:
-    assert set(generation.__all__) == {"bleu", "char_accuracy", "chrf", "exact_match", "parse_entities",
+    assert set(generation.__all__) == {"answer_in_format", "bleu", "char_accuracy", "chrf", "exact_match", "parse_entities",
                                        "parse_sentiment", "rouge", "score_generations"}

@@ -11,6 +11,8 @@ entity string it has seen (and, with its most frequent type, only that).
 >>> d = EntityDictionary.from_tagged([(list("江泽民在北京"), ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC"])])
 >>> d.tag(list("北京欢迎江泽民"))
 ['B-LOC', 'I-LOC', 'O', 'O', 'B-PER', 'I-PER', 'I-PER']
+>>> EntityDictionary.from_entities([("PER", "江泽民"), ("LOC", "北京"), ("LOC", "京")]).tag(list("京北京江泽民"))
+['O', 'B-LOC', 'I-LOC', 'B-PER', 'I-PER', 'I-PER']
 >>> CharacterMap.from_pairs([("发展", "發展"), ("头发", "頭髮"), ("发现", "發現")]).convert("发头")
 '發頭'
 """
@@ -52,16 +54,27 @@ class EntityDictionary:
         """From ``(tokens, BIO tags)`` pairs (a training split): every entity of ``min_tokens`` tokens
         or more (single characters are too ambiguous to look up), typed by its most frequent type
         (ties: the type sorted first)."""
-        if min_tokens < 1:
+        def entities() -> Iterable[tuple[str, Sequence[str]]]:
+            for s, (tokens, tags) in enumerate(sentences):
+                if len(tokens) != len(tags):
+                    raise DataError(f"sentence {s}: expected one tag per token, found {len(tokens)} tokens and "
+                                    f"{len(tags)} tags")
+                for typ, start, end in extract_entities(list(tags), where=f"sentence {s}"):
+                    yield typ, tokens[start:end]
+
+        return cls.from_entities(entities(), min_tokens=min_tokens)
+
+    @classmethod
+    def from_entities(cls, entities: Iterable[tuple[str, Sequence[str]]], *, min_tokens: int = 2) -> EntityDictionary:
+        """From ``(type, tokens)`` entity mentions (a string's characters for Chinese), each counted once
+        per mention: as :meth:`from_tagged`, for entities listed rather than tagged (the answers of an
+        instruction task)."""
+        if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise DataError(f"min_tokens: expected an integer >= 1, found {min_tokens!r}")
         types: dict[tuple[str, ...], Counter[str]] = {}
-        for s, (tokens, tags) in enumerate(sentences):
-            if len(tokens) != len(tags):
-                raise DataError(f"sentence {s}: expected one tag per token, found {len(tokens)} tokens and "
-                                f"{len(tags)} tags")
-            for typ, start, end in extract_entities(list(tags), where=f"sentence {s}"):
-                if end - start >= min_tokens:
-                    types.setdefault(tuple(tokens[start:end]), Counter())[typ] += 1
+        for typ, tokens in entities:
+            if len(tokens) >= min_tokens:
+                types.setdefault(tuple(tokens), Counter())[typ] += 1
         entries = {key: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for key, c in types.items()}
         return cls(entries=entries, longest=max(map(len, entries), default=0))
 

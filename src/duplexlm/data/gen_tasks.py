@@ -438,6 +438,31 @@ def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 
     return GenData("sft", out, stats)
 
 
+def zh_task_input(example: ChatExample) -> str:
+    """The task's input inside a zh-tasks example's user turn: the review, the English word, the
+    Simplified sentence or the People's Daily sentence that the drawn :data:`TEMPLATES` entry wraps
+    (what a baseline that never reads the instruction works from).
+
+    >>> zh_task_input(ChatExample(({"role": "user", "content": "简体转繁体：发展"},
+    ...                            {"role": "assistant", "content": "發展"}), "转繁体", "x"))
+    '发展'
+    """
+    if example.task not in TEMPLATES:
+        raise DataError(f"{example.source}: expected a zh-tasks example (task {', '.join(ZH_TASKS)}), "
+                        f"found task {example.task!r}")
+    user = next((m["content"] for m in example.messages if m["role"] == "user"), "")
+    best: tuple[int, str] | None = None
+    for template in TEMPLATES[example.task]:
+        prefix, suffix = template.split("{text}")
+        if len(user) > len(prefix) + len(suffix) and user.startswith(prefix) and user.endswith(suffix):
+            fit = len(prefix) + len(suffix)  # the template that explains most of the turn
+            if best is None or fit > best[0]:
+                best = (fit, user[len(prefix):len(user) - len(suffix)])
+    if best is None:
+        raise DataError(f"{example.source}: the user turn fits none of the {example.task} templates: {user[:60]!r}")
+    return best[1]
+
+
 # ----------------------------------------------------------------------------------------------------
 # SFT files
 
@@ -751,5 +776,6 @@ __all__ = [
     "format_entities",
     "load_seq2seq_data",
     "load_sft_data",
+    "zh_task_input",
     "zh_tasks",
 ]

@@ -69,6 +69,19 @@ def write_corpus(out: Path, reviews: Iterable[Any], *, max_docs: int | None = No
     return texts, corpus
 
 
+def held_out_task_sentences() -> set[str]:
+    """People's Daily sentences of the NER split's validation and test parts (whitespace removed):
+    zh-tasks asks about them (转繁体, 实体识别), so pretraining must not read them (``write_corpus``'s
+    ``held_out``)."""
+    from ..data.clean import clean_text
+    from ..data.tasks import load_task_data
+
+    ner = load_task_data("tag", "peoples-daily-ner", seed=1234)
+    # compared as the corpus reader cleans them (NFKC: full-width digits become ASCII), spaces removed
+    return {"".join(clean_text("".join(e.text)).split()) for split in ("validation", "test")
+            for e in ner.splits.get(split, [])}
+
+
 def tokenizer_and_shards(out: Path, texts: list[str], corpus: Path, *, name: str, measured_on: str = "",
                          **tokenizer_args: Any) -> tuple[Path, Path, dict[str, Any]]:
     """Train a tokenizer on all but every 50th text (``tokenizer_args``: ``kind``, ``vocab_size``...),
@@ -147,5 +160,5 @@ def pretrain_for(args: list[str], seconds: float, run_dir: Path,
     return Pretraining(run_dir / "model", steps, elapsed, tokens, result, rows)
 
 
-__all__ = ["Pretraining", "pretrain_for", "read_jsonl", "rule", "start_clock", "steps_for", "tokenizer_and_shards",
+__all__ = ["Pretraining", "held_out_task_sentences", "pretrain_for", "read_jsonl", "rule", "start_clock", "steps_for", "tokenizer_and_shards",
            "write_corpus"]

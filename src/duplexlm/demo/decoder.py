@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..fileutil import atomic_write
-from .common import pretrain_for, read_jsonl, rule, steps_for, tokenizer_and_shards, write_corpus
+from .common import (
+    held_out_task_sentences,
+    pretrain_for,
+    read_jsonl,
+    rule,
+    steps_for,
+    tokenizer_and_shards,
+    write_corpus,
+)
 
 
 @dataclass
@@ -49,22 +57,10 @@ class DecoderPlan:
         return cls(quick=False, pretrain_seconds=minutes * 60 / 8, sft_seconds=minutes * 60 / 16)
 
 
-def _held_out_sentences() -> set[str]:
-    """People's Daily sentences of the NER split's validation and test parts (whitespace removed):
-    zh-tasks asks about them (转繁体, 实体识别), so pretraining must not read them."""
-    from ..data.clean import clean_text
-    from ..data.tasks import load_task_data
-
-    ner = load_task_data("tag", "peoples-daily-ner", seed=1234)
-    # compared as the corpus reader cleans them (NFKC: full-width digits become ASCII), spaces removed
-    return {"".join(clean_text("".join(e.text)).split()) for split in ("validation", "test")
-            for e in ner.splits.get(split, [])}
-
-
 def _corpus(out: Path, plan: DecoderPlan) -> tuple[list[str], Path]:
     from ..data.tasks import load_task_data
 
-    held = _held_out_sentences()
+    held = held_out_task_sentences()
     reviews = load_task_data("classify", "reviews-zh", seed=1234).splits["train"]
     return write_corpus(out, reviews[: (1500 if plan.quick else None)], max_texts=1500 if plan.quick else None,
                         held_out=held, unit="lines")

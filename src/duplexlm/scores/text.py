@@ -262,11 +262,44 @@ def parse_entities(text: str) -> set[tuple[str, str]]:
     return out
 
 
+# the built-ins' names score as the zh-task made from them
+_TASK_ALIASES = {"reviews-zh": "情感判断", "cedict-en-zh": "翻译", "s2t": "转繁体", "peoples-daily-ner": "实体识别"}
+_NAME = r"[^：；、，,;:\s]+"
+_ENTITY_FORMAT = re.compile("；".join(f"{label}：(?:{NO_ENTITY}|{_NAME}(?:、{_NAME})*)" for label in ENTITY_LABELS.values()))
+
+
+def answer_in_format(task: str, text: str) -> bool:
+    """Whether a zh-task answer is written in its task's format, as the training answers are:
+
+    - ``情感判断``: ``正面`` or ``负面`` alone (spaces and a final ``。`` aside);
+    - ``实体识别``: :func:`format_entities`' form, ``人名：…；地名：…；机构名：…``, the three types in
+      that order, names joined by ``、``, ``无`` for a type with none;
+    - ``翻译``, ``转繁体``: one non-empty line holding a Chinese character and no entity label.
+
+    Stricter than the parsers, which read a label or names out of looser answers: a model that answers
+    ``这条评论是正面的`` is scored right, and counted here as out of format.
+
+    >>> answer_in_format("情感判断", "负面"), answer_in_format("情感判断", "正面的")
+    (True, False)
+    >>> answer_in_format("实体识别", "人名：江泽民、李鹏；地名：北京；机构名：无"), answer_in_format("实体识别", "人名：江泽民")
+    (True, False)
+    """
+    if not isinstance(text, str):
+        raise DataError(f"a {task} answer: expected a string, found {type(text).__name__} ({text!r})")
+    task = _TASK_ALIASES.get(task, task)
+    answer = text.strip()
+    if task == "情感判断":
+        return answer.rstrip("。") in SENTIMENT_ANSWERS.values()
+    if task == "实体识别":
+        return _ENTITY_FORMAT.fullmatch(answer) is not None
+    if task in ("翻译", "转繁体"):
+        return bool(answer) and "\n" not in answer and bool(_CJK.search(answer)) and not _SECTION.search(answer)
+    raise ConfigError(f"task: expected one of the zh-tasks {', '.join(_TASK_ALIASES.values())}, found {task!r}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Per task
 
-# the built-ins' names score as the zh-task made from them
-_TASK_ALIASES = {"reviews-zh": "情感判断", "cedict-en-zh": "翻译", "s2t": "转繁体", "peoples-daily-ner": "实体识别"}
 
 
 def _sentiment_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
@@ -279,7 +312,7 @@ def _sentiment_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
         gold.append(label)
     parsed = [parse_sentiment(p) for p in preds]
     return {"accuracy": sum(p == g for p, g in zip(parsed, gold)) / len(preds),
-            "parsable": sum(p is not None for p in parsed) / len(preds)}
+            "parsable": sum(p is not None for p in parsed) / len(preds), "format": _format(preds, "情感判断")}
 
 
 def _entity_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
@@ -293,7 +326,11 @@ def _entity_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
         for typ, _ in g:
             counts[typ][2] += 1
     m = metrics_from_entity_counts({t: tuple(c) for t, c in counts.items()})
-    return {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"]}
+    return {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "format": _format(preds, "实体识别")}
+
+
+def _format(preds: list[str], task: str) -> float:
+    return sum(answer_in_format(task, p) for p in preds) / len(preds)
 
 
 def score_generations(task: str | None, preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
@@ -302,6 +339,8 @@ def score_generations(task: str | None, preds: Sequence[str], refs: Sequence[str
     - ``情感判断`` (or ``reviews-zh``): ``accuracy`` of :func:`parse_sentiment`'s label (an answer it
       cannot read counts wrong) and ``parsable``, the share it can read; a reference it cannot read
       raises a :class:`DataError`.
+    - each zh-task also ``format``: the share of answers written in the task's format
+      (:func:`answer_in_format`).
     - ``翻译`` (or ``cedict-en-zh``): ``chrf``, ``bleu`` (Chinese tokens) and ``exact_match``.
     - ``转繁体`` (or ``s2t``): those and ``char_accuracy``.
     - ``实体识别`` (or ``peoples-daily-ner``): micro ``precision``, ``recall`` and ``f1`` of the
@@ -313,7 +352,7 @@ def score_generations(task: str | None, preds: Sequence[str], refs: Sequence[str
     chrF, BLEU and ROUGE-L are 0–100, the others 0–1.
 
     >>> score_generations("实体识别", ["人名：张三；地名：北京；机构名：无"], ["人名：张三、李四；地名：无；机构名：无"])
-    {'precision': 0.5, 'recall': 0.5, 'f1': 0.5}
+    {'precision': 0.5, 'recall': 0.5, 'f1': 0.5, 'format': 1.0}
     """
     if task is not None and not isinstance(task, str):
         raise ConfigError(f"task: expected a task name or None, found {task!r}")
@@ -327,13 +366,14 @@ def score_generations(task: str | None, preds: Sequence[str], refs: Sequence[str
         out = {"chrf": chrf(p, r), "bleu": bleu(p, r, chinese=True), "exact_match": exact_match(p, r)}
         if task == "转繁体":
             out["char_accuracy"] = char_accuracy(p, r)
-        return out
+        return {**out, "format": _format(p, task)}
     chinese = any(_CJK.search(ref) for ref in r)
     return {"chrf": chrf(p, r), "bleu": bleu(p, r, chinese=chinese),
             "rougeL": rouge(p, r, chinese=chinese)["rougeL"], "exact_match": exact_match(p, r)}
 
 
 __all__ = [
+    "answer_in_format",
     "bleu",
     "char_accuracy",
     "chrf",
