@@ -492,7 +492,7 @@ def test_zh_task_input_is_the_text_the_template_wraps(zh: GenData) -> None:
     with pytest.raises(DataError, match="fits none of the 转繁体 templates: '你好'"):
         zh_task_input(ChatExample(({"role": "user", "content": "你好"}, {"role": "assistant", "content": "妳好"}),
                                   "转繁体", "f.jsonl:3"))
-    with pytest.raises(DataError, match="f.jsonl:3: expected a zh-tasks example"):
+    with pytest.raises(DataError, match=r"f\.jsonl:3: expected a zh-tasks example"):
         zh_task_input(ChatExample(({"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}),
                                   None, "f.jsonl:3"))
 
