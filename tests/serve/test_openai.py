@@ -15,11 +15,13 @@ import openai
 import pytest
 import torch
 
+from duplexlm.config import DecoderConfig
 from duplexlm.infer.chat import chat_prompt
 from duplexlm.infer.embed import embed
 from duplexlm.infer.engine import Engine, SamplingParams
 from duplexlm.infer.predict import classify
-from duplexlm.io import load
+from duplexlm.io import load, save_model
+from duplexlm.models import build_model
 from duplexlm.serve.app import BATCH_PEAK_HEADER
 
 from .conftest import KEY, run_server
@@ -383,8 +385,14 @@ def test_metrics_count_requests_and_tokens(server):
     assert 'duplex_request_latency_seconds_count{endpoint="/v1/completions"}' in text
 
 
-def test_queue_full_is_429_and_timeouts_are_408(decoder_dir, tmp_path):
-    with run_server(decoder_dir, tmp_path / "log", "--max-batch-size", "1", "--max-queue", "1",
+def test_queue_full_is_429_and_timeouts_are_408(tokenizer, tmp_path):
+    # a decoder wide enough that 1,000 tokens take seconds on any CPU (the 32-wide one of the other
+    # tests writes them in under half a second on a fast machine, and its requests end before the timeout)
+    torch.manual_seed(0)
+    model = build_model(DecoderConfig(vocab_size=tokenizer.vocab_size, max_seq_len=1024, d_model=256, n_layer=8,
+                                      n_head=4, eos_token_id=tokenizer.eos_token_id))
+    save_model(model, tmp_path / "slow", tokenizer=tokenizer)
+    with run_server(tmp_path / "slow", tmp_path / "log", "--max-batch-size", "1", "--max-queue", "1",
                     "--timeout", "0.5") as s:
         long = {"model": s.name, "prompt": "你好", "max_tokens": 1000, "temperature": 0, "ignore_eos": True}
         # 8 long requests at once against room for 2: the rest are refused at once, none is lost
@@ -402,7 +410,7 @@ def test_queue_full_is_429_and_timeouts_are_408(decoder_dir, tmp_path):
         for t in threads:
             t.join()
         assert len(statuses) == 8 and set(statuses) <= {408, 429} and statuses.count(429) >= 4, statuses
-        assert statuses.count(408) >= 1  # 1,000 tokens take longer than half a second
+        assert statuses.count(408) >= 1  # 1,000 tokens take seconds: longer than half a second
         # two streams fill the room; the client maps the next request's 429 to RateLimitError
         with httpx.Client(timeout=30) as http, \
                 http.stream("POST", f"{s.url}/v1/completions", json={**long, "stream": True}, headers=s.headers()) as a, \
