@@ -286,6 +286,8 @@ def main() -> int:
     p.add_argument("--epochs", type=float, default=None, help="epochs per run (default: the recipe's)")
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each with cores / jobs threads")
+    p.add_argument("--retrain", action="store_true",
+                   help="train every run again, even one OUT already holds with the same settings")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: checks that the script runs")
     p.add_argument("--write", default="", help="markdown file to put the table in (e.g. docs/benchmarks.md)")
     args = p.parse_args()
@@ -335,23 +337,15 @@ def main() -> int:
             row = {"system": system, "labels": len(train), "scores": [], "minutes": [], "steps": []}
             def one(seed: int, n: int | None = n, system: str = system, train: list[Any] = train) -> tuple[float, float, int]:
                 run = out / f"{n or 'all'}" / f"{system}-s{seed}"
-                run.parent.mkdir(parents=True, exist_ok=True)
-                log_one = run.parent / f"{system}-s{seed}.log"
-                t0 = time.perf_counter()
                 files = ([f"data.train={train_files[n]}"] if args.task == "s2t" else
                          [f"data.train={train_files[n]}", f"data.validation={val}", f"data.test={test}"])
-                _cli("finetune", *RECIPES[args.task][system], f"tokenizer={tok}", *files, f"seed={seed}", f"out_dir={run}",
-                     *([f"max_epochs={args.epochs}"] if args.epochs and args.task != "s2t" else []), *smoke, f"eval_every={args.eval_every}",
-                     f"save_every={args.eval_every}", "progress=false", "--overwrite", log=log_one, threads=threads)
-                minutes = (time.perf_counter() - t0) / 60
-                _cli("eval", "--model", str(run / "model"), "--data", str(test), "--out", str(run / "eval"),
-                     *(["--limit", "40"] if args.smoke and args.task == "s2t" else []), "--overwrite", log=log_one,
-                     threads=threads)
-                score = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))[metric]
-                steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
-                print(f"{len(train)} labels, {system} seed {seed}: {metric} {score:.4f} in {minutes:.1f} min "
+                scores, minutes, steps = _train_and_score(
+                    args, run, [*RECIPES[args.task][system], f"tokenizer={tok}", *files, f"seed={seed}",
+                                *([f"max_epochs={args.epochs}"] if args.epochs and args.task != "s2t" else []), *smoke],
+                    test, threads, ["--limit", "40"] if args.smoke and args.task == "s2t" else [])
+                print(f"{len(train)} labels, {system} seed {seed}: {metric} {scores[metric]:.4f} in {minutes:.1f} min "
                       f"({steps} steps)", flush=True)
-                return score, minutes, steps
+                return scores[metric], minutes, steps
 
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 for score, minutes, steps in pool.map(one, args.seeds):
@@ -369,6 +363,36 @@ def main() -> int:
     if args.write:
         write_section(Path(args.write), table.splitlines()[0], table)
     return 0
+
+
+def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], test: Path, threads: int | None,
+                     eval_extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], float, int]:
+    """``duplex finetune SETTINGS out_dir=RUN``, then ``duplex eval`` of its model on TEST: (the eval's
+    metrics.json, minutes of fine-tuning, steps). What a run measured is kept in RUN/bench.json; a later
+    invocation with the same OUT and the same settings reads it back instead of training again (unless
+    ``--retrain``), so that seeds can be added to a table one session at a time."""
+    record = run / "bench.json"
+    finetune = [*settings, f"out_dir={run}", f"eval_every={args.eval_every}", f"save_every={args.eval_every}",
+                "progress=false"]
+    if record.is_file() and not args.retrain:
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        if kept.get("finetune") == finetune and kept.get("eval") == list(eval_extra):
+            print(f"{run}: finished before with the same settings, read from {record.name}", flush=True)
+            return kept["scores"], kept["minutes"], kept["steps"]
+    run.parent.mkdir(parents=True, exist_ok=True)
+    log = run.parent / f"{run.name}.log"
+    t0 = time.perf_counter()
+    _cli("finetune", *finetune, "--overwrite", log=log, threads=threads)
+    minutes = (time.perf_counter() - t0) / 60
+    _cli("eval", "--model", str(run / "model"), "--data", str(test), "--out", str(run / "eval"), *eval_extra,
+         "--overwrite", log=log, threads=threads)
+    scores = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"finetune": finetune, "eval": list(eval_extra), "scores": scores,
+                               "minutes": minutes, "steps": steps}, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, record)
+    return scores, minutes, steps
 
 
 def _run_sft(args: argparse.Namespace, out: Path, sizes: list[int | None], systems: list[str], splits: dict[str, Any],
@@ -390,18 +414,9 @@ def _run_sft(args: argparse.Namespace, out: Path, sizes: list[int | None], syste
             row: dict[str, Any] = {"system": system, "labels": per_task, "scores": [], "minutes": [], "steps": []}
             for seed in args.seeds:
                 run = out / f"{n or 'all'}" / f"{system}-s{seed}"
-                run.parent.mkdir(parents=True, exist_ok=True)
-                log_one = run.parent / f"{system}-s{seed}.log"
-                t0 = time.perf_counter()
-                _cli("finetune", *RECIPES["sft"][system], *init, f"tokenizer={tok}", f"data.train={train_files[n]}",
-                     f"data.validation={val}", f"data.test={test}", f"seed={seed}", f"out_dir={run}", *smoke,
-                     f"eval_every={args.eval_every}", f"save_every={args.eval_every}", "progress=false",
-                     "--overwrite", log=log_one, threads=threads)
-                minutes = (time.perf_counter() - t0) / 60
-                _cli("eval", "--model", str(run / "model"), "--data", str(test), "--out", str(run / "eval"),
-                     "--overwrite", log=log_one, threads=threads)
-                scores = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
-                steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
+                scores, minutes, steps = _train_and_score(
+                    args, run, [*RECIPES["sft"][system], *init, f"tokenizer={tok}", f"data.train={train_files[n]}",
+                                f"data.validation={val}", f"data.test={test}", f"seed={seed}", *smoke], test, threads)
                 row["scores"].append(scores)
                 row["minutes"].append(minutes)
                 row["steps"].append(steps)

@@ -15,7 +15,8 @@
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
     duplex finetune task=multi tasks.NAME.task=... tasks.NAME.train=... ...   several heads, one encoder
-    duplex finetune task=sft|seq2seq data.train=zh-tasks|FILE.jsonl ...   instruction tuning, source → target
+    duplex finetune task=sft|seq2seq|dpo data.train=zh-tasks|zh-prefs|FILE.jsonl ...   instruction tuning,
+                                                                source → target, preference tuning (DPO)
     duplex distill --teacher DIR --student DIR|PRESET|FILE --task classify|clm [key=value ...]   knowledge
                                                                 distillation: the teacher's logits as a second target
     duplex eval --model DIR --data NAME_OR_FILE [--split S] [--out DIR]   task metrics, or perplexity and
@@ -314,15 +315,15 @@ def _shown_scores(result: dict) -> str:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a model on a labelled task (classify, regress, tag, multi) or a generative one (sft:
-    instruction tuning of a decoder on conversations; seq2seq: source → target pairs) from a YAML config
+    instruction tuning of a decoder on conversations; seq2seq: source → target pairs; dpo: preference pairs) from a YAML config
     plus key=value overrides: init_from=DIR (ours or Hugging Face) or model.preset + tokenizer=DIR,
     data.train=NAME_OR_FILE, method=full|freeze|lora; the best checkpoint on the validation metric is
     exported to out_dir/model."""
     from .train.loop import finetune
 
     cfg = _train_config(args, default_objective="classify")
-    if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq"):
-        raise ConfigError(f"task: expected classify, regress, tag, multi, sft or seq2seq, found {cfg.objective!r} "
+    if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo"):
+        raise ConfigError(f"task: expected classify, regress, tag, multi, sft, seq2seq or dpo, found {cfg.objective!r} "
                           "(pretraining objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):

@@ -324,12 +324,14 @@ def answer_spans(tokenizer: Any, messages: Sequence[Mapping[str, str]], where: s
 
 
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]], max_length: int,
-                where: str = "") -> tuple[list[int], list[int], bool]:
+                where: str = "", last_only: bool = False) -> tuple[list[int], list[int], bool]:
     """A conversation → ``(ids, shifted labels, was it cut)``, at most ``max_length`` tokens: the
     template's text tokenized as one (no special tokens added around it, as ``transformers``'
     ``apply_chat_template(tokenize=True)``), ``labels[t] = ids[t + 1]`` where token ``t + 1`` belongs to
-    an answer, else -100."""
+    an answer (``last_only``: to the last answer, the completion a preference pair compares), else -100."""
     text, spans = answer_spans(tokenizer, messages, where)
+    if last_only:
+        spans = spans[-1:]
     enc = tokenizer.backend.encode(text, add_special_tokens=False)
     ids = list(enc.ids)
     in_answer = [any(a <= start < b for a, b in spans) for start, _ in enc.offsets]

@@ -69,7 +69,7 @@ from .tasks import (
     where_in,
 )
 
-GenKind = Literal["sft", "seq2seq"]
+GenKind = Literal["sft", "seq2seq", "preference"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 ZH_TASKS: tuple[str, ...] = ("情感判断", "翻译", "转繁体", "实体识别")
@@ -467,7 +467,7 @@ def zh_task_input(example: ChatExample) -> str:
 # SFT files
 
 
-def _text(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
+def text_field(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str | None:
     """The string at ``key``: non-empty, unless ``optional`` (then ``None`` when absent or null)."""
     if key not in obj or obj[key] is None:
         if optional:
@@ -503,16 +503,19 @@ def _message(value: Any, where: str, i: int) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-def _chat_messages(value: Any, where: str) -> list[dict[str, str]]:
+def chat_messages(value: Any, where: str, *, last: str = "assistant", field: str = "messages") -> list[dict[str, str]]:
+    """``value`` checked as a chat: ``{role, content}`` objects, an optional leading system message, then
+    user and assistant turns alternating, ending with a ``last`` turn (``"assistant"``: the answer a
+    training example ends with; ``"user"``: a prompt waiting for one). Errors name ``where`` and ``field``."""
     if not isinstance(value, list):
-        raise DataError(f"{where}: expected 'messages' to be a list of {{role, content}} objects, found a JSON "
+        raise DataError(f"{where}: expected {field!r} to be a list of {{role, content}} objects, found a JSON "
                         f"{json_type(value)} ({shown_value(value)})")
     if not value:
-        raise DataError(f"{where}: expected at least one user and one assistant message, found an empty "
-                        "'messages' list")
+        raise DataError(f"{where}: expected at least one {'user' if last == 'user' else 'user and one assistant'} "
+                        f"message, found an empty {field!r} list")
     messages = [_message(m, where, i) for i, m in enumerate(value)]
     roles = [m["role"] for m in messages]
-    if "assistant" not in roles:
+    if last == "assistant" and "assistant" not in roles:
         raise DataError(f"{where}: expected an assistant message (the training target), found none (roles: "
                         f"{', '.join(roles)})")
     start = 1 if roles[0] == "system" else 0
@@ -520,11 +523,12 @@ def _chat_messages(value: Any, where: str) -> list[dict[str, str]]:
         expected = "user" if (i - start) % 2 == 0 else "assistant"
         if roles[i] != expected:
             where_system = " (a system message may only come first)" if roles[i] == "system" else ""
-            raise DataError(f"{where}: messages[{i}]: expected role {expected!r} (after an optional leading system "
+            raise DataError(f"{where}: {field}[{i}]: expected role {expected!r} (after an optional leading system "
                             f"message, user and assistant turns alternate){where_system}, found {roles[i]!r}")
-    if roles[-1] != "assistant":
-        raise DataError(f"{where}: expected the last message to be the assistant's answer (the training target), "
-                        f"found a {roles[-1]} message last")
+    if roles[-1] != last:
+        what = "the assistant's answer (the training target)" if last == "assistant" else "a user turn (the prompt)"
+        of = "" if field == "messages" else f" of {field!r}"
+        raise DataError(f"{where}: expected the last message{of} to be {what}, found a {roles[-1]} message last")
     return messages
 
 
@@ -537,15 +541,15 @@ def _sft_example(obj: dict[str, Any], where: str) -> ChatExample:
         raise DataError(f"{where}: expected either 'messages' (chat form) or 'instruction'/'output' (Alpaca form), "
                         "found both 'messages' and 'output'")
     if has_chat:
-        return ChatExample(tuple(_chat_messages(obj["messages"], where)), task or None, where)
+        return ChatExample(tuple(chat_messages(obj["messages"], where)), task or None, where)
     if not has_alpaca:
         hint = did_you_mean(next(iter(obj), ""), ("messages", "output", "instruction"))
         raise DataError(f"{where}: expected a 'messages' list (chat form) or 'instruction' and 'output' (Alpaca "
                         f"form), found neither (keys: {', '.join(obj) or 'none'}){hint}")
-    instruction = _text(obj, "instruction", where)
-    output = _text(obj, "output", where)
-    extra = _text(obj, "input", where, optional=True)
-    system = _text(obj, "system", where, optional=True)
+    instruction = text_field(obj, "instruction", where)
+    output = text_field(obj, "output", where)
+    extra = text_field(obj, "input", where, optional=True)
+    system = text_field(obj, "system", where, optional=True)
     user = f"{instruction}\n\n{extra}" if extra and extra.strip() else str(instruction)
     messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
         {"role": "user", "content": user}, {"role": "assistant", "content": str(output)}]
@@ -606,10 +610,11 @@ _SFT_SUFFIXES = JSONL_SUFFIXES
 _SEQ2SEQ_SUFFIXES = JSONL_SUFFIXES + CSV_SUFFIXES + TSV_SUFFIXES + PARQUET_SUFFIXES
 
 
-def _resolve(spec: Any, flag: str, kind: GenKind) -> tuple[str, Path | None]:
-    """``(name, path)`` of a file, or ``(built-in name, None)``."""
-    builtins, other = (BUILTIN_SFT, BUILTIN_SEQ2SEQ) if kind == "sft" else (BUILTIN_SEQ2SEQ, BUILTIN_SFT)
-    suffixes = _SFT_SUFFIXES if kind == "sft" else _SEQ2SEQ_SUFFIXES
+def resolve_data(spec: Any, flag: str, kind: str, builtins: dict[str, str], suffixes: tuple[str, ...],
+                 other: dict[str, str] | None = None) -> tuple[str, Path | None]:
+    """``(name, path)`` of a ``kind`` data file, or ``(built-in name, None)``: ``builtins`` are the
+    kind's own built-ins, ``other`` a built-in of the other generative kind (a clearer error)."""
+    other = other or {}
     if not isinstance(spec, str | Path) or not str(spec):
         raise ConfigError(f"{flag}: expected a file path or a built-in dataset name, found {spec!r}")
     name = str(spec)
@@ -626,9 +631,8 @@ def _resolve(spec: Any, flag: str, kind: GenKind) -> tuple[str, Path | None]:
     if name in builtins:
         return name, None
     if name in other:
-        loader = "load_seq2seq_data" if kind == "sft" else "load_sft_data"
-        raise ConfigError(f"{flag}: the built-in {name!r} is a {'seq2seq' if kind == 'sft' else 'sft'} dataset "
-                          f"(read it with {loader}); expected a {kind} one: {', '.join(builtins)}")
+        raise ConfigError(f"{flag}: the built-in {name!r} is {other[name]}; expected a {kind} one: "
+                          f"{', '.join(builtins)}")
     raise ConfigError(f"{flag}: {name!r} is no file, nor a built-in dataset{did_you_mean(name, builtins)}; "
                       f"expected a {kind} data file ({', '.join(suffixes)}) or a built-in: {', '.join(builtins)}")
 
@@ -638,14 +642,25 @@ def _check_seed(seed: Any) -> None:
         raise ConfigError(f"seed: expected an integer, found {seed!r}")
 
 
-def _assemble(kind: GenKind, specs: tuple[tuple[str, Any], ...], builtin: Any, read_file: Any) -> GenData:
+def _resolve(spec: Any, flag: str, kind: GenKind) -> tuple[str, Path | None]:
+    if kind == "sft":
+        return resolve_data(spec, flag, kind, BUILTIN_SFT, _SFT_SUFFIXES,
+                            {n: "a seq2seq dataset (read it with load_seq2seq_data)" for n in BUILTIN_SEQ2SEQ})
+    return resolve_data(spec, flag, kind, BUILTIN_SEQ2SEQ, _SEQ2SEQ_SUFFIXES,
+                        {n: "an sft dataset (read it with load_sft_data)" for n in BUILTIN_SFT})
+
+
+def assemble_splits(kind: str, specs: tuple[tuple[str, Any], ...], builtin: Any, read_file: Any,
+                    resolve: Any = None) -> GenData:
     """The splits from built-ins and files, as documented in the module; ``builtin(name)`` gives a
-    built-in's ``(splits, stats)``, ``read_file(path, name)`` a file's examples."""
+    built-in's ``(splits, stats)``, ``read_file(path, name)`` a file's examples, ``resolve(spec, flag)``
+    a spec's ``(name, path or None)`` (default: :func:`resolve_data` for ``kind``)."""
+    resolve = resolve or (lambda spec, flag: _resolve(spec, flag, kind))
     splits: dict[str, list[Any]] = {}
     stats: dict[str, Any] = {}
     cache: dict[str, tuple[dict[str, list[Any]], dict[str, Any]]] = {}
     # every name is checked before a built-in is built (seconds): a typo in `test` fails at once
-    resolved = [(flag, *_resolve(spec, flag, kind)) for flag, spec in specs if spec is not None]
+    resolved = [(flag, *resolve(spec, flag)) for flag, spec in specs if spec is not None]
     for flag, name, path in resolved:
         if path is not None:
             splits[flag] = read_file(path, name)
@@ -688,7 +703,7 @@ def load_sft_data(train: str, validation: str | None = None, test: str | None = 
         data.stats.pop("splits", None)
         return data.splits, data.stats
 
-    data = _assemble("sft", (("train", train), ("validation", validation), ("test", test)), builtin,
+    data = assemble_splits("sft", (("train", train), ("validation", validation), ("test", test)), builtin,
                      _read_sft_file)
     data.stats["splits"] = {split: _sft_split_stats(part) for split, part in data.splits.items()}
     seen = {_sft_key(e) for e in data.splits["train"]}
@@ -739,7 +754,7 @@ def load_seq2seq_data(train: str, validation: str | None = None, test: str | Non
     def read_file(path: Path, name: str) -> list[PairExample]:
         return _read_pairs_file(path, name, source_field, target_field)
 
-    data = _assemble("seq2seq", (("train", train), ("validation", validation), ("test", test)),
+    data = assemble_splits("seq2seq", (("train", train), ("validation", validation), ("test", test)),
                      lambda name: _seq2seq_builtin(name, seed), read_file)
     if prefix:
         data.splits = {split: [PairExample(prefix + p.source_text, p.target, p.task, p.where) for p in part]

@@ -24,9 +24,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,13 @@ class LoRALinear(nn.Module):
             self.lora_A[part] = nn.Parameter(A)
             # B = 0 makes the update zero at the start: the model is exactly the base model.
             self.lora_B[part] = nn.Parameter(torch.zeros(rows, r, dtype=w.dtype, device=w.device))
+        self.enabled = True  # False: the base layer alone (see adapters_disabled)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in) → (..., out)."""
         y = F.linear(x, self.weight, self.bias)
+        if not self.enabled:
+            return y
         h = self.dropout(x)
         for part, (start, rows) in self.parts.items():
             delta = F.linear(F.linear(h, self.lora_A[part]), self.lora_B[part]) * self.scaling  # (..., rows)
@@ -217,6 +222,30 @@ def _tied_parameter_ids(model: nn.Module) -> set[int]:
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     """Name → LoRALinear for every adapted module, in model order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its base model: every LoRA update switched off inside the block (the reference
+    model of preference tuning, without a second copy of the weights), back on after it.
+
+    >>> layer = LoRALinear(nn.Linear(4, 6), r=2, alpha=4, dropout=0.0, parts={"all": (0, 6)})
+    >>> _ = nn.init.ones_(layer.lora_B["all"])
+    >>> x = torch.ones(1, 4)
+    >>> with adapters_disabled(layer):
+    ...     base = layer(x)
+    >>> torch.equal(base, F.linear(x, layer.weight, layer.bias)), torch.equal(layer(x), base)
+    (True, False)
+    """
+    modules = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    before = [m.enabled for m in modules]
+    try:
+        for m in modules:
+            m.enabled = False
+        yield model
+    finally:
+        for m, was in zip(modules, before):
+            m.enabled = was
 
 
 # ----------------------------------------------------------------------------------------------------

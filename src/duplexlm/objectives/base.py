@@ -23,6 +23,10 @@ class LossOptions:
     # sft, seq2seq in training: a mean over target tokens ("token"), or over examples, each the mean of
     # its own tokens ("example": a 2-token answer weighs as much as a 40-token one)
     reduction: Literal["token", "example"] = "token"
+    # dpo (objectives/preference.py): the loss, β, and SimPO's target margin γ
+    dpo_loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    beta: float = 0.1
+    simpo_gamma: float = 0.5
 
 
 @dataclass(frozen=True)

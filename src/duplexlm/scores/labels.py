@@ -510,6 +510,11 @@ METRICS_HIGHER_IS_BETTER: dict[str, bool] = {
     "rouge2": True,
     "rougeL": True,
     "parsable": True,
+    # preference tuning (dpo): pairs whose chosen answer gets the higher reward, and the rewards
+    "preference_accuracy": True,
+    "reward_margin": True,
+    "chosen_reward": True,
+    "rejected_reward": False,
     # language modelling and any training objective
     "loss": False,
     "nll": False,

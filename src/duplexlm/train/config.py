@@ -27,7 +27,7 @@ from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq"]
+Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo"]
 TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 DISTILLABLE = ("classify", "clm")  # the objectives a teacher's logits can be a second target of
@@ -102,6 +102,11 @@ class ObjectiveSection:
     noise_density: float = 0.15  # span
     mean_span_length: float = 3.0  # span
     rtd_weight: float = 50.0  # rtd: weight of the discriminator's loss against the generator's (ELECTRA's 50)
+    # dpo: the loss (sigmoid: DPO; ipo; simpo: reference-free), β (how far from the reference the
+    # rewards may pull), SimPO's target margin γ
+    dpo_loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    beta: float = 0.1
+    simpo_gamma: float = 0.5
 
 
 @dataclass
@@ -176,7 +181,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_metric: str | None = None  # what early stopping and the best checkpoint follow (default: the task's)
     patience: int = 0  # evaluations without improvement before stopping early (0: never)
-    label_smoothing: float = 0.0  # classify / tag
+    label_smoothing: float = 0.0  # classify / tag; dpo: the chance a pair is flipped (conservative DPO)
     # sft, seq2seq: the training loss is a mean over target tokens, or over examples ("example": each
     # the mean of its own tokens, so short answers weigh as much as long ones); validation stays per token
     loss_reduction: Literal["token", "example"] = "token"
@@ -215,16 +220,17 @@ class TrainConfig:
             raise ConfigError(f"augment.p={self.augment.p}: text augmentation is for task=classify or regress, "
                               f"found {self.objective!r} ({why}); set augment.p=0")
         g = self.generation
-        if (g.val_examples or g.num_beams != 1) and self.objective not in ("sft", "seq2seq"):
-            raise ConfigError(f"generation: scoring generated text is for task=sft or seq2seq, found "
+        if (g.val_examples or g.num_beams != 1) and self.objective not in ("sft", "seq2seq", "dpo"):
+            raise ConfigError(f"generation: scoring generated text is for task=sft, seq2seq or dpo, found "
                               f"{self.objective!r}")
         for key, value in (("generation.val_examples", g.val_examples), ("generation.max_new_tokens", g.max_new_tokens),
                            ("generation.num_beams", g.num_beams), ("generation.batch_size", g.batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key.endswith("examples") else 1):
                 raise ConfigError(f"{key}: expected an integer >= {0 if key.endswith('examples') else 1}, found {value!r}")
-        if self.eval_metric is not None and self.objective in ("sft", "seq2seq") and not g.val_examples:
+        if self.eval_metric is not None and self.objective in ("sft", "seq2seq", "dpo") and not g.val_examples:
             bare = self.eval_metric.removeprefix("val_")
-            if bare not in ("loss", "perplexity", "token_accuracy"):
+            if bare not in ("loss", "perplexity", "token_accuracy", "preference_accuracy", "reward_margin",
+                            "chosen_reward", "rejected_reward"):
                 raise ConfigError(f"eval_metric={self.eval_metric}: a score of generated text needs "
                                   "generation.val_examples > 0 (how many validation examples to generate for)")
         self._check_distill()
@@ -257,6 +263,8 @@ class TrainConfig:
             ("objective_args.noise_density", a.noise_density, 0.0 < a.noise_density < 1.0, "a fraction in (0, 1)"),
             ("objective_args.mean_span_length", a.mean_span_length, a.mean_span_length >= 1.0, "a length >= 1"),
             ("objective_args.rtd_weight", a.rtd_weight, a.rtd_weight > 0.0, "a positive number"),
+            ("objective_args.beta", a.beta, a.beta > 0.0, "a positive number"),
+            ("objective_args.simpo_gamma", a.simpo_gamma, a.simpo_gamma >= 0.0, "a number >= 0"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
             ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),

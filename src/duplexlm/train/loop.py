@@ -47,6 +47,7 @@ from .sources import (
     generative_source,
     multi_source,
     objective_kwargs,
+    preference_source,
     shards_source,
 )
 
@@ -88,6 +89,7 @@ class Run:
     notes: list[str] = field(default_factory=list)  # what reading the data did, printed at the start
     examples: dict[str, list[Any]] = field(default_factory=dict)  # sft, seq2seq: for generating, by split
     distiller: Any = None  # distill.teacher: a distill.Distiller (the teacher's outputs join each batch)
+    reference: Any = None  # dpo: a reference.Reference (its log-probabilities join each batch)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -179,6 +181,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         source, multi = multi_source(cfg)
     elif spec.name in ("sft", "seq2seq"):
         source = generative_source(cfg)
+    elif spec.name == "dpo":
+        source = preference_source(cfg)
     else:
         source = shards_source(cfg) if spec.data == "shards" else examples_source(cfg)
     tokenizer = source.tokenizer
@@ -200,6 +204,11 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         spec = distiller.wrap(spec)
     prepare_method(model, cfg)  # freeze or LoRA: before the optimizer sees which parameters train
     model.to(info.device).train()
+    reference = None
+    if spec.name == "dpo" and cfg.objective_args.dpo_loss != "simpo":  # the starting weights, before a resume
+        from .reference import Reference
+
+        reference = Reference(model, lora=cfg.method == "lora")
     state: dict[str, Any] = {"step": 0, "opt_steps": 0, "tokens": 0, "nonfinite": 0, "nonfinite_run": 0,
                              "best_val": None, "elapsed": 0.0, "best_metric": None, "best_step": None,
                              "bad_evals": 0, "stopped_early": False}
@@ -248,6 +257,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         flops = model.num_flops_per_token(cfg.data.seq_len)
     options = obj.LossOptions(
         label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight, reduction=cfg.loss_reduction,
+        dpo_loss=cfg.objective_args.dpo_loss, beta=cfg.objective_args.beta, simpo_gamma=cfg.objective_args.simpo_gamma,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -256,6 +266,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         amp_dtype=amp, out_dir=out_dir, flops_per_token=flops, peak_flops=matmul_peak(info.device, amp),
         state=state, scaler=scaler, spec=spec, label_names=source.label_names, loss_options=options,
         test=source.test, multi=multi, notes=source.notes, examples=source.examples, distiller=distiller,
+        reference=reference,
     )
     run.max_steps = _max_steps(run)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
@@ -365,6 +376,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         if run.distiller is not None:  # the teacher's outputs: a second target, deterministic
             with autocast(info.device, run.amp_dtype):
                 batches[-1].update(run.distiller.targets(batches[-1]))
+        if run.reference is not None:  # dpo: the reference's log-probabilities of the same rows
+            with autocast(info.device, run.amp_dtype):
+                batches[-1].update(run.reference.targets(batches[-1]))
     count = (task.spec if run.multi is not None else run.spec).count or _target_count
     if options.reduction == "example":
         from ..objectives.generative import example_count
@@ -510,6 +524,8 @@ def evaluate_examples(run: Run, sampler: ExampleSampler, prefix: str,
             rows = order[i * B:(i + 1) * B]
             batch = _to_device(sampler.collate(rows), info.device)
             with autocast(info.device, run.amp_dtype):
+                if run.reference is not None and task is None:
+                    batch.update(run.reference.targets(batch))
                 out = (spec.forward(reader, batch) if spec.forward is not None
                        else reader(batch["input_ids"], attention_mask=batch["attention_mask"]))
             scored = batch if windowed is None else {**batch, "labels": windowed.loss_labels(rows, batch["labels"])}
@@ -681,7 +697,7 @@ def fit(run: Run) -> dict[str, Any]:
 
 # the scores a progress line shows (metrics.jsonl and test_metrics.json keep them all)
 SHOWN_METRICS = ("loss", "ppl", "bpb", "accuracy", "macro_f1", "precision", "recall", "f1", "mse", "mae", "pearson",
-                 "spearman")
+                 "spearman", "preference_accuracy", "reward_margin")
 
 
 def _eval_metric(run: Run) -> str:

@@ -148,6 +148,44 @@ class ExampleSampler:
         return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
 
 
+class PreferenceSampler(ExampleSampler):
+    """Preference pairs: each a chosen and a rejected row, ``(ids, shifted labels)`` encoded as ``sft``
+    encodes a conversation. A batch of ``count`` pairs has ``2 * count`` rows: the chosen ones first,
+    then the rejected ones in the same order, padded to the longest (labels with -100). The order of
+    the pairs (shuffling, ``group_by_length``) reads the longer row of each.
+
+    >>> s = PreferenceSampler([([5, 6, 7], [-100, 7, -100])], [([5, 8], [8, -100])], seed=0, pad_id=0)
+    >>> b = s.batch(0, 1)
+    >>> b["input_ids"].tolist(), b["labels"].tolist()
+    ([[5, 6, 7], [5, 8, 0]], [[-100, 7, -100], [8, -100, -100]])
+    """
+
+    def __init__(self, chosen: Sequence[tuple[list[int], list[int]]], rejected: Sequence[tuple[list[int], list[int]]],
+                 seed: int, pad_id: int, shuffle: bool = True, name: str = "train", group_by_length: int = 0) -> None:
+        if len(chosen) != len(rejected):
+            raise ValueError(f"chosen and rejected: expected as many, found {len(chosen)} and {len(rejected)}")
+        if not chosen:
+            raise DataError(f"{name} split: no preference pairs")
+        self.chosen, self.rejected, self.pad_id, self.name = list(chosen), list(rejected), pad_id, name
+        self.n = len(self.chosen)
+        self.ids = [c[0] if len(c[0]) >= len(r[0]) else r[0] for c, r in zip(self.chosen, self.rejected)]
+        self.labels = [None] * self.n
+        self.augment = None
+        self._order = Shuffled(self.n, seed, shuffle, [len(x) for x in self.ids], group_by_length)
+
+    def collate(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
+        pairs = [self.chosen[i] for i in rows] + [self.rejected[i] for i in rows]
+        width = max(len(x) for x, _ in pairs)
+        ids_t = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+        for r, (x, y) in enumerate(pairs):
+            ids_t[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[r, : len(x)] = 1
+            labels[r, : len(y)] = torch.tensor(y, dtype=torch.long)
+        return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
+
+
 class TextAugmenter:
     """The :class:`ExampleSampler` hook that augments training texts: ``(i, g) →`` the ids of example
     ``i``'s text augmented with the seed of global sample ``g`` (:func:`~duplexlm.data.augment.sample_seed`

@@ -204,33 +204,17 @@ def generative_source(cfg: TrainConfig) -> Source:
     validation_split(splits, cfg.data.split_seed)
     encoded: dict[str, tuple[list[list[int]], list[list[int]]]] = {}
     kept_examples: dict[str, list[Any]] = {}
+
+    def encode(ex: Any) -> tuple[Any, bool, str, bool]:
+        if cfg.objective == "sft":
+            x, y, was_cut = encode_chat(tokenizer, ex.messages, L, where=ex.source)
+            return (x, y), was_cut, ex.source, any(t != obj.IGNORE_INDEX for t in y)
+        x, y, was_cut = encode_pair(tokenizer, ex.source_text, ex.target, L, tokenizer.eos_token_id)
+        return (x, y), was_cut, ex.where, True
+
     for split, examples in splits.items():
-        ids, labels, cut, dropped = [], [], 0, 0
-        kept_examples[split] = []
-        for ex in examples:
-            if cfg.objective == "sft":
-                x, y, was_cut = encode_chat(tokenizer, ex.messages, L, where=ex.source)
-                where = ex.source
-            else:
-                x, y, was_cut = encode_pair(tokenizer, ex.source_text, ex.target, L, tokenizer.eos_token_id)
-                where = ex.where
-            if was_cut and d.overflow == "error":
-                raise DataError(f"{where}: longer than data.seq_len={L} tokens; raise data.seq_len, shorten the "
-                                "example, or set data.overflow=truncate to cut such examples")
-            cut += was_cut
-            if cfg.objective == "sft" and all(t == obj.IGNORE_INDEX for t in y):
-                dropped += 1  # cut before any answer: nothing to learn from it
-                continue
-            ids.append(x)
-            labels.append(y)
-            kept_examples[split].append(ex)
-        if cut:
-            notes.append(f"{split}: {cut} of {len(examples)} examples cut to data.seq_len={L} tokens"
-                         + (f", {dropped} of them dropped (no answer token left)" if dropped else ""))
-        if not ids:
-            raise DataError(f"{split} split: no example left (every one was cut before its answer); raise "
-                            f"data.seq_len={L}")
-        encoded[split] = (ids, labels)
+        rows, kept_examples[split] = encode_split(examples, encode, split, cfg, notes)
+        encoded[split] = ([x for x, _ in rows], [y for _, y in rows])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # as the understanding tasks: groups of 50 global batches sorted by length, so a batch pads little
@@ -252,6 +236,72 @@ def generative_source(cfg: TrainConfig) -> Source:
     return Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=train,
                    val=sampler("validation", False), test=sampler("test", False) if "test" in encoded else None,
                    notes=notes, examples=kept_examples)
+
+
+def encode_split(examples: list[Any], encode: Any, split: str, cfg: TrainConfig, notes: list[str]
+                 ) -> tuple[list[Any], list[Any]]:
+    """Encode a generative split: ``encode(example) -> (encoded, was it cut, where, has it an answer
+    token left)``. A cut example is an error naming ``where`` under ``data.overflow=error``, else counted
+    in ``notes``; one cut before any answer is dropped. → (the encoded, the examples kept)."""
+    L = cfg.data.seq_len
+    out, kept, cut, dropped = [], [], 0, 0
+    for ex in examples:
+        encoded, was_cut, where, answered = encode(ex)
+        if was_cut and cfg.data.overflow == "error":
+            raise DataError(f"{where}: longer than data.seq_len={L} tokens; raise data.seq_len, shorten the "
+                            "example, or set data.overflow=truncate to cut such examples")
+        cut += was_cut
+        if not answered:
+            dropped += 1  # cut before any answer: nothing to learn from it
+            continue
+        out.append(encoded)
+        kept.append(ex)
+    if cut:
+        notes.append(f"{split}: {cut} of {len(examples)} examples cut to data.seq_len={L} tokens"
+                     + (f", {dropped} of them dropped (no answer token left)" if dropped else ""))
+    if not out:
+        raise DataError(f"{split} split: no example left (every one was cut before its answer); raise "
+                        f"data.seq_len={L}")
+    return out, kept
+
+
+def preference_source(cfg: TrainConfig) -> Source:
+    """``dpo`` pairs: loaded and split (:func:`~duplexlm.data.preference.load_preference_data`), the prompt
+    rendered with each answer by the chat template and labelled on that answer only, cut or refused as
+    ``sft`` examples are (a pair loses both rows when either is cut before its answer), into
+    :class:`~duplexlm.train.samplers.PreferenceSampler` s; ``examples``: each pair's prompt with its
+    chosen answer (what generation is scored against)."""
+    from ..data.examples import encode_chat
+    from ..data.preference import load_preference_data
+    from ..tokenizer import ensure_chat_tokens
+    from .samplers import PreferenceSampler
+
+    d, L = cfg.data, cfg.data.seq_len
+    tokenizer = task_tokenizer(cfg)
+    notes: list[str] = []
+    added = ensure_chat_tokens(tokenizer)
+    if added:
+        notes.append(f"added the chat tokens {', '.join(added)} to the tokenizer (the embedding grows with them)")
+    splits = dict(load_preference_data(d.train, d.validation or None, d.test or None, seed=d.split_seed).splits)
+    validation_split(splits, d.split_seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    group = 50 * cfg.batch_size * cfg.grad_accum * world_size() if d.group_by_length else 0
+
+    def encode(ex: Any) -> tuple[Any, bool, str, bool]:
+        c = encode_chat(tokenizer, ex.conversation(ex.chosen), L, where=ex.source, last_only=True)
+        r = encode_chat(tokenizer, ex.conversation(ex.rejected), L, where=ex.source, last_only=True)
+        answered = all(any(t != obj.IGNORE_INDEX for t in y) for _, y, _ in (c, r))
+        return (c[:2], r[:2]), c[2] or r[2], ex.source, answered
+
+    samplers, examples = {}, {}
+    for split, part in splits.items():
+        pairs, kept = encode_split(part, encode, split, cfg, notes)
+        samplers[split] = PreferenceSampler([c for c, _ in pairs], [r for _, r in pairs], seed=cfg.seed, pad_id=pad,
+                                            shuffle=split == "train", name=split,
+                                            group_by_length=group if split == "train" else 0)
+        examples[split] = [ex.as_chat() for ex in kept]
+    return Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=samplers["train"],
+                  val=samplers["validation"], test=samplers.get("test"), notes=notes, examples=examples)
 
 
 def world_size() -> int:
