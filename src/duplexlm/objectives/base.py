@@ -27,6 +27,7 @@ class LossOptions:
     dpo_loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
     beta: float = 0.1
     simpo_gamma: float = 0.5
+    sft_weight: float = 0.0  # dpo: the weight of the chosen answers' NLL added to the loss (RPO)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,17 @@ model frozen, or the LoRA adapters switched off), the implicit rewards are
 - ``simpo`` (Meng et al. 2024), reference-free: ``−log σ(β (avg log π(y_c) − avg log π(y_r)) − γ)``
   with ``γ = objective_args.simpo_gamma``, log-probabilities averaged over each answer's tokens.
 
+``objective_args.sft_weight`` α adds α times the chosen answers' negative log-likelihood (each pair's
+mean over its answer's tokens, then the mean over pairs), RPO's term (Pang et al. 2024; TRL's
+``loss_type=["sigmoid", "sft"]``, whose term is a mean over the batch's tokens instead): it keeps the
+chosen answers likely, where DPO alone lowers the likelihood of both answers of a pair and the model
+drifts from what instruction tuning taught it.
+
 Evaluation reports the loss, the preference accuracy (the share of pairs whose chosen answer gets the
-higher reward), the mean reward margin and the mean chosen and rejected rewards.
+higher reward: its log-ratio to the reference grew more than the rejected one's, TRL's
+``rewards/accuracies``), the ranking accuracy (the share of pairs whose chosen answer the model itself
+finds more likely, ``log π(y_c|x) > log π(y_r|x)``: what it prefers, whatever the reference did), the
+mean reward margin and the mean chosen and rejected rewards.
 
 >>> import torch
 >>> c, r = torch.tensor([-1.0]), torch.tensor([-3.0])
@@ -91,6 +100,8 @@ def dpo_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions
     losses = pair_losses(t["chosen"], t["rejected"], t["ref_chosen"], t["ref_rejected"], t["chosen_len"],
                          t["rejected_len"], options.dpo_loss, options.beta, options.label_smoothing,
                          options.simpo_gamma)
+    if options.sft_weight > 0:  # RPO: the chosen answer's mean token NLL, per pair
+        losses = losses - options.sft_weight * t["chosen"] / t["chosen_len"].clamp(min=1)
     return losses.mean(), int(losses.shape[0])
 
 
@@ -99,25 +110,29 @@ def pair_count(batch: Mapping[str, Tensor]) -> int:
 
 
 def dpo_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None
-                ) -> tuple[list[tuple[float, float]], list[int]]:
+                ) -> tuple[list[tuple[float, float, float, float]], list[int]]:
     """Per pair: the implicit rewards ``(β-free) log π − log π_ref`` of the chosen and the rejected answer
-    (without a reference, the answers' mean log-probabilities per token)."""
+    (without a reference, the answers' mean log-probabilities per token), and the two answers' own
+    log-probabilities ``log π(y|x)``."""
     t = _pair_terms(logits, batch)
     if t["ref_chosen"] is not None:
         c, r = t["chosen"] - t["ref_chosen"], t["rejected"] - t["ref_rejected"]
     else:
         c, r = t["chosen"] / t["chosen_len"].clamp(min=1), t["rejected"] / t["rejected_len"].clamp(min=1)
-    pairs = [(float(a), float(b)) for a, b in zip(c.tolist(), r.tolist())]
+    pairs = list(zip(c.tolist(), r.tolist(), t["chosen"].tolist(), t["rejected"].tolist()))
     return pairs, [1] * len(pairs)
 
 
-def dpo_metrics(preds: list[tuple[float, float]], refs: list[int], label_names: Any = None) -> dict[str, float]:
-    """``preference_accuracy`` (chosen rewarded above rejected; a tie counts half), ``reward_margin`` and
-    the mean ``chosen_reward`` and ``rejected_reward`` (log-ratios, not multiplied by β)."""
+def dpo_metrics(preds: list[tuple[float, ...]], refs: list[int], label_names: Any = None) -> dict[str, float]:
+    """``preference_accuracy`` (chosen rewarded above rejected; a tie counts half), ``ranking_accuracy``
+    (the chosen answer more likely than the rejected one; a tie counts half), ``reward_margin`` and the
+    mean ``chosen_reward`` and ``rejected_reward`` (log-ratios, not multiplied by β)."""
     n = max(len(preds), 1)
-    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in preds)
-    return {"preference_accuracy": wins / n, "reward_margin": sum(c - r for c, r in preds) / n,
-            "chosen_reward": sum(c for c, _ in preds) / n, "rejected_reward": sum(r for _, r in preds) / n}
+    win = lambda a, b: 1.0 if a > b else 0.5 if a == b else 0.0  # noqa: E731
+    return {"preference_accuracy": sum(win(p[0], p[1]) for p in preds) / n,
+            "ranking_accuracy": sum(win(p[2], p[3]) for p in preds) / n,
+            "reward_margin": sum(p[0] - p[1] for p in preds) / n,
+            "chosen_reward": sum(p[0] for p in preds) / n, "rejected_reward": sum(p[1] for p in preds) / n}
 
 
 DPO = ObjectiveSpec(

@@ -512,6 +512,7 @@ METRICS_HIGHER_IS_BETTER: dict[str, bool] = {
     "parsable": True,
     # preference tuning (dpo): pairs whose chosen answer gets the higher reward, and the rewards
     "preference_accuracy": True,
+    "ranking_accuracy": True,
     "reward_margin": True,
     "chosen_reward": True,
     "rejected_reward": False,

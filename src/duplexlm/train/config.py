@@ -107,6 +107,7 @@ class ObjectiveSection:
     dpo_loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
     beta: float = 0.1
     simpo_gamma: float = 0.5
+    sft_weight: float = 0.0  # dpo: + this × the chosen answers' NLL (RPO), keeping them likely
 
 
 @dataclass
@@ -229,8 +230,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}: expected an integer >= {0 if key.endswith('examples') else 1}, found {value!r}")
         if self.eval_metric is not None and self.objective in ("sft", "seq2seq", "dpo") and not g.val_examples:
             bare = self.eval_metric.removeprefix("val_")
-            if bare not in ("loss", "perplexity", "token_accuracy", "preference_accuracy", "reward_margin",
-                            "chosen_reward", "rejected_reward"):
+            if bare not in ("loss", "perplexity", "token_accuracy", "preference_accuracy", "ranking_accuracy",
+                            "reward_margin", "chosen_reward", "rejected_reward"):
                 raise ConfigError(f"eval_metric={self.eval_metric}: a score of generated text needs "
                                   "generation.val_examples > 0 (how many validation examples to generate for)")
         self._check_distill()
@@ -265,6 +266,7 @@ class TrainConfig:
             ("objective_args.rtd_weight", a.rtd_weight, a.rtd_weight > 0.0, "a positive number"),
             ("objective_args.beta", a.beta, a.beta > 0.0, "a positive number"),
             ("objective_args.simpo_gamma", a.simpo_gamma, a.simpo_gamma >= 0.0, "a number >= 0"),
+            ("objective_args.sft_weight", a.sft_weight, a.sft_weight >= 0.0, "a number >= 0"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
             ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),

@@ -258,6 +258,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     options = obj.LossOptions(
         label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight, reduction=cfg.loss_reduction,
         dpo_loss=cfg.objective_args.dpo_loss, beta=cfg.objective_args.beta, simpo_gamma=cfg.objective_args.simpo_gamma,
+        sft_weight=cfg.objective_args.sft_weight,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -697,7 +698,7 @@ def fit(run: Run) -> dict[str, Any]:
 
 # the scores a progress line shows (metrics.jsonl and test_metrics.json keep them all)
 SHOWN_METRICS = ("loss", "ppl", "bpb", "accuracy", "macro_f1", "precision", "recall", "f1", "mse", "mae", "pearson",
-                 "spearman", "preference_accuracy", "reward_margin")
+                 "spearman", "preference_accuracy", "ranking_accuracy", "reward_margin")
 
 
 def _eval_metric(run: Run) -> str:
