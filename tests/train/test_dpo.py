@@ -20,6 +20,7 @@ import torch
 import duplexlm
 from duplexlm.data.preference import load_preference_data, zh_prefs
 from duplexlm.errors import ConfigError, DataError
+from duplexlm.eval.preference import score_preferences
 from duplexlm.objectives.generative import sft_forward
 from duplexlm.objectives.preference import dpo_loss, dpo_metrics, sequence_logps
 from duplexlm.scores.text import answer_in_format
@@ -177,7 +178,7 @@ def dpo_run(pref_files, pd_corpus, tmp_path_factory) -> tuple[Path, dict]:
                               "generation.max_new_tokens=12", "objective_args.beta=0.5"))
 
 
-def test_dpo_learns_the_preference_on_held_out_pairs(dpo_run):
+def test_dpo_learns_the_preference_on_held_out_pairs(dpo_run, pref_files):
     out, result = dpo_run
     assert result["test_preference_accuracy"] == 1.0
     val = [r for r in _records(out) if "val_loss" in r]
@@ -194,6 +195,11 @@ def test_dpo_learns_the_preference_on_held_out_pairs(dpo_run):
     assert len(gens) == 20 and sum(g["prediction"] == "不知道" for g in gens) == 0
     model, tok = duplexlm.load(out / "model")
     assert model.config.head == "lm" and tok.config.get("chat_template")
+    # score_preferences reads the test pairs as the loop did: the same ranking accuracy
+    pairs = load_preference_data(str(pref_files["test"])).splits["train"]
+    scores = score_preferences(model, tok, pairs, reference=model)
+    assert scores["ranking_accuracy"] == pytest.approx(test["ranking_accuracy"])
+    assert scores["preference_accuracy"] == 0.5 and scores["pairs"] == 20  # against itself: every reward is 0
 
 
 def test_dpo_resumes_exactly(pref_files, pd_corpus, tmp_path):
