@@ -15,8 +15,8 @@
     duplex pretrain [CONFIG.yaml] [key=value ...] [--resume | --overwrite]  causal LM, masked LM or span
     duplex finetune [CONFIG.yaml] task=classify|regress|tag data.train=... [init_from=DIR] [method=lora]
     duplex finetune task=multi tasks.NAME.task=... tasks.NAME.train=... ...   several heads, one encoder
-    duplex finetune task=sft|seq2seq|dpo data.train=zh-tasks|zh-prefs|FILE.jsonl ...   instruction tuning,
-                                                                source → target, preference tuning (DPO)
+    duplex finetune task=sft|seq2seq|dpo|grpo data.train=zh-tasks|zh-prefs|arithmetic|FILE.jsonl ...
+                                                                instruction tuning, seq2seq, DPO, GRPO
     duplex distill --teacher DIR --student DIR|PRESET|FILE --task classify|clm [key=value ...]   knowledge
                                                                 distillation: the teacher's logits as a second target
     duplex eval --model DIR --data NAME_OR_FILE [--split S] [--out DIR]   task metrics, or perplexity and
@@ -322,8 +322,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .train.loop import finetune
 
     cfg = _train_config(args, default_objective="classify")
-    if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo"):
-        raise ConfigError(f"task: expected classify, regress, tag, multi, sft, seq2seq or dpo, found {cfg.objective!r} "
+    if cfg.objective not in ("classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo", "grpo"):
+        raise ConfigError(f"task: expected classify, regress, tag, multi, sft, seq2seq, dpo or grpo, found {cfg.objective!r} "
                           "(pretraining objectives run with `duplex pretrain`)")
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if result.get("interrupted"):

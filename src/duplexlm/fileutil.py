@@ -163,7 +163,7 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
     "shards": ("meta.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "train_[0-9]*.bin", "train_[0-9]*.ws", "val_[0-9]*.bin", "val_[0-9]*.ws"),
-    "run": ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "model", "tensorboard", "best.safetensors",
+    "run": ("config.yaml", "metrics.jsonl", "loss.png", "reward.png", "checkpoints", "model", "tensorboard", "best.safetensors",
             "test_metrics.json", "adapter", "test_generations.jsonl", "compression_report.json",
             "compression_report.md", "pruned"),
     # an engine's directory (duplexlm.export): its own files, our tokenizer and manifest beside them

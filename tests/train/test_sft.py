@@ -240,7 +240,7 @@ def test_finetune_command_takes_sft(chat_files, pd_corpus, tmp_path, capsys):
                  f"out_dir={out}", "model.preset=gpt2-tiny", *SMALL, "max_steps=4"]) == 0
     assert (out / "model" / "config.json").is_file()
     assert main(["finetune", "task=span", f"out_dir={tmp_path / 'x'}"]) == 2
-    assert "expected classify, regress, tag, multi, sft, seq2seq or dpo" in capsys.readouterr().err
+    assert "expected classify, regress, tag, multi, sft, seq2seq, dpo or grpo" in capsys.readouterr().err
 
 
 def test_example_reduction_splits_across_micro_batches_as_one_batch(chat_files, pd_corpus, tmp_path):

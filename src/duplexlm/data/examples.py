@@ -355,3 +355,23 @@ def encode_pair(tokenizer: Any, source: str, target: str, max_length: int, eos_i
 __all__ = ["IGNORE_INDEX", "TagWindows", "WordWindow", "align_labels", "answer_spans", "count_cut", "encode_chat",
            "encode_examples", "encode_pair", "encode_tag_windows", "encode_texts", "encode_windows", "first_subtokens",
            "stitch_windows", "truncating_tokenizer", "word_windows"]
+
+
+def collate_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, Any]:
+    """``(ids, shifted labels)`` rows padded to the longest into ``input_ids``, ``attention_mask`` and
+    ``labels`` (-100 where padded) tensors.
+
+    >>> collate_rows([([5, 6], [6, -100]), ([7], [-100])], pad_id=0)["input_ids"].tolist()
+    [[5, 6], [7, 0]]
+    """
+    import torch
+
+    width = max(len(x) for x, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, : len(x)] = 1
+        labels[r, : len(y)] = torch.tensor(list(y), dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

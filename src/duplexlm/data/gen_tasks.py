@@ -69,7 +69,7 @@ from .tasks import (
     where_in,
 )
 
-GenKind = Literal["sft", "seq2seq", "preference"]
+GenKind = Literal["sft", "seq2seq", "preference", "prompt"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 ZH_TASKS: tuple[str, ...] = ("情感判断", "翻译", "转繁体", "实体识别")

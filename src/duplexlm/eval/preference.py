@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.examples import encode_chat
+from ..data.examples import collate_rows, encode_chat
 from ..objectives.generative import sft_forward
 from ..objectives.preference import sequence_logps
 
@@ -27,12 +27,9 @@ def pair_logps(model: nn.Module, tokenizer: Any, pairs: Sequence[Any], *, max_le
                batch_size: int = 16) -> list[tuple[float, float]]:
     """``(log π(chosen), log π(rejected))`` per pair (:class:`~duplexlm.data.preference.PreferenceExample`),
     answers cut at ``max_length`` tokens with their prompt (default: the model's context)."""
-    from ..train.samplers import PreferenceSampler
-
     limit = max_length or getattr(model.config, "max_seq_len", 1024)
     encode = lambda ex, answer: encode_chat(tokenizer, ex.conversation(answer), limit, ex.source, last_only=True)[:2]  # noqa: E731
-    sampler = PreferenceSampler([encode(e, e.chosen) for e in pairs], [encode(e, e.rejected) for e in pairs], seed=0,
-                                pad_id=tokenizer.pad_token_id or 0, shuffle=False, name="pairs")
+    chosen, rejected = [encode(e, e.chosen) for e in pairs], [encode(e, e.rejected) for e in pairs]
     device = next(model.parameters()).device
     training = model.training
     model.eval()
@@ -40,7 +37,8 @@ def pair_logps(model: nn.Module, tokenizer: Any, pairs: Sequence[Any], *, max_le
     try:
         for start in range(0, len(pairs), batch_size):
             rows = list(range(start, min(start + batch_size, len(pairs))))
-            batch = {k: v.to(device) for k, v in sampler.collate(rows).items()}
+            batch = {k: v.to(device) for k, v in collate_rows([chosen[i] for i in rows] + [rejected[i] for i in rows],
+                                                                tokenizer.pad_token_id or 0).items()}
             logps = sequence_logps(sft_forward(model, batch).logits, batch)[0].tolist()
             out += list(zip(logps[:len(rows)], logps[len(rows):]))
     finally:

@@ -8,6 +8,7 @@ tasks          ``classify``, ``regress``, ``tag``,      labelled examples
                ``multi``
 generative     ``sft``, ``seq2seq``                     conversations, source → target pairs
 preference     ``dpo`` (and IPO, SimPO)                 a prompt, a chosen and a rejected answer
+rl             ``grpo``                                 prompts, completions sampled and rewarded
 =============  =======================================  ==========================================
 
 Each is an :class:`ObjectiveSpec` (the families it trains, its head, its loss, how predictions are
@@ -21,7 +22,7 @@ re-exported here, so ``objectives.mlm_batch`` is the one in :mod:`~duplexlm.obje
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import generative, preference, pretraining, tasks
+from . import generative, preference, pretraining, rl, tasks
 from .base import IGNORE_INDEX, LossOptions, ObjectiveSpec, Replay
 from .pretraining import (
     OBJECTIVES,
@@ -45,7 +46,7 @@ from .pretraining import (
 REGISTRY: dict[str, ObjectiveSpec] = {spec.name: spec for spec in (
     pretraining.CLM, pretraining.MLM, pretraining.SPAN, pretraining.RTD,
     tasks.CLASSIFY, tasks.REGRESS, tasks.TAG, tasks.MULTI,
-    generative.SFT, generative.SEQ2SEQ, preference.DPO,
+    generative.SFT, generative.SEQ2SEQ, preference.DPO, rl.GRPO,
 )}
 
 

@@ -28,6 +28,8 @@ class LossOptions:
     beta: float = 0.1
     simpo_gamma: float = 0.5
     sft_weight: float = 0.0  # dpo: the weight of the chosen answers' NLL added to the loss (RPO)
+    clip_eps: float = 0.2  # grpo: PPO's clipping of the probability ratio
+    kl_coef: float = 0.04  # grpo: the weight of the KL penalty to the reference (0: none, no reference)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,16 @@ def seq2seq_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
                  decoder_attention_mask=batch.get("decoder_attention_mask"))
 
 
+def token_logps(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+    """The log-probability of each labelled token, row-major: (N,), from (N, V) logits at the labelled
+    positions (``sft_forward``) or (B, T, V)."""
+    labels = batch["labels"]
+    scored = labels != IGNORE_INDEX
+    if logits.dim() == 3:
+        logits = logits[scored]
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[scored][:, None])[:, 0]
+
+
 def example_index(batch: Mapping[str, Tensor]) -> Tensor:
     """The example each labelled position belongs to, row-major over the labelled positions: its row,
     or in a packed row (``segment_ids``) its row and conversation."""
@@ -144,4 +154,4 @@ SEQ2SEQ = ObjectiveSpec(
 
 
 __all__ = ["SEQ2SEQ", "SFT", "example_count", "example_index", "packed_mask", "seq2seq_forward", "seq2seq_loss",
-           "sft_forward", "sft_loss", "token_metrics", "token_predict"]
+           "sft_forward", "sft_loss", "token_logps", "token_metrics", "token_predict"]

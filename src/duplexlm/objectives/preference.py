@@ -38,12 +38,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import IGNORE_INDEX, LossOptions, ObjectiveSpec
-from .generative import sft_forward
+from .generative import sft_forward, token_logps
 
 DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 
@@ -51,13 +50,9 @@ DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 def sequence_logps(logits: Tensor, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Per row: the sum of the log-probabilities of its labelled tokens, and their number. ``logits``:
     (N, V) at the labelled positions, row-major (``sft_forward``), or (B, T, V)."""
-    labels = batch["labels"]
-    scored = labels != IGNORE_INDEX
-    if logits.dim() == 3:
-        logits = logits[scored]
-    token = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[scored][:, None])[:, 0]
-    rows = scored.nonzero()[:, 0]
-    sums = token.new_zeros(labels.shape[0]).index_add(0, rows, token)
+    scored = batch["labels"] != IGNORE_INDEX
+    token = token_logps(logits, batch)
+    sums = token.new_zeros(scored.shape[0]).index_add(0, scored.nonzero()[:, 0], token)
     return sums, scored.sum(1)
 
 

@@ -513,6 +513,8 @@ METRICS_HIGHER_IS_BETTER: dict[str, bool] = {
     # preference tuning (dpo): pairs whose chosen answer gets the higher reward, and the rewards
     "preference_accuracy": True,
     "ranking_accuracy": True,
+    # reinforcement learning (grpo): the mean reward of greedy answers
+    "reward": True,
     "reward_margin": True,
     "chosen_reward": True,
     "rejected_reward": False,

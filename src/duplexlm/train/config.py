@@ -27,7 +27,7 @@ from ..data.augment import AugmentConfig, Level
 from ..errors import ConfigError, did_you_mean
 from ..fileutil import atomic_write
 
-Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo"]
+Objective = Literal["clm", "mlm", "span", "rtd", "classify", "regress", "tag", "multi", "sft", "seq2seq", "dpo", "grpo"]
 TaskKind = Literal["classify", "regress", "tag"]
 Method = Literal["full", "freeze", "lora"]
 DISTILLABLE = ("classify", "clm")  # the objectives a teacher's logits can be a second target of
@@ -108,6 +108,15 @@ class ObjectiveSection:
     beta: float = 0.1
     simpo_gamma: float = 0.5
     sft_weight: float = 0.0  # dpo: + this × the chosen answers' NLL (RPO), keeping them likely
+    # grpo: completions sampled per prompt, the reward (exact, chrf, task, regex:PATTERN or
+    # path/to/file.py:function), sampling temperature, PPO's clip, the KL weight to the reference,
+    # optimisation steps per batch of samples
+    group_size: int = 8
+    reward: str = "task"
+    temperature: float = 1.0
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04
+    grpo_iterations: int = 1
 
 
 @dataclass
@@ -221,8 +230,8 @@ class TrainConfig:
             raise ConfigError(f"augment.p={self.augment.p}: text augmentation is for task=classify or regress, "
                               f"found {self.objective!r} ({why}); set augment.p=0")
         g = self.generation
-        if (g.val_examples or g.num_beams != 1) and self.objective not in ("sft", "seq2seq", "dpo"):
-            raise ConfigError(f"generation: scoring generated text is for task=sft, seq2seq or dpo, found "
+        if (g.val_examples or g.num_beams != 1) and self.objective not in ("sft", "seq2seq", "dpo", "grpo"):
+            raise ConfigError(f"generation: scoring generated text is for task=sft, seq2seq, dpo or grpo, found "
                               f"{self.objective!r}")
         for key, value in (("generation.val_examples", g.val_examples), ("generation.max_new_tokens", g.max_new_tokens),
                            ("generation.num_beams", g.num_beams), ("generation.batch_size", g.batch_size)):
@@ -267,6 +276,13 @@ class TrainConfig:
             ("objective_args.beta", a.beta, a.beta > 0.0, "a positive number"),
             ("objective_args.simpo_gamma", a.simpo_gamma, a.simpo_gamma >= 0.0, "a number >= 0"),
             ("objective_args.sft_weight", a.sft_weight, a.sft_weight >= 0.0, "a number >= 0"),
+            ("objective_args.group_size", a.group_size, isinstance(a.group_size, int) and a.group_size >= 2,
+             "an integer >= 2 (advantages compare completions of the same prompt)"),
+            ("objective_args.temperature", a.temperature, a.temperature > 0.0, "a number > 0 (sampling)"),
+            ("objective_args.clip_eps", a.clip_eps, 0.0 < a.clip_eps < 1.0, "a value in (0, 1)"),
+            ("objective_args.kl_coef", a.kl_coef, a.kl_coef >= 0.0, "a number >= 0 (0: no KL penalty)"),
+            ("objective_args.grpo_iterations", a.grpo_iterations,
+             isinstance(a.grpo_iterations, int) and a.grpo_iterations >= 1, "an integer >= 1"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
             ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),
@@ -280,6 +296,10 @@ class TrainConfig:
         for key, value, ok, expected in ranges:
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+        if self.objective == "grpo" and self.save_every % a.grpo_iterations:
+            raise ConfigError(f"save_every={self.save_every}: with objective_args.grpo_iterations={a.grpo_iterations} "
+                              "checkpoints fall between the steps of one batch of samples and a resumed run could not "
+                              "sample it again; give a multiple of grpo_iterations")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ConfigError(f"threads: expected a positive integer (torch threads per process) or null for "

@@ -52,7 +52,8 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, record["step"])
 
     def plot(self, png: Path) -> None:
-        """The training loss and the validation loss against the step, as ``png`` (written atomically)."""
+        """The training loss and the validation loss against the step, as ``png`` (written atomically);
+        where the records hold rewards (grpo), the reward curves as ``reward.png`` beside it."""
         if not self.enabled or not self.path.exists():
             return
         from ..plots import plot_curves  # matplotlib: imported when the first curve is drawn
@@ -63,6 +64,11 @@ class MetricsLog:
         series = {name: points for name, points in series.items() if points}
         if series:
             plot_curves(series, png, "loss (nats / token)", dpi=100)
+        rewards = {"sampled completions (training)": [(r["step"], r["reward"]) for r in rows if "reward" in r],
+                   "greedy answers (validation)": [(r["step"], r["val_reward"]) for r in rows if "val_reward" in r]}
+        rewards = {name: points for name, points in rewards.items() if points}
+        if rewards:  # grpo: the reward curve beside the loss
+            plot_curves(rewards, png.with_name("reward.png"), "mean reward", dpi=100)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -48,6 +48,7 @@ from .sources import (
     multi_source,
     objective_kwargs,
     preference_source,
+    rollout_source,
     shards_source,
 )
 
@@ -183,6 +184,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         source = generative_source(cfg)
     elif spec.name == "dpo":
         source = preference_source(cfg)
+    elif spec.name == "grpo":
+        source = rollout_source(cfg)
     else:
         source = shards_source(cfg) if spec.data == "shards" else examples_source(cfg)
     tokenizer = source.tokenizer
@@ -205,7 +208,9 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     prepare_method(model, cfg)  # freeze or LoRA: before the optimizer sees which parameters train
     model.to(info.device).train()
     reference = None
-    if spec.name == "dpo" and cfg.objective_args.dpo_loss != "simpo":  # the starting weights, before a resume
+    if (spec.name == "dpo" and cfg.objective_args.dpo_loss != "simpo") or (spec.name == "grpo" and
+                                                                          cfg.objective_args.kl_coef > 0):
+        # the starting weights, before a resume
         from .reference import Reference
 
         reference = Reference(model, lora=cfg.method == "lora")
@@ -258,7 +263,8 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     options = obj.LossOptions(
         label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight, reduction=cfg.loss_reduction,
         dpo_loss=cfg.objective_args.dpo_loss, beta=cfg.objective_args.beta, simpo_gamma=cfg.objective_args.simpo_gamma,
-        sft_weight=cfg.objective_args.sft_weight,
+        sft_weight=cfg.objective_args.sft_weight, clip_eps=cfg.objective_args.clip_eps,
+        kl_coef=cfg.objective_args.kl_coef,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -270,6 +276,10 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         reference=reference,
     )
     run.max_steps = _max_steps(run)
+    if spec.name == "grpo":  # the samplers generate with the policy itself (and the reference's KL term)
+        for sampler in (run.train, run.val, run.test):
+            if sampler is not None:
+                sampler.attach(model, reference)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
     # a problem in the data or the objective's settings surfaces before anything is written
     for sampler in [t.train for t in multi.tasks] if multi is not None else [run.train]:
@@ -370,6 +380,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         sampler, loss_fn, options = task.train, task.spec.loss, task.options
         model = TaskView(run.model, run.raw_model, task.name)
     batches = []
+    if run.spec.name == "grpo":  # the same samples for grpo_iterations steps in a row
+        own_step //= cfg.objective_args.grpo_iterations
     for m in range(cfg.grad_accum):
         start = (own_step * cfg.grad_accum + m) * B * world + info.rank * B
         # masks and spans are seeded per global sample, not per rank or micro-batch
@@ -377,7 +389,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         if run.distiller is not None:  # the teacher's outputs: a second target, deterministic
             with autocast(info.device, run.amp_dtype):
                 batches[-1].update(run.distiller.targets(batches[-1]))
-        if run.reference is not None:  # dpo: the reference's log-probabilities of the same rows
+        if run.reference is not None and run.spec.name == "dpo":  # the reference's log-probabilities of the rows
             with autocast(info.device, run.amp_dtype):
                 batches[-1].update(run.reference.targets(batches[-1]))
     count = (task.spec if run.multi is not None else run.spec).count or _target_count
@@ -429,6 +441,10 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     out = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "finite": finite, "tokens_step": n_tokens}
     if run.multi is not None:
         out["task"] = task.name
+    if getattr(sampler, "last_stats", None):  # grpo: the samples' rewards, lengths and KL, over every rank
+        names = sorted(sampler.last_stats)
+        values = all_reduce_sum([sampler.last_stats[k] for k in names], info)
+        out["extra"] = {k: v / world for k, v in zip(names, values)}
     return out
 
 
@@ -438,6 +454,10 @@ def evaluate(run: Run) -> dict[str, float]:
     of batches; for tasks the loss and the task's metrics over the whole validation split."""
     if run.multi is not None:
         return _evaluate_tasks(run, "val")[0]
+    if run.spec.name == "grpo":
+        from .rollouts import evaluate_rollouts
+
+        return evaluate_rollouts(run, run.val, "val")[0]
     if isinstance(run.val, ExampleSampler):
         scores = evaluate_examples(run, run.val, "val")[0]
         n = run.cfg.generation.val_examples
@@ -657,6 +677,7 @@ def fit(run: Run) -> dict[str, Any]:
                           "nonfinite": state["nonfinite"]}
                 if "task" in out:  # multi-task: which task this step trained
                     record["task"] = out["task"]
+                record.update(out.get("extra", {}))
                 log.write(record)
                 t_window, tok_window = time.perf_counter(), 0
                 if bar is not None:
@@ -664,7 +685,8 @@ def fit(run: Run) -> dict[str, Any]:
                                     mfu=f"{record['mfu']:.1%}", refresh=False)
             if step % cfg.eval_every == 0 or step == run.max_steps:
                 last_eval = evaluate(run)
-                state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
+                if "val_loss" in last_eval:  # grpo scores its answers' rewards, not a loss
+                    state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
                 line = _track_best(run, metric, last_eval, step)
                 log.write({"step": step, **last_eval})
                 log.plot(run.out_dir / "loss.png")
@@ -698,7 +720,7 @@ def fit(run: Run) -> dict[str, Any]:
 
 # the scores a progress line shows (metrics.jsonl and test_metrics.json keep them all)
 SHOWN_METRICS = ("loss", "ppl", "bpb", "accuracy", "macro_f1", "precision", "recall", "f1", "mse", "mae", "pearson",
-                 "spearman", "preference_accuracy", "ranking_accuracy", "reward_margin")
+                 "spearman", "preference_accuracy", "ranking_accuracy", "reward_margin", "reward")
 
 
 def _eval_metric(run: Run) -> str:
@@ -777,6 +799,14 @@ def _finish(run: Run) -> dict[str, Any]:
     if tested:
         if run.multi is not None:  # one entry per task
             scores, full = _evaluate_tasks(run, "test")
+        elif run.spec.name == "grpo":
+            from .rollouts import evaluate_rollouts
+
+            scores, records = evaluate_rollouts(run, run.test, "test")
+            full = {k.removeprefix("test_"): v for k, v in scores.items()}
+            if info.is_main:
+                lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                atomic_write(run.out_dir / "test_generations.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
         else:
             scores, full = evaluate_examples(run, run.test, "test")
             if run.examples.get("test") and cfg.generation.test:

@@ -1,4 +1,5 @@
-"""The reference model of preference tuning (``task=dpo``): the model as training starts, frozen.
+"""The reference model of preference tuning (``task=dpo``) and of ``task=grpo``'s KL term: the model as
+training starts, frozen.
 
 Its log-probabilities of each batch's rows join the batch (``ref_logps``) before the loss, in training
 and in evaluation, as a teacher's outputs do for distillation: the policy's loss then reads them. Two
@@ -23,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.lora import adapters_disabled
-from ..objectives.generative import sft_forward
-from ..objectives.preference import sequence_logps
+from ..objectives.base import IGNORE_INDEX
+from ..objectives.generative import sft_forward, token_logps
 
 
 class Reference:
@@ -40,17 +41,24 @@ class Reference:
             self.model.requires_grad_(False)
 
     @torch.no_grad()
-    def targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def token_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The reference's log-probability of each labelled token, row-major (N,) (grpo's KL term)."""
         if not self.lora:
-            return {"ref_logps": sequence_logps(sft_forward(self.model, batch).logits, batch)[0]}
+            return token_logps(sft_forward(self.model, batch).logits, batch)
         training = self.model.training
         self.model.eval()  # no dropout: the starting model's own probabilities
         try:
             with adapters_disabled(self.model):
-                logps = sequence_logps(sft_forward(self.model, batch).logits, batch)[0]
+                return token_logps(sft_forward(self.model, batch).logits, batch)
         finally:
             self.model.train(training)
-        return {"ref_logps": logps}
+
+    @torch.no_grad()
+    def targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``ref_logps``: the reference's summed log-probability of each row's labelled tokens (dpo)."""
+        scored = batch["labels"] != IGNORE_INDEX
+        tokens = self.token_targets(batch)
+        return {"ref_logps": tokens.new_zeros(scored.shape[0]).index_add(0, scored.nonzero()[:, 0], tokens)}
 
 
 __all__ = ["Reference"]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..data.augment import AugmentConfig, Synonyms, augment_ids, char_distribution, sample_seed
-from ..data.examples import IGNORE_INDEX, truncating_tokenizer
+from ..data.examples import IGNORE_INDEX, collate_rows, truncating_tokenizer
 from ..errors import DataError
 from ..models.seq2seq import shift_right
 
@@ -174,16 +174,7 @@ class PreferenceSampler(ExampleSampler):
         self._order = Shuffled(self.n, seed, shuffle, [len(x) for x in self.ids], group_by_length)
 
     def collate(self, rows: Sequence[int], ids: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
-        pairs = [self.chosen[i] for i in rows] + [self.rejected[i] for i in rows]
-        width = max(len(x) for x, _ in pairs)
-        ids_t = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
-        for r, (x, y) in enumerate(pairs):
-            ids_t[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[r, : len(x)] = 1
-            labels[r, : len(y)] = torch.tensor(y, dtype=torch.long)
-        return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
+        return collate_rows([self.chosen[i] for i in rows] + [self.rejected[i] for i in rows], self.pad_id)
 
 
 class TextAugmenter:

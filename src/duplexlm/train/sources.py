@@ -304,6 +304,36 @@ def preference_source(cfg: TrainConfig) -> Source:
                   val=samplers["validation"], test=samplers.get("test"), notes=notes, examples=examples)
 
 
+def rollout_source(cfg: TrainConfig) -> Source:
+    """``grpo`` prompts (:func:`~duplexlm.data.prompts.load_prompt_data`) into
+    :class:`~duplexlm.train.rollouts.RolloutSampler` s with the run's reward; a prompt is cut from the
+    left to leave ``generation.max_new_tokens`` of the ``data.seq_len`` tokens to its completion."""
+    from ..data.prompts import load_prompt_data
+    from ..scores.rewards import make_reward
+    from ..tokenizer import ensure_chat_tokens
+    from .rollouts import RolloutSampler
+
+    d, a, g = cfg.data, cfg.objective_args, cfg.generation
+    if g.max_new_tokens >= d.seq_len:
+        raise ConfigError(f"generation.max_new_tokens={g.max_new_tokens}: a completion must leave room for its prompt "
+                          f"in data.seq_len={d.seq_len} tokens")
+    tokenizer = task_tokenizer(cfg)
+    notes: list[str] = []
+    added = ensure_chat_tokens(tokenizer)
+    if added:
+        notes.append(f"added the chat tokens {', '.join(added)} to the tokenizer (the embedding grows with them)")
+    reward = make_reward(a.reward)
+    splits = dict(load_prompt_data(d.train, d.validation or None, d.test or None, seed=d.split_seed).splits)
+    validation_split(splits, d.split_seed)
+    samplers = {split: RolloutSampler(part, tokenizer, seed=cfg.seed, group_size=a.group_size,
+                                      max_new_tokens=g.max_new_tokens, temperature=a.temperature, reward=reward,
+                                      max_prompt_len=d.seq_len - g.max_new_tokens, shuffle=split == "train",
+                                      name=split, iterations=a.grpo_iterations)
+                for split, part in splits.items()}
+    return Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=samplers["train"],
+                  val=samplers["validation"], test=samplers.get("test"), notes=notes)
+
+
 def world_size() -> int:
     """Processes of this run (torchrun's WORLD_SIZE; 1 alone), known before the process group is up."""
     import os
