@@ -1,22 +1,24 @@
-"""Preference tuning after instruction tuning, against the model it starts from, in one run.
+"""Preference tuning (DPO) and reinforcement learning (GRPO) after instruction tuning, against the
+model they start from, in one run.
 
-    python benchmarks/bench_preference.py --init-from runs/q-sft/all/decoder-pretrained-s1/model --out runs/q-dpo
-    python benchmarks/bench_preference.py --init-from DIR --out /tmp/qd --smoke     # tiny: checks it runs
+    python benchmarks/bench_preference.py --task dpo --init-from runs/q-sft/all/decoder-pretrained-s1/model --out runs/q-dpo
+    python benchmarks/bench_preference.py --task grpo --init-from DIR --out runs/q-grpo      # GRPO on 实体识别
+    python benchmarks/bench_preference.py --task dpo --init-from DIR --out /tmp/qd --smoke  # tiny: checks it runs
 
 The starting model is an instruction-tuned decoder (``bench_quality.py --task sft`` leaves one in
-``OUT/all/decoder-pretrained-s<seed>/model``). Each system tunes it on the built-in ``zh-prefs`` with
-``duplex finetune task=dpo`` and the recipe below; then:
+``OUT/all/decoder-pretrained-s<seed>/model``). ``dpo`` tunes it on the built-in ``zh-prefs`` with
+``duplex finetune task=dpo``; ``grpo`` on one zh-task's prompts (written to ``OUT/data``) with
+``duplex finetune task=grpo objective_args.reward=task`` (the task's metric per sampled answer). Then:
 
-- the preference accuracy (DPO's implicit reward: the chosen answer's log-ratio to the starting model
-  grew more than the rejected one's) and the ranking accuracy (the tuned model finds the chosen answer
-  more likely) on zh-prefs' test pairs, from the run's ``test_metrics.json``;
+- dpo: the preference accuracy (DPO's implicit reward: the chosen answer's log-ratio to the starting
+  model grew more than the rejected one's) and the ranking accuracy (the tuned model finds the chosen
+  answer more likely) on zh-prefs' test pairs, from the run's ``test_metrics.json``; grpo: the mean
+  reward of the greedy answers to the task's test prompts;
 - every zh-task's score on zh-tasks' test split (the same 200 prompts a task as ``--task sft``'s
-  table; 情感判断, 转繁体 and 实体识别 are zh-prefs' test prompts with their chosen answers), by
-  ``duplex eval``.
+  table), by ``duplex eval``.
 
-The starting model is scored the same way in the same run (its ranking accuracy with
-:func:`duplexlm.eval.preference.score_preferences`): the table shows what preference tuning changed.
-Validation (zh-prefs' validation pairs) picks each run's checkpoint; the test splits only report.
+The starting model is scored the same way in the same run: the table shows what the stage changed.
+Validation picks each run's checkpoint; the test splits only report.
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ from bench_quality import _cli, _train_and_score
 # the copy-pretrained decoder of docs/recipes.md (seed 1): DPO alone at β = 0.1 lowered 实体识别's F1
 # by 4.6 points and 转繁体's chrF by 2.5 (both answers of a pair grow less likely, and the greedy
 # answers drift); see docs/recipes.md "Preference tuning".
-RECIPES: dict[str, list[str]] = {
-    "dpo": ["task=dpo", "data.train=zh-prefs", "data.seq_len=320", "batch_size=8", "optim.lr=2e-5", "optim.min_lr=2e-6",
-            "optim.warmup_steps=20", "max_steps=200", "objective_args.beta=0.5", "objective_args.sft_weight=1.0",
-            "model.dropout=0.0", "generation.test=false"],
+RECIPES: dict[str, dict[str, list[str]]] = {
+    "dpo": {"dpo": ["task=dpo", "data.train=zh-prefs", "data.seq_len=320", "batch_size=8", "optim.lr=2e-5",
+                    "optim.min_lr=2e-6", "optim.warmup_steps=20", "max_steps=200", "objective_args.beta=0.5",
+                    "objective_args.sft_weight=5.0", "model.dropout=0.0", "generation.test=false"]},
+    # GRPO on 实体识别's prompts, rewarded by each answer's entity F1 against the reference
+    "grpo": {"grpo-实体识别": ["task=grpo", "objective_args.reward=task", "objective_args.group_size=8",
+                             "objective_args.temperature=1.0", "objective_args.kl_coef=0.04", "batch_size=4",
+                             "data.seq_len=320", "generation.max_new_tokens=64", "generation.val_examples=64",
+                             "optim.lr=1e-5", "optim.min_lr=1e-6", "optim.warmup_steps=10", "max_steps=150",
+                             "model.dropout=0.0"]},
 }
+GRPO_TASK = "实体识别"
 COLUMNS = (("情感判断", "accuracy"), ("转繁体", "chrf"), ("实体识别", "f1"), ("翻译", "chrf"))
 
 
@@ -53,6 +62,7 @@ def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:
     from duplexlm.data.preference import zh_prefs
     from duplexlm.eval.preference import score_preferences
     from duplexlm.io import load
+    from duplexlm.scores.rewards import task_reward
 
     done = out / "start" / "scores.json"
     if done.is_file():
@@ -65,12 +75,34 @@ def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:
     model, tok = load(init)
     pairs = zh_prefs().splits["test"][: 12 if smoke else None]
     scores.update({f"test_{k}": v for k, v in score_preferences(model, tok, pairs).items()})
+    # grpo's measure of the start: the mean reward of its answers to GRPO_TASK's test prompts
+    gens = [json.loads(line) for line in (out / "start" / "eval" / "generations.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    mine = [task_reward(g["task"], g["prediction"], g["reference"]) for g in gens if g["task"] == GRPO_TASK]
+    if mine:
+        scores["test_reward"] = statistics.mean(mine)
     done.write_text(json.dumps(scores, ensure_ascii=False), encoding="utf-8")
     return scores
 
 
+def _grpo_prompts(out: Path, smoke: bool) -> list[str]:
+    """GRPO_TASK's prompts of zh-tasks, as JSONL files in OUT/data → the runs' data settings."""
+    from duplexlm.data.prompts import load_prompt_data
+
+    data = load_prompt_data("zh-tasks")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, part in data.splits.items():
+        rows = [{"prompt": list(e.prompt), "answer": e.answer, "task": e.task} for e in part if e.task == GRPO_TASK]
+        files[split] = out / "data" / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: 16 if smoke else None]),
+                                encoding="utf-8")
+    return [f"data.train={files['train']}", f"data.validation={files['validation']}", f"data.test={files['test']}"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=list(RECIPES), required=True)
     p.add_argument("--init-from", required=True, help="the instruction-tuned decoder to start from (a model directory)")
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -86,18 +118,20 @@ def main() -> int:
         args.seeds, args.eval_every = [1], 2
     base = _start_scores(init, out, args.smoke)
     rows = [{"system": "start (instruction-tuned)", "scores": [base], "minutes": []}]
-    for system, recipe in RECIPES.items():
+    data = _grpo_prompts(out, args.smoke) if args.task == "grpo" else []
+    for system, recipe in RECIPES[args.task].items():
         row: dict[str, Any] = {"system": system, "scores": [], "minutes": []}
         for seed in args.seeds:
             run = out / f"{system}-s{seed}"
-            scores, minutes, _ = _train_and_score(args, run, [*recipe, f"init_from={init}", f"seed={seed}", *smoke],
+            scores, minutes, _ = _train_and_score(args, run, [*recipe, *data, f"init_from={init}", f"seed={seed}", *smoke],
                                                   "zh-tasks", None, ["--split", "test",
                                                                      *(["--limit", "12"] if args.smoke else [])])
-            test = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))  # zh-prefs' test pairs
+            test = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))  # its own test split
             scores.update({f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))})
             row["scores"].append(scores)
             row["minutes"].append(minutes)
-            print(f"{system} seed {seed} ({minutes:.1f} min): preference accuracy {scores['test_preference_accuracy']:.3f}, "
+            key = "test_preference_accuracy" if args.task == "dpo" else "test_reward"
+            print(f"{system} seed {seed} ({minutes:.1f} min): {key} {scores.get(key, float('nan')):.3f}, "
                   + ", ".join(f"{t} {scores.get(f'{t}_{m}', float('nan')):.4f}" for t, m in COLUMNS), flush=True)
         rows.append(row)
     table = _table(args, rows, base, (time.perf_counter() - start) / 60)
@@ -117,29 +151,39 @@ def _cell(values: list[float], fmt: str) -> str:
 
 def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str, float], total: float) -> str:
     cmd = "python benchmarks/bench_preference.py " + " ".join(sys.argv[1:])
-    lines = ["### Quality: preference tuning (DPO) after instruction tuning (CPU)", "",
+    dpo = args.task == "dpo"
+    own = ("preference accuracy on zh-prefs' test pairs and ranking accuracy (the model finds the chosen answer "
+           "more likely)" if dpo else f"the mean reward of greedy answers to {GRPO_TASK}'s test prompts")
+    title = "preference tuning (DPO)" if dpo else f"reinforcement learning (GRPO) on {GRPO_TASK}"
+    heads = ["preference accuracy", "ranking accuracy"] if dpo else ["test reward"]
+    keys = ["test_preference_accuracy", "test_ranking_accuracy"] if dpo else ["test_reward"]
+    lines = [f"### Quality: {title} after instruction tuning (CPU)", "",
              f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all. Start: `{args.init_from}`. "
-             f"Preference and ranking accuracy on zh-prefs' test pairs; each zh-task on zh-tasks' test split (200 "
-             f"prompts a task), answered greedily and scored by `duplex eval`; seeds {', '.join(map(str, args.seeds))}: "
-             f"mean [min–max]; Δ: the largest drop of a zh-task score against the start (points: accuracy and F1 "
-             f"× 100, chrF as it is). Command: `{cmd.strip()}`.", "",
-             "| system | preference accuracy | ranking accuracy | " + " | ".join(
-                 f"{t} {'chrF' if m == 'chrf' else m}" for t, m in COLUMNS) + " | largest drop | minutes per run |",
-             "|---" * (len(COLUMNS) + 5) + "|"]
+             f"Columns: {own}; each zh-task on zh-tasks' test split (200 prompts a task), answered greedily and "
+             f"scored by `duplex eval`; seeds {', '.join(map(str, args.seeds))}: mean [min–max]. "
+             + ("Largest drop: the largest fall of a zh-prefs task's score against the start (accuracy and F1 in "
+                "points × 100, chrF as it is). " if dpo else f"Gain: {GRPO_TASK}'s F1 against the start, in points. ")
+             + f"Command: `{cmd.strip()}`.", "",
+             f"| system | {' | '.join(heads)} | " + " | ".join(f"{t} {'chrF' if m == 'chrf' else m}" for t, m in COLUMNS)
+             + f" | {'largest drop' if dpo else 'gain'} | minutes per run |", "|---" * (len(COLUMNS) + len(heads) + 3) + "|"]
+    scale = {"accuracy": 100, "f1": 100, "chrf": 1}
     for r in rows:
-        pref = _cell([s["test_preference_accuracy"] for s in r["scores"] if "test_preference_accuracy" in s], "{:.3f}")
-        rank = _cell([s["test_ranking_accuracy"] for s in r["scores"] if "test_ranking_accuracy" in s], "{:.3f}")
+        own_cells = [_cell([s[k] for s in r["scores"] if k in s], "{:.3f}") for k in keys]
         cells = [_cell([s[f"{t}_{m}"] for s in r["scores"] if f"{t}_{m}" in s], "{:.2f}" if m == "chrf" else "{:.3f}")
                  for t, m in COLUMNS]
-        scale = {"accuracy": 100, "f1": 100, "chrf": 1}
-        drops = [max((base[f"{t}_{m}"] - s[f"{t}_{m}"]) * scale[m] for t, m in COLUMNS[:3]) for s in r["scores"]
-                 ] if r["minutes"] else []
-        drop = _cell(drops, "{:.1f}")
+        if not r["minutes"]:
+            change: list[float] = []
+        elif dpo:
+            change = [max((base[f"{t}_{m}"] - s[f"{t}_{m}"]) * scale[m] for t, m in COLUMNS[:3]) for s in r["scores"]]
+        else:
+            change = [(s[f"{GRPO_TASK}_f1"] - base[f"{GRPO_TASK}_f1"]) * 100 for s in r["scores"]]
         mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
-        lines.append(f"| {r['system']} | {pref} | {rank} | " + " | ".join(cells) + f" | {drop} | {mins} |")
-    recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES.items())
-    lines += ["", f"Recipes (`duplex finetune` settings, plus `init_from` and the seed): {recipe}. The largest drop "
-                  "is over 情感判断, 转繁体 and 实体识别 (zh-prefs' tasks); 翻译 is not in zh-prefs.", ""]
+        lines.append(f"| {r['system']} | {' | '.join(own_cells)} | " + " | ".join(cells)
+                     + f" | {_cell(change, '{:+.1f}')} | {mins} |")
+    recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES[args.task].items())
+    lines += ["", f"Recipes (`duplex finetune` settings, plus `init_from`, the seed"
+                  f"{'' if dpo else ' and the prompt files'}): {recipe}."
+              + (" 翻译 is not in zh-prefs." if dpo else ""), ""]
     return "\n".join(lines)
 
 
