@@ -74,7 +74,7 @@ def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:
     scores = json.loads((out / "start" / "eval" / "metrics.json").read_text(encoding="utf-8"))
     model, tok = load(init)
     pairs = zh_prefs().splits["test"][: 12 if smoke else None]
-    scores.update({f"test_{k}": v for k, v in score_preferences(model, tok, pairs).items()})
+    scores.update({f"test_{k}": v for k, v in score_preferences(model, tok, pairs, max_length=320).items()})
     # grpo's measure of the start: the mean reward of its answers to GRPO_TASK's test prompts
     gens = [json.loads(line) for line in (out / "start" / "eval" / "generations.jsonl").read_text(
         encoding="utf-8").splitlines()]

@@ -376,7 +376,7 @@ def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], t
                 "progress=false"]
     if record.is_file() and not args.retrain:
         kept = json.loads(record.read_text(encoding="utf-8"))
-        if kept.get("finetune") == finetune and kept.get("eval") == list(eval_extra):
+        if kept.get("finetune") == finetune and kept.get("eval") == list(eval_extra) and kept.get("test", str(test)) == str(test):
             print(f"{run}: finished before with the same settings, read from {record.name}", flush=True)
             return kept["scores"], kept["minutes"], kept["steps"]
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -389,7 +389,7 @@ def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], t
     scores = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
     steps = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
     tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"finetune": finetune, "eval": list(eval_extra), "scores": scores,
+    tmp.write_text(json.dumps({"finetune": finetune, "eval": list(eval_extra), "test": str(test), "scores": scores,
                                "minutes": minutes, "steps": steps}, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, record)
     return scores, minutes, steps

@@ -282,6 +282,8 @@ def test_bad_pairs_name_the_file_and_line(row, message, tmp_path):
 def test_bad_settings_are_refused(pref_files, pd_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"objective_args\.beta: expected a positive number"):
         _cfg(pref_files, pd_corpus / "tok", tmp_path / "a", "objective_args.beta=0")
+    with pytest.raises(ConfigError, match=r"below 0\.5, and for dpo_loss=sigmoid only"):
+        _cfg(pref_files, pd_corpus / "tok", tmp_path / "a", "label_smoothing=0.1", "objective_args.dpo_loss=ipo")
     with pytest.raises(ConfigError, match="dpo_loss"):
         _cfg(pref_files, pd_corpus / "tok", tmp_path / "a", "objective_args.dpo_loss=hinge")
     with pytest.raises(ConfigError, match="is an sft dataset"):

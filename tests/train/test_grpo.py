@@ -101,7 +101,7 @@ def test_grpo_trains_logs_rewards_and_scores_the_test_split(files, pd_corpus, tm
     out = tmp_path / "run"
     result = finetune(_cfg(files, pd_corpus / "tok", out, "max_steps=10", f"data.test={files['validation']}"))
     rows = [r for r in _records(out) if "reward" in r]
-    assert len(rows) == 10 and all({"kl", "reward_std", "completion_tokens", "solved_groups"} <= r.keys() for r in rows)
+    assert len(rows) == 10 and all({"kl", "reward_std", "completion_tokens", "zero_std_groups"} <= r.keys() for r in rows)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] > 0  # the policy leaves its reference
     assert [r["val_reward"] for r in _records(out) if "val_reward" in r] and "test_reward" in result
     assert (out / "reward.png").is_file() and (out / "loss.png").is_file()
@@ -111,7 +111,9 @@ def test_grpo_trains_logs_rewards_and_scores_the_test_split(files, pd_corpus, tm
 
 
 def test_grpo_resumes_exactly_with_several_steps_per_sample(files, pd_corpus, tmp_path):
-    args = ["max_steps=8", "objective_args.grpo_iterations=2", "save_every=4", "eval_every=4"]
+    # two micro-batches a step, each step's samples used for two steps: both micro-batches are kept
+    args = ["max_steps=8", "objective_args.grpo_iterations=2", "save_every=4", "eval_every=4", "grad_accum=2",
+            "batch_size=2"]
     full = tmp_path / "full"
     finetune(_cfg(files, pd_corpus / "tok", full, *args))
     part = tmp_path / "part"
@@ -122,7 +124,9 @@ def test_grpo_resumes_exactly_with_several_steps_per_sample(files, pd_corpus, tm
     rows = lambda out: [(r["step"], r.get("loss"), r.get("reward"), r.get("val_reward")) for r in _records(out)]  # noqa: E731
     assert rows(part) == rows(full)
     steps = [r for r in _records(full) if "reward" in r]
-    assert steps[0]["reward"] == steps[1]["reward"] and steps[2]["reward"] == steps[3]["reward"]  # one sample, 2 steps
+    # one batch of samples, two steps: the same rewards and KL logged, over both micro-batches
+    assert steps[0]["reward"] == steps[1]["reward"] and steps[2]["reward"] == steps[3]["reward"]
+    assert steps[1]["loss"] != steps[0]["loss"]  # the second step sees the first step's update (ratio ≠ 1)
 
 
 @pytest.mark.slow
@@ -155,6 +159,11 @@ def test_rewards():
     assert task_reward("算术", " 82", "82") == 1.0 and task_reward("算术", "82。", "82") == 0.0
     assert task_reward("转繁体", "發展", "發展") == pytest.approx(1.0)
     assert task_reward("实体识别", "人名：无；地名：无；机构名：无", "人名：无；地名：无；机构名：无") == 1.0
+    assert task_reward("实体识别", "", "人名：无；地名：无；机构名：无") == 0.0  # out of format: nothing
+    logits = torch.randn(3, 5)
+    batch = {"labels": torch.tensor([[1, 4, -100]])}
+    torch.testing.assert_close(token_logps(logits[None], batch, temperature=0.5),
+                               torch.log_softmax(logits[:2] * 2, -1)[[0, 1], [1, 4]])
     r = make_reward("regex:\\d+")
     assert r(prompts=["", ""], completions=["42", "四十二"], references=[None, None], tasks=[None, None]) == [1.0, 0.0]
     with pytest.raises(RewardError, match="completion 0 has no reference"):
@@ -177,6 +186,8 @@ def test_bad_reward_functions_are_named(files, pd_corpus, tmp_path):
 def test_bad_settings_and_prompts_are_refused(files, pd_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"objective_args\.group_size: expected an integer >= 2"):
         _cfg(files, pd_corpus / "tok", tmp_path / "a", "objective_args.group_size=1")
+    with pytest.raises(ConfigError, match="fsdp: task=grpo samples"):
+        _cfg(files, pd_corpus / "tok", tmp_path / "a", "fsdp=true")
     with pytest.raises(ConfigError, match="give a multiple of grpo_iterations"):
         _cfg(files, pd_corpus / "tok", tmp_path / "a", "objective_args.grpo_iterations=3", "save_every=5")
     bad = tmp_path / "bad.jsonl"

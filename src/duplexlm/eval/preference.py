@@ -24,23 +24,27 @@ from ..objectives.preference import sequence_logps
 
 @torch.no_grad()
 def pair_logps(model: nn.Module, tokenizer: Any, pairs: Sequence[Any], *, max_length: int | None = None,
-               batch_size: int = 16) -> list[tuple[float, float]]:
+               batch_size: int = 16) -> list[tuple[float, float] | None]:
     """``(log π(chosen), log π(rejected))`` per pair (:class:`~duplexlm.data.preference.PreferenceExample`),
-    answers cut at ``max_length`` tokens with their prompt (default: the model's context)."""
+    each answer with its prompt cut at ``max_length`` tokens (default: the model's context; give the
+    run's ``data.seq_len`` to score what it trained on); ``None`` for a pair with an answer cut away
+    entirely (as ``task=dpo`` drops such pairs)."""
     limit = max_length or getattr(model.config, "max_seq_len", 1024)
     encode = lambda ex, answer: encode_chat(tokenizer, ex.conversation(answer), limit, ex.source, last_only=True)[:2]  # noqa: E731
     chosen, rejected = [encode(e, e.chosen) for e in pairs], [encode(e, e.rejected) for e in pairs]
+    kept = [i for i in range(len(pairs)) if any(t != -100 for t in chosen[i][1]) and any(t != -100 for t in rejected[i][1])]
     device = next(model.parameters()).device
     training = model.training
     model.eval()
-    out: list[tuple[float, float]] = []
+    out: list[tuple[float, float] | None] = [None] * len(pairs)
     try:
-        for start in range(0, len(pairs), batch_size):
-            rows = list(range(start, min(start + batch_size, len(pairs))))
+        for start in range(0, len(kept), batch_size):
+            rows = kept[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate_rows([chosen[i] for i in rows] + [rejected[i] for i in rows],
                                                                 tokenizer.pad_token_id or 0).items()}
             logps = sequence_logps(sft_forward(model, batch).logits, batch)[0].tolist()
-            out += list(zip(logps[:len(rows)], logps[len(rows):]))
+            for j, i in enumerate(rows):
+                out[i] = (logps[j], logps[len(rows) + j])
     finally:
         model.train(training)
     return out
@@ -49,23 +53,26 @@ def pair_logps(model: nn.Module, tokenizer: Any, pairs: Sequence[Any], *, max_le
 def score_preferences(model: nn.Module, tokenizer: Any, pairs: Sequence[Any], reference: nn.Module | None = None,
                       **kwargs: Any) -> dict[str, float]:
     """Ranking accuracy (and with ``reference`` the preference accuracy) over ``pairs``, per task and
-    in all; ``kwargs`` go to :func:`pair_logps`."""
+    in all, and ``pairs``, the number scored (a pair with an answer cut away entirely is not);
+    ``kwargs`` go to :func:`pair_logps`."""
     ours = pair_logps(model, tokenizer, pairs, **kwargs)
     ref = pair_logps(reference, tokenizer, pairs, **kwargs) if reference is not None else None
     win = lambda a, b: 1.0 if a > b else 0.5 if a == b else 0.0  # noqa: E731
     groups: dict[str | None, list[int]] = defaultdict(list)
     for i, ex in enumerate(pairs):
-        groups[getattr(ex, "task", None)].append(i)
+        if ours[i] is not None:
+            groups[getattr(ex, "task", None)].append(i)
     scores: dict[str, float] = {}
-    for task, idx in [*sorted((k, v) for k, v in groups.items() if k is not None), (None, list(range(len(pairs))))]:
+    scored = [i for i in range(len(pairs)) if ours[i] is not None]
+    for task, idx in [*sorted((k, v) for k, v in groups.items() if k is not None), (None, scored)]:
         prefix = f"{task}_" if task is not None and len(groups) > 1 else ""
-        if task is not None and not prefix:
+        if (task is not None and not prefix) or not idx:
             continue
         scores[f"{prefix}ranking_accuracy"] = sum(win(*ours[i]) for i in idx) / len(idx)
         if ref is not None:
             scores[f"{prefix}preference_accuracy"] = sum(
                 win(ours[i][0] - ref[i][0], ours[i][1] - ref[i][1]) for i in idx) / len(idx)
-    scores["pairs"] = float(len(pairs))
+    scores["pairs"] = float(len(scored))
     return scores
 
 

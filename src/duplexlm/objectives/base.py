@@ -30,6 +30,7 @@ class LossOptions:
     sft_weight: float = 0.0  # dpo: the weight of the chosen answers' NLL added to the loss (RPO)
     clip_eps: float = 0.2  # grpo: PPO's clipping of the probability ratio
     kl_coef: float = 0.04  # grpo: the weight of the KL penalty to the reference (0: none, no reference)
+    temperature: float = 1.0  # grpo: the sampling temperature, which the log-probabilities use too
 
 
 @dataclass(frozen=True)

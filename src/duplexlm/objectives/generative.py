@@ -68,14 +68,16 @@ def seq2seq_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
                  decoder_attention_mask=batch.get("decoder_attention_mask"))
 
 
-def token_logps(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+def token_logps(logits: Tensor, batch: Mapping[str, Tensor], temperature: float = 1.0) -> Tensor:
     """The log-probability of each labelled token, row-major: (N,), from (N, V) logits at the labelled
-    positions (``sft_forward``) or (B, T, V)."""
+    positions (``sft_forward``) or (B, T, V); ``temperature``: of the distribution the tokens were
+    sampled from (the logits divided by it, as grpo samples)."""
     labels = batch["labels"]
     scored = labels != IGNORE_INDEX
     if logits.dim() == 3:
         logits = logits[scored]
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[scored][:, None])[:, 0]
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels[scored][:, None])[:, 0]
 
 
 def example_index(batch: Mapping[str, Tensor]) -> Tensor:

@@ -6,7 +6,8 @@ the policy (:class:`duplexlm.train.rollouts.RolloutSampler`, through the decodin
 reward from a rule (:mod:`duplexlm.scores.rewards`), and its advantage is its reward against its own
 group's: ``A = (r − mean(r_group)) / (std(r_group) + 1e-4)`` — no value model. The batch then holds
 every prompt + completion as a row, labelled on the completion's tokens (with the end-of-turn token
-that closed it), and the loss per completion token ``t`` is the clipped policy gradient of PPO plus an
+that closed it), and the loss per completion token ``t`` (log-probabilities of the logits divided by
+the sampling temperature, for the policy, the sampling policy and the reference alike, as TRL) is the clipped policy gradient of PPO plus an
 optional KL penalty to the reference model (the starting weights):
 
     ratio = π(y_t) / π_old(y_t)
@@ -56,7 +57,7 @@ def _per_row_mean(values: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
 
 def grpo_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
     """The GRPO loss of a batch of completions (see the module); the count is the completions."""
-    logps = token_logps(sft_forward(model, batch).logits, batch)
+    logps = token_logps(sft_forward(model, batch).logits, batch, options.temperature)
     scored = batch["labels"] != IGNORE_INDEX
     rows = scored.nonzero()[:, 0]
     old = batch.get("old_logps")

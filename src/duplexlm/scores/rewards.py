@@ -9,7 +9,8 @@ its reward functions):
 - ``chrf``: the completion's sentence chrF against the reference, over 100 (0–1);
 - ``task``: each prompt's task scored by its metric, per completion (:func:`task_reward`): the
   sentiment answer right (情感判断), sentence chrF / 100 (转繁体, 翻译, a task it does not know),
-  the entity F1 of the sentence (实体识别), the number right (算术);
+  the entity F1 of the sentence for an answer in the task's format, else 0 (实体识别), the number
+  right (算术);
 - ``regex:PATTERN``: 1 when the whole stripped completion matches ``PATTERN`` (Python ``re``), else 0;
 - ``path/to/file.py:function``: a function of the user's, called as
   ``function(prompts=..., completions=..., references=..., tasks=...)``, which must return one
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DuplexError
-from .text import parse_entities, parse_sentiment
+from .text import answer_in_format, parse_entities, parse_sentiment
 
 Reward = Callable[..., list[float]]
 ARITHMETIC = "算术"
@@ -62,8 +63,8 @@ def task_reward(task: str | None, completion: str, reference: str) -> float:
     """One completion of a ``task`` prompt scored against its reference, 0–1 (see the module)."""
     if task == "情感判断":
         return float(parse_sentiment(completion) is not None and parse_sentiment(completion) == parse_sentiment(reference))
-    if task == "实体识别":
-        return _entity_f1(completion, reference)
+    if task == "实体识别":  # an answer out of format earns nothing (else an empty one would match "none")
+        return _entity_f1(completion, reference) if answer_in_format(task, completion.strip()) else 0.0
     if task == ARITHMETIC:  # the number alone, right
         got = completion.strip()
         return float(re.fullmatch(r"-?\d+", got) is not None and int(got) == int(reference.strip()))

@@ -296,6 +296,16 @@ class TrainConfig:
         for key, value, ok, expected in ranges:
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"{key}: expected {expected}, found {value!r}")
+        if self.objective == "grpo" and self.fsdp:
+            raise ConfigError("fsdp: task=grpo samples with the decoding engine on each rank's own prompts, which "
+                              "FSDP's sharded weights cannot serve; use DDP (fsdp=false)")
+        if self.objective == "grpo" and self.generation.num_beams != 1:
+            raise ConfigError("generation.num_beams: task=grpo samples its completions and answers greedily; set "
+                              "generation.num_beams=1")
+        if self.objective == "dpo" and not (self.label_smoothing < 0.5 and (
+                self.label_smoothing == 0 or a.dpo_loss == "sigmoid")):
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: with task=dpo it is the chance a pair is "
+                              "flipped (conservative DPO): below 0.5, and for dpo_loss=sigmoid only")
         if self.objective == "grpo" and self.save_every % a.grpo_iterations:
             raise ConfigError(f"save_every={self.save_every}: with objective_args.grpo_iterations={a.grpo_iterations} "
                               "checkpoints fall between the steps of one batch of samples and a resumed run could not "

@@ -264,7 +264,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         label_smoothing=cfg.label_smoothing, rtd_weight=cfg.objective_args.rtd_weight, reduction=cfg.loss_reduction,
         dpo_loss=cfg.objective_args.dpo_loss, beta=cfg.objective_args.beta, simpo_gamma=cfg.objective_args.simpo_gamma,
         sft_weight=cfg.objective_args.sft_weight, clip_eps=cfg.objective_args.clip_eps,
-        kl_coef=cfg.objective_args.kl_coef,
+        kl_coef=cfg.objective_args.kl_coef, temperature=cfg.objective_args.temperature,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -279,7 +279,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
     if spec.name == "grpo":  # the samplers generate with the policy itself (and the reference's KL term)
         for sampler in (run.train, run.val, run.test):
             if sampler is not None:
-                sampler.attach(model, reference)
+                sampler.attach(model, reference, amp_dtype=amp, keep=cfg.grad_accum)
     # build one real batch now (it draws from its own seeded generators, so the run is unchanged):
     # a problem in the data or the objective's settings surfaces before anything is written
     for sampler in [t.train for t in multi.tasks] if multi is not None else [run.train]:
@@ -297,6 +297,8 @@ def _max_steps(run: Run) -> int:
         return cfg.max_steps
     per_step = cfg.batch_size * cfg.grad_accum * run.info.world_size
     n = run.multi.n_train if run.multi is not None else run.train.n  # multi-task: every task's examples
+    if run.spec.name == "grpo":  # each batch of samples is read grpo_iterations steps in a row
+        n *= cfg.objective_args.grpo_iterations
     return max(1, math.ceil(cfg.max_epochs * n / per_step))
 
 
@@ -382,6 +384,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     batches = []
     if run.spec.name == "grpo":  # the same samples for grpo_iterations steps in a row
         own_step //= cfg.objective_args.grpo_iterations
+        sampler.begin_step()  # the step's statistics gather over its micro-batches
     for m in range(cfg.grad_accum):
         start = (own_step * cfg.grad_accum + m) * B * world + info.rank * B
         # masks and spans are seeded per global sample, not per rank or micro-batch
@@ -695,9 +698,11 @@ def fit(run: Run) -> dict[str, Any]:
                 elif info.is_main:
                     print(line, flush=True)
             done = step == run.max_steps or state["stopped_early"]
-            if step % cfg.save_every == 0 or done or stop["requested"]:
+            # grpo: a checkpoint between the steps of one batch of samples could not sample it again
+            stop_now = stop["requested"] and (run.spec.name != "grpo" or step % cfg.objective_args.grpo_iterations == 0)
+            if step % cfg.save_every == 0 or done or stop_now:
                 path = save(run)
-                if stop["requested"]:
+                if stop_now:
                     if info.is_main:
                         print(f"stopped at step {step}; checkpoint {path}; continue with --resume")
                     break
@@ -795,7 +800,8 @@ def _finish(run: Run) -> dict[str, Any]:
 
         _load_full_state(run, load_file(str(best)))
         out["best_step"], out[f"best_{_eval_metric(run)}"] = run.state["best_step"], run.state["best_metric"]
-    tested = run.test is not None or (run.multi is not None and any(t.test is not None for t in run.multi.tasks))
+    tested = (run.test is not None and (run.spec.name != "grpo" or cfg.generation.test)) or (
+        run.multi is not None and any(t.test is not None for t in run.multi.tasks))  # grpo: the test split generated
     if tested:
         if run.multi is not None:  # one entry per task
             scores, full = _evaluate_tasks(run, "test")

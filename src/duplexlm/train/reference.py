@@ -41,15 +41,16 @@ class Reference:
             self.model.requires_grad_(False)
 
     @torch.no_grad()
-    def token_targets(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """The reference's log-probability of each labelled token, row-major (N,) (grpo's KL term)."""
+    def token_targets(self, batch: Mapping[str, Tensor], temperature: float = 1.0) -> Tensor:
+        """The reference's log-probability of each labelled token, row-major (N,) (grpo's KL term, at the
+        sampling temperature)."""
         if not self.lora:
-            return token_logps(sft_forward(self.model, batch).logits, batch)
+            return token_logps(sft_forward(self.model, batch).logits, batch, temperature)
         training = self.model.training
         self.model.eval()  # no dropout: the starting model's own probabilities
         try:
             with adapters_disabled(self.model):
-                return token_logps(sft_forward(self.model, batch).logits, batch)
+                return token_logps(sft_forward(self.model, batch).logits, batch, temperature)
         finally:
             self.model.train(training)
 

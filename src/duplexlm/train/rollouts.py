@@ -7,8 +7,11 @@ the one ``duplex serve`` uses; each completion with its own seed, a function of 
 global sample, so a resumed run samples what the uninterrupted one did), scores them with the reward,
 normalises the rewards within each group into advantages, and returns the rows of
 :func:`duplexlm.objectives.rl.grpo_loss`. With ``objective_args.grpo_iterations`` μ > 1 the loop asks
-for the same samples μ steps in a row: the sampler keeps the last batch and hands it back, with the
-sampling policy's log-probabilities (``old_logps``).
+for the same samples μ steps in a row: the sampler keeps the batches of the step (one per micro-batch)
+and hands them back, with the sampling policy's log-probabilities (``old_logps``). The log-probabilities
+of the sampling policy and of the reference are computed as the loss computes the policy's: at the
+sampling temperature, under the run's autocast. ``stats()`` averages the rewards, their spread within
+groups, the completions' lengths and the KL over every micro-batch of a step (``begin_step`` starts one).
 
 :func:`evaluate_rollouts` scores a held-out split: one greedy answer per prompt, its reward, and the
 task scores of :func:`~duplexlm.scores.text.score_generations` when the prompts carry answers.
@@ -57,11 +60,28 @@ class RolloutSampler:
         self._order = Shuffled(self.n, seed, shuffle)
         self.model: nn.Module | None = None
         self.reference: Any = None
-        self.last_stats: dict[str, float] = {}
-        self._kept: tuple[tuple[int, int], dict[str, Tensor]] | None = None
+        self.amp_dtype: torch.dtype | None = None
+        self.keep = 1
+        self._kept: dict[tuple[int, int], tuple[dict[str, Tensor], dict[str, float]]] = {}
+        self._step_stats: list[tuple[int, dict[str, float]]] = []
 
-    def attach(self, model: nn.Module, reference: Any = None) -> None:
-        self.model, self.reference = model, reference
+    def attach(self, model: nn.Module, reference: Any = None, amp_dtype: torch.dtype | None = None,
+               keep: int = 1) -> None:
+        """The policy to sample from, the reference (or None), the run's autocast dtype, and how many
+        batches (micro-batches of a step) to keep for the steps that reuse them."""
+        self.model, self.reference, self.amp_dtype, self.keep = model, reference, amp_dtype, keep
+
+    def begin_step(self) -> None:
+        self._step_stats = []
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """The statistics of the current step's samples, weighted by each micro-batch's completions."""
+        total = sum(n for n, _ in self._step_stats)
+        if not total:
+            return {}
+        names = self._step_stats[0][1].keys()
+        return {k: sum(n * s[k] for n, s in self._step_stats) / total for k in names}
 
     def indices(self, start: int, count: int) -> list[int]:
         return [self._order.index(g) for g in range(start, start + count)]
@@ -89,8 +109,10 @@ class RolloutSampler:
             self.model.train(training)
 
     def batch(self, start: int, count: int) -> dict[str, Tensor]:
-        if self._kept is not None and self._kept[0] == (start, count):
-            return self._kept[1]  # the same samples, another optimisation step on them
+        if (start, count) in self._kept:  # the same samples, another optimisation step on them
+            batch, stats = self._kept[(start, count)]
+            self._step_stats.append((count * self.group_size, stats))
+            return batch
         rows = self.indices(start, count)
         done = self._sample(rows, list(range(start, start + count)))
         G = self.group_size
@@ -99,7 +121,7 @@ class RolloutSampler:
         rewards = self.reward(prompts=[self.prompts[i].text for i in rows for _ in range(G)], completions=texts,
                               references=[e.answer for e in exs], tasks=[e.task for e in exs])
         r = torch.tensor(rewards, dtype=torch.float32).view(count, G)
-        std = r.std(dim=1, keepdim=True) if G > 1 else torch.zeros(count, 1)
+        std = r.std(dim=1, keepdim=True)  # group_size >= 2
         advantages = ((r - r.mean(dim=1, keepdim=True)) / (std + 1e-4)).view(-1)
         # each row: the prompt and its completion, labelled (shifted) on the completion's tokens
         prompts = [self.ids[i] for i in rows for _ in range(G)]
@@ -110,24 +132,25 @@ class RolloutSampler:
         on = {k: v.to(device) for k, v in batch.items()}
         stats = {"reward": float(r.mean()), "reward_std": float(std.mean()),
                  "completion_tokens": statistics.mean(len(c.token_ids) for c in done),
-                 "solved_groups": float((r.min(dim=1).values == r.max(dim=1).values).float().mean())}
+                 # groups whose completions all earned the same reward: no advantage, nothing learnt
+                 "zero_std_groups": float((r.min(dim=1).values == r.max(dim=1).values).float().mean())}
         needs_old = self.iterations > 1
         if self.reference is not None or needs_old:
-            training = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    policy = token_logps(sft_forward(self.model, on).logits, on)
-            finally:
-                self.model.train(training)
+            from ..precision import autocast
+
+            with torch.no_grad(), autocast(device, self.amp_dtype):
+                policy = token_logps(sft_forward(self.model, on).logits, on, self.temperature)
+                ref = self.reference.token_targets(on, self.temperature) if self.reference is not None else None
             if needs_old:
-                batch["old_logps"] = policy.cpu()
-            if self.reference is not None:
-                ref = self.reference.token_targets(on)
-                batch["ref_logps"] = ref.cpu()
-                stats["kl"] = kl_estimate(policy, ref, on)
-        self.last_stats = stats
-        self._kept = ((start, count), batch) if self.iterations > 1 else None
+                batch["old_logps"] = policy.float().cpu()
+            if ref is not None:
+                batch["ref_logps"] = ref.float().cpu()
+                stats["kl"] = kl_estimate(policy.float(), ref.float(), on)
+        self._step_stats.append((count * G, stats))
+        if self.iterations > 1:  # kept for the steps that reuse these samples: the step's micro-batches
+            self._kept[(start, count)] = (batch, stats)
+            while len(self._kept) > self.keep:
+                self._kept.pop(next(iter(self._kept)))
         return batch
 
 

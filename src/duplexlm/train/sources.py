@@ -325,6 +325,11 @@ def rollout_source(cfg: TrainConfig) -> Source:
     reward = make_reward(a.reward)
     splits = dict(load_prompt_data(d.train, d.validation or None, d.test or None, seed=d.split_seed).splits)
     validation_split(splits, d.split_seed)
+    if a.reward in ("exact", "chrf", "task"):  # found now, not when the prompt is first sampled
+        for part in splits.values():
+            if missing := next((e for e in part if e.answer is None), None):
+                raise DataError(f"{missing.source}: objective_args.reward={a.reward} scores each completion against "
+                                "the prompt's 'answer', and this prompt has none")
     samplers = {split: RolloutSampler(part, tokenizer, seed=cfg.seed, group_size=a.group_size,
                                       max_new_tokens=g.max_new_tokens, temperature=a.temperature, reward=reward,
                                       max_prompt_len=d.seq_len - g.max_new_tokens, shuffle=split == "train",
