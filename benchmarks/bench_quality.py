@@ -468,7 +468,7 @@ def _sft_table(args: argparse.Namespace, rows: list[dict[str, Any]], total: floa
              f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all. The built-in's test split ("
              f"{10 if args.smoke else 200} conversations per task), answered greedily and scored by `duplex eval`; seeds "
              f"{', '.join(map(str, args.seeds))}: mean [min–max]. Format: the test answers not written in their "
-             f"task's format (`answer_in_format`), per task in the columns' order, the first seed. "
+             f"task's format (`answer_in_format`), per task in the columns' order, the most over the seeds. "
              f"Command: `{cmd.strip()}`.", "",
              "| per task | system | " + " | ".join(f"{t} {'chrF' if m == 'chrf' else m}" for t, m in SFT_COLUMNS)
              + " | out of format | minutes per run | steps |", "|---" * (len(SFT_COLUMNS) + 5) + "|"]
@@ -479,8 +479,9 @@ def _sft_table(args: argparse.Namespace, rows: list[dict[str, Any]], total: floa
             fmt = "{:.2f}" if m == "chrf" else "{:.3f}"
             cells.append("—" if not vals else fmt.format(statistics.mean(vals)) + (
                 f" [{fmt.format(min(vals))}–{fmt.format(max(vals))}]" if len(vals) > 1 else ""))
-        first = r["scores"][0]
-        wrong = [f"{round((1 - first[f'{t}_format']) * (10 if args.smoke else 200))}" if f"{t}_format" in first else "—" for t, _ in SFT_COLUMNS]
+        n = 10 if args.smoke else 200
+        wrong = [f"{max(round((1 - sc[f'{t}_format']) * n) for sc in r['scores'])}" if f"{t}_format" in r["scores"][0]
+                 else "—" for t, _ in SFT_COLUMNS]
         mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
         steps = f"{statistics.mean(r['steps']):.0f}" if r["steps"] else "—"
         lines.append(f"| {r['labels']:,} | {r['system']} | " + " | ".join(cells) + f" | {' / '.join(wrong)} | {mins} | {steps} |")
