@@ -50,7 +50,7 @@ RECIPES: dict[str, dict[str, list[str]]] = {
     "grpo": {"grpo-实体识别": ["task=grpo", "objective_args.reward=task", "objective_args.group_size=8",
                              "objective_args.temperature=1.0", "objective_args.kl_coef=0.04", "batch_size=4",
                              "data.seq_len=320", "generation.max_new_tokens=64", "generation.val_examples=64",
-                             "optim.lr=1e-5", "optim.min_lr=1e-6", "optim.warmup_steps=10", "max_steps=150",
+                             "optim.lr=1e-4", "optim.min_lr=1e-5", "optim.warmup_steps=10", "max_steps=300",
                              "model.dropout=0.0"]},
 }
 GRPO_TASK = "实体识别"
@@ -179,7 +179,7 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
             change = [(s[f"{GRPO_TASK}_f1"] - base[f"{GRPO_TASK}_f1"]) * 100 for s in r["scores"]]
         mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
         lines.append(f"| {r['system']} | {' | '.join(own_cells)} | " + " | ".join(cells)
-                     + f" | {_cell(change, '{:+.1f}')} | {mins} |")
+                     + f" | {_cell(change, '{:.1f}' if dpo else '{:+.1f}')} | {mins} |")
     recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES[args.task].items())
     lines += ["", f"Recipes (`duplex finetune` settings, plus `init_from`, the seed"
                   f"{'' if dpo else ' and the prompt files'}): {recipe}."

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -380,6 +381,8 @@ def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], t
             print(f"{run}: finished before with the same settings, read from {record.name}", flush=True)
             return kept["scores"], kept["minutes"], kept["steps"]
     run.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)  # this script's own files in the run directory, which finetune
+    shutil.rmtree(run / "eval", ignore_errors=True)  # --overwrite leaves alone as a user's
     log = run.parent / f"{run.name}.log"
     t0 = time.perf_counter()
     _cli("finetune", *finetune, "--overwrite", log=log, threads=threads)
