@@ -160,7 +160,7 @@ def _finetune(*extra: str) -> Callable[[Path, Path], list[str]]:
 CASES = [
     # --- fine-tuning: the task, its data and its settings, all before the run directory exists
     Case("finetune-unknown-task", _finetune("task=translate"), r"task: expected one of \[.*'classify'", _review_csvs),
-    Case("finetune-pretraining-objective", _finetune("task=mlm"), r"task: expected classify, regress, tag, multi, sft or seq2seq",
+    Case("finetune-pretraining-objective", _finetune("task=mlm"), r"task: expected classify, regress, tag, multi, sft, seq2seq, dpo or grpo",
          _review_csvs),
     Case("pretrain-a-task", _pretrain("objective=classify"), r"objective: expected clm, mlm, span or rtd, found 'classify'"),
     Case("finetune-no-tokenizer", lambda i, w: [a for a in _finetune()(i, w) if not a.startswith("tokenizer=")],
