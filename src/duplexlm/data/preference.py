@@ -100,12 +100,9 @@ def _answer(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def preference_example(obj: dict[str, Any], where: str) -> PreferenceExample:
-    """One JSONL record (either form of the module's docstring) → a :class:`PreferenceExample`."""
-    task = obj.get("task")
-    if task is not None and not isinstance(task, str):
-        raise DataError(f"{where}: expected a string in field 'task', found a JSON {json_type(task)} "
-                        f"({shown_value(task)})")
+def prompt_messages(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """A record's ``prompt`` as chat messages ending with a user turn: a text (one user turn, after an
+    optional ``system`` string) or a list of messages; errors name ``where``."""
     if "prompt" not in obj:
         raise DataError(f"{where}: expected a field 'prompt' (a text or a list of chat messages), found none "
                         f"(keys: {', '.join(obj) or 'none'})")
@@ -115,6 +112,16 @@ def preference_example(obj: dict[str, Any], where: str) -> PreferenceExample:
         system = text_field(obj, "system", where, optional=True)
         prompt = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
             {"role": "user", "content": str(text_field(obj, "prompt", where))}]
+    return prompt
+
+
+def preference_example(obj: dict[str, Any], where: str) -> PreferenceExample:
+    """One JSONL record (either form of the module's docstring) → a :class:`PreferenceExample`."""
+    task = obj.get("task")
+    if task is not None and not isinstance(task, str):
+        raise DataError(f"{where}: expected a string in field 'task', found a JSON {json_type(task)} "
+                        f"({shown_value(task)})")
+    prompt = prompt_messages(obj, where)
     chosen, rejected = _answer(obj, "chosen", where), _answer(obj, "rejected", where)
     if chosen.strip() == rejected.strip():
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same answer ({shown_value(chosen)}): a pair "
@@ -249,5 +256,6 @@ def load_preference_data(train: str, validation: str | None = None, test: str | 
                            _read_file, resolve)
 
 
-__all__ = ["BUILTIN_PREFERENCE", "PREFERENCE_TASKS", "PreferenceExample", "load_preference_data", "preference_example", "wrong_answer",
+__all__ = ["BUILTIN_PREFERENCE", "PREFERENCE_TASKS", "PreferenceExample", "load_preference_data", "preference_example",
+           "prompt_messages", "wrong_answer",
            "zh_prefs"]

@@ -33,11 +33,10 @@ from .gen_tasks import (
     ChatExample,
     GenData,
     assemble_splits,
-    chat_messages,
     resolve_data,
-    text_field,
     zh_tasks,
 )
+from .preference import prompt_messages
 from .tasks import JSONL_SUFFIXES, jsonl_records, shown_value, where_in
 
 BUILTIN_PROMPTS: dict[str, str] = {
@@ -71,15 +70,7 @@ def prompt_example(obj: dict[str, Any], where: str) -> PromptExample:
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise DataError(f"{where}: expected a string in field {key!r}, found a JSON {json_type(obj[key])} "
                             f"({shown_value(obj[key])})")
-    if "prompt" not in obj:
-        raise DataError(f"{where}: expected a field 'prompt' (a text or a list of chat messages), found none "
-                        f"(keys: {', '.join(obj) or 'none'})")
-    if isinstance(obj["prompt"], list):
-        prompt = chat_messages(obj["prompt"], where, last="user", field="prompt")
-    else:
-        system = text_field(obj, "system", where, optional=True)
-        prompt = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
-            {"role": "user", "content": str(text_field(obj, "prompt", where))}]
+    prompt = prompt_messages(obj, where)
     answer = obj.get("answer")
     if answer is not None and not answer.strip():
         raise DataError(f"{where}: expected a non-empty 'answer' (or none), found {answer!r}")
