@@ -1,6 +1,9 @@
 """A small real corpus for training tests: the first lines of People's Daily (January 1998),
 a byte-level BPE tokenizer trained on them, and prepared token shards."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,17 @@ def mlm_run(pd_data, tmp_path_factory) -> Path:
     pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={out}", "objective=mlm",
                                       "model.preset=bert-tiny", *TINY, "max_steps=4", "save_every=2"]))
     return out
+
+
+def finetune_one_and_two_processes(tmp_path: Path, common: list[str], one_batch: int, two_batch: int) -> tuple[Path, Path]:
+    """`duplex finetune COMMON` in one process with batches of ``one_batch`` (out_dir tmp_path/one), and
+    under torchrun in 2 gloo processes of ``two_batch`` each (tmp_path/two) → the two run directories."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, f"batch_size={one_batch}"],
+                   check=True, capture_output=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
+                          f"out_dir={two}", *common, f"batch_size={two_batch}"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return one, two

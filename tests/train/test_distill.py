@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +18,7 @@ from duplexlm.train.config import load_train_config
 from duplexlm.train.distill import relation_loss, soft_loss
 from duplexlm.train.loop import finetune, pretrain, setup, train_step
 
+from .conftest import finetune_one_and_two_processes
 from .test_finetune import SMALL, _cfg, _records, review_files  # noqa: F401 - the fixture
 
 TEACHER = ["model.d_model=64", "model.n_layer=2", "model.n_head=4"]
@@ -254,15 +251,7 @@ def test_two_processes_distil_as_one(teacher, review_files, pd_corpus, tmp_path)
               f"tokenizer={pd_corpus / 'tok'}", "task=classify", "model.preset=bert-tiny", *SMALL, *STUDENT,
               "max_steps=4", "eval_every=4", "save_every=4", "grad_accum=2", "device=cpu", "model.dropout=0",
               "model.attn_dropout=0", f"distill.teacher={teacher}", "distill.hidden_weight=0.5"]
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, "batch_size=8"],
-                   check=True, capture_output=True)
-    two = tmp_path / "two"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
-                          f"out_dir={two}", *common, "batch_size=4"], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one, two = finetune_one_and_two_processes(tmp_path, common, 8, 4)
     a = {r["step"]: r["loss"] for r in _records(one) if "loss" in r}
     b = {r["step"]: r["loss"] for r in _records(two) if "loss" in r}
     assert a.keys() == b.keys() == {1, 2, 3, 4}

@@ -8,10 +8,7 @@ import dataclasses
 import importlib.resources
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,8 @@ from duplexlm.objectives.preference import dpo_loss, dpo_metrics, sequence_logps
 from duplexlm.scores.text import answer_in_format
 from duplexlm.train.config import load_train_config
 from duplexlm.train.loop import finetune, make_batch, setup
+
+from .conftest import finetune_one_and_two_processes
 
 SMALL = ["model.preset=llama-tiny", "model.n_layer=2", "model.d_model=48", "model.n_head=2", "model.n_kv_head=2",
          "data.seq_len=128", "batch_size=8", "eval_every=10", "save_every=10", "log_every=1", "progress=false",
@@ -223,15 +222,7 @@ def test_two_processes_tune_as_one(pref_files, pd_corpus, tmp_path):
     common = [f"data.train={pref_files['train']}", f"data.validation={pref_files['validation']}",
               f"tokenizer={pd_corpus / 'tok'}", "task=dpo", *SMALL, "max_steps=4", "eval_every=4", "save_every=4",
               "grad_accum=2", "device=cpu", "generation.test=false"]
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, "batch_size=8"],
-                   check=True, capture_output=True)
-    two = tmp_path / "two"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
-                          f"out_dir={two}", *common, "batch_size=4"], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one, two = finetune_one_and_two_processes(tmp_path, common, 8, 4)
     a = {r["step"]: r["loss"] for r in _records(one) if "loss" in r}
     b = {r["step"]: r["loss"] for r in _records(two) if "loss" in r}
     assert a.keys() == b.keys() == {1, 2, 3, 4}

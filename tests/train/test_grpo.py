@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,8 @@ from duplexlm.objectives.rl import grpo_loss, grpo_token_losses
 from duplexlm.scores.rewards import RewardError, make_reward, task_reward
 from duplexlm.train.config import load_train_config
 from duplexlm.train.loop import finetune, make_batch, setup
+
+from .conftest import finetune_one_and_two_processes
 
 SMALL = ["model.preset=llama-tiny", "model.n_layer=2", "model.d_model=48", "model.n_head=2", "model.n_kv_head=2",
          "data.seq_len=64", "batch_size=4", "eval_every=5", "save_every=5", "log_every=1", "progress=false",
@@ -134,15 +133,7 @@ def test_two_processes_tune_as_one(files, pd_corpus, tmp_path):
     common = [f"data.train={files['train']}", f"data.validation={files['validation']}", f"tokenizer={pd_corpus / 'tok'}",
               "task=grpo", f"objective_args.reward={files['reward']}:digits", *SMALL, "max_steps=3", "eval_every=3",
               "save_every=3", "grad_accum=2", "device=cpu", "generation.val_examples=4"]
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "duplexlm.cli", "finetune", f"out_dir={one}", *common, "batch_size=4"],
-                   check=True, capture_output=True)
-    two = tmp_path / "two"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "duplexlm.cli", "finetune",
-                          f"out_dir={two}", *common, "batch_size=2"], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one, two = finetune_one_and_two_processes(tmp_path, common, 4, 2)
     a = {r["step"]: (r["loss"], r["reward"]) for r in _records(one) if "loss" in r}
     b = {r["step"]: (r["loss"], r["reward"]) for r in _records(two) if "loss" in r}
     assert a.keys() == b.keys() == {1, 2, 3}
