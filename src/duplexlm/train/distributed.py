@@ -144,8 +144,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def cleanup(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group. ``finished``: every rank got here the normal way, so all ranks meet at a
+    barrier first (a rank that tears gloo down while a peer's last collective is still in flight can
+    abort the peer: "terminate called without an active exception"); after an error on this rank the
+    group is left as it is (a collective destroy would hang on peers blocked elsewhere; torchrun ends them)."""
+    if info.enabled and dist.is_initialized() and finished:
+        dist.barrier()
         dist.destroy_process_group()
     if info.threads_before is not None:  # the caller's thread count again (the Python API, tests)
         torch.set_num_threads(info.threads_before)

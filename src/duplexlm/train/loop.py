@@ -857,6 +857,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     ``out_dir`` must be new or empty; ``resume`` continues the run it holds, ``overwrite`` starts
     it over. A directory holding anything a run does not write is refused either way."""
     run = setup(cfg, resume=resume, overwrite=overwrite)
+    finished = False
     try:
         if run.info.is_main:
             n = count_parameters(run.raw_model)
@@ -879,9 +880,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
                 d = cfg.distill
                 print(f"distill: teacher {d.teacher} ({count_parameters(run.distiller.teacher) / 1e6:.2f}M "
                       f"parameters), temperature {d.temperature}, alpha {d.alpha}, hidden_weight {d.hidden_weight}")
-        return fit(run)
+        result = fit(run)
+        finished = True
+        return result
     finally:
-        cleanup(run.info)
+        cleanup(run.info, finished)
 
 
 pretrain = train  # the commands differ in their help, not in the loop
