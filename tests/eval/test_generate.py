@@ -45,3 +45,28 @@ def test_a_pairs_answer_may_grow_to_twice_its_source_by_default(t5_and_tokenizer
     assert n >= 100
     assert _limits(monkeypatch, model, tok, examples, max_new_tokens=None) == [2 * n + 16, 2 * 3 + 16]
     assert _limits(monkeypatch, model, tok, examples, max_new_tokens=40)[-2:] == [40, 40]  # said: kept
+
+
+def test_several_tasks_are_scored_each_and_by_the_mean_of_their_headlines(monkeypatch):
+    """Examples of several zh-tasks: each task's scores under its name, the metrics they share averaged,
+    and ``task_mean`` (what picks a multi-task checkpoint): accuracy, entity F1 and chrF / 100 averaged,
+    so that a drop in sentiment counts as much as one in conversion."""
+    import duplexlm.eval.generate as gen
+    from duplexlm.data.gen_tasks import ChatExample
+    from duplexlm.scores.text import chrf
+
+    def chat(task, prompt, answer):
+        return ChatExample(messages=({"role": "user", "content": prompt}, {"role": "assistant", "content": answer}),
+                           task=task)
+
+    examples = [chat("情感判断", "这本书很好", "正面"), chat("情感判断", "太差了", "负面"),
+                chat("转繁体", "头发很长", "頭髮很長"), chat("实体识别", "江泽民在北京",
+                                                       "人名：江泽民；地名：北京；机构名：无")]
+    answers = ["正面", "正面", "頭發很長", "人名：江泽民；地名：无；机构名：无"]
+    monkeypatch.setattr(gen, "generate_for", lambda model, tok, exs, **kw: answers)
+    scores, records = gen.score_examples(None, None, examples)
+    assert scores["情感判断_accuracy"] == 0.5 and scores["实体识别_f1"] == pytest.approx(2 / 3)
+    s2t = chrf(["頭發很長"], ["頭髮很長"])
+    assert scores["转繁体_chrf"] == pytest.approx(s2t) and 0 < s2t < 100
+    assert scores["task_mean"] == pytest.approx((0.5 + 2 / 3 + s2t / 100) / 3)
+    assert [r["prediction"] for r in records] == answers

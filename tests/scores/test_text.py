@@ -244,5 +244,6 @@ def test_score_other_tasks() -> None:
 
 
 def test_module_exports() -> None:
-    assert set(generation.__all__) == {"answer_in_format", "bleu", "char_accuracy", "chrf", "exact_match", "parse_entities",
+    assert set(generation.__all__) == {"answer_in_format", "bleu", "char_accuracy", "chrf", "exact_match", "headline_score",
+                                       "parse_entities",
                                        "parse_sentiment", "rouge", "score_generations"}

@@ -554,3 +554,20 @@ def test_attention_map_rows_sum_to_one(encoder_server):
     assert one["layer"] == 0 and one["head"] == 1
     bad = httpx.post(f"{encoder_server.url}/v1/attention", json={"input": "我爱北京", "layer": 5}, headers=h)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "layer"
+
+
+@pytest.mark.parametrize("text", ["北\x85京", "北\u2028京", "北\u2029京", "北\r\n京\x0b\x1e"])
+def test_an_event_stays_one_line_whatever_the_text(text):
+    """A byte-level model may write NEL or a Unicode line separator: JSON leaves them raw, and httpx's
+    line reader (str.splitlines' rules, as the openai client's) would cut the event there (seen in the
+    load test against a CTranslate2 export: "Unterminated string")."""
+    from httpx._decoders import LineDecoder
+
+    from duplexlm.serve.app import sse_event
+
+    event = sse_event({"choices": [{"delta": {"content": text}}]})
+    decoder = LineDecoder()
+    lines = [*decoder.decode(event), *decoder.flush()]
+    data = [line for line in lines if line.startswith("data: ")]
+    assert len(data) == 1 and json.loads(data[0][6:])["choices"][0]["delta"]["content"] == text
+    assert "北" in data[0]  # Chinese stays readable

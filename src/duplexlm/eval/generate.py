@@ -90,9 +90,10 @@ def score_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Any], **
                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Generate for ``examples`` and score → (scores, generations). Scores are per task
     (``{task}_{metric}``) when the examples name their tasks, plus the mean over tasks of each metric
-    they share (``chrf``, ``accuracy``, ...) without a prefix; ``generations``: one record per example
+    they share (``chrf``, ``accuracy``, ...) without a prefix, and ``task_mean``, the mean of each
+    task's :func:`~duplexlm.scores.text.headline_score`; ``generations``: one record per example
     (source, task, reference, prediction)."""
-    from ..scores.text import score_generations
+    from ..scores.text import headline_score, score_generations
 
     preds = generate_for(model, tokenizer, examples, **kwargs)
     by_task: dict[str | None, list[int]] = defaultdict(list)
@@ -106,6 +107,7 @@ def score_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Any], **
             if task is not None and len(by_task) > 1:
                 scores[f"{task}_{k}"] = float(v)
             shared[k].append(float(v))
+        shared["task_mean"].append(headline_score(task, s))
     scores.update({k: sum(v) / len(v) for k, v in shared.items()})
     records = []
     for i, ex in enumerate(examples):

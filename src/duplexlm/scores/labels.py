@@ -510,6 +510,8 @@ METRICS_HIGHER_IS_BETTER: dict[str, bool] = {
     "rouge2": True,
     "rougeL": True,
     "parsable": True,
+    # several generative tasks: the mean over tasks of each one's headline score, 0-1 (text.headline_score)
+    "task_mean": True,
     # preference tuning (dpo): pairs whose chosen answer gets the higher reward, and the rewards
     "preference_accuracy": True,
     "ranking_accuracy": True,

@@ -372,12 +372,30 @@ def score_generations(task: str | None, preds: Sequence[str], refs: Sequence[str
             "rougeL": rouge(p, r, chinese=chinese)["rougeL"], "exact_match": exact_match(p, r)}
 
 
+def headline_score(task: str | None, scores: dict[str, float]) -> float:
+    """The one number, 0-1, that says how well answers did at ``task``, from its
+    :func:`score_generations` scores: accuracy for 情感判断, entity F1 for 实体识别, chrF / 100 for the
+    others. Their mean over tasks (``task_mean``) picks a multi-task model's checkpoint, where chrF
+    alone would only see the tasks scored by chrF.
+
+    >>> headline_score("转繁体", {"chrf": 90.0, "bleu": 80.0}), headline_score("情感判断", {"accuracy": 0.8})
+    (0.9, 0.8)
+    """
+    task = _TASK_ALIASES.get(task, task) if task is not None else None
+    if task == "情感判断":
+        return scores["accuracy"]
+    if task == "实体识别":
+        return scores["f1"]
+    return scores["chrf"] / 100
+
+
 __all__ = [
     "answer_in_format",
     "bleu",
     "char_accuracy",
     "chrf",
     "exact_match",
+    "headline_score",
     "parse_entities",
     "parse_sentiment",
     "rouge",

@@ -736,6 +736,18 @@ async def _generate(state: _State, request: Request, body: Any, prompts: list[li
     }, headers={BATCH_PEAK_HEADER: str(peak)} if peak else None)
 
 
+# characters that JSON leaves as they are but that split a line for readers that break lines as
+# str.splitlines does (httpx's aiter_lines, the openai client): NEL and the Unicode line and paragraph
+# separators, which a byte-level model can write
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_event(payload: dict[str, Any]) -> str:
+    """One server-sent event ``data: {json}`` on a single line whatever the text holds (Chinese kept
+    readable; NEL, U+2028 and U+2029 escaped)."""
+    return f"data: {json.dumps(payload, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
+
+
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason in ("length", "abort") else "stop"
 
@@ -775,7 +787,7 @@ async def _stream(state: _State, request: Request, subs: list[Submission], n: in
                                    "choices": [choice]}
         if include_usage:
             payload["usage"] = None
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        return sse_event(payload)
 
     open_subs = {i: sub for i, sub in enumerate(subs)}
     counts = [0] * len(subs)
@@ -812,12 +824,12 @@ async def _stream(state: _State, request: Request, subs: list[Submission], n: in
             prompt_tokens = sum(s.prompt_tokens for s in subs[::n])
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sum(counts),
                      "total_tokens": prompt_tokens + sum(counts)}
-            yield ("data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": state.name,
-                                          "choices": [], "usage": usage}) + "\n\n")
+            yield sse_event({"id": rid, "object": kind, "created": created, "model": state.name,
+                             "choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
         finished = True
     except _TimedOut:
-        yield f"data: {json.dumps(_timeout_error(state.settings).body())}\n\n"
+        yield sse_event(_timeout_error(state.settings).body())
         yield "data: [DONE]\n\n"
     finally:
         for t in tasks:
