@@ -234,10 +234,13 @@ def parity(run: Any, theirs: Any, batch: dict[str, torch.Tensor], task: str) -> 
     theirs.eval()
     batch = {k: v.to(device) for k, v in batch.items()}
     ours_loss, _ = run.spec.loss(ours_model, batch, run.loss_options)
-    if task == "sft":  # every position's logits (the loss computes them at the answers only)
+    # every position's logits (the loss computes them at the answers' or targets' tokens only)
+    if task == "sft":
         ours_logits = ours_model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     else:
-        ours_logits = run.spec.forward(ours_model, batch).logits
+        ours_logits = ours_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 decoder_input_ids=batch["decoder_input_ids"],
+                                 decoder_attention_mask=batch["decoder_attention_mask"]).logits
     out = theirs(**(unshifted(batch) if task == "sft" else batch))
     real = (batch["attention_mask"] if task == "sft" else batch["decoder_attention_mask"]).bool()
     gap = (ours_logits.float() - out.logits.float()).abs()[real].max()

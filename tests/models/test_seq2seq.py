@@ -53,6 +53,23 @@ def test_build_model_and_shapes(model: Seq2Seq) -> None:
     torch.testing.assert_close(out.hidden_states[-1], plain.last_hidden_state)
 
 
+def test_logits_at_the_targets_equal_the_full_logits(model: Seq2Seq) -> None:
+    """Training asks for the logits at the targets' tokens only: the same rows as the full logits',
+    row-major; a mask of another shape or type is refused by name."""
+    b = batch()
+    at = torch.ones(2, 7, dtype=torch.bool)
+    at[0, 5:] = False
+    at[1, :2] = False
+    full = model(**b).logits
+    some = model(**b, logits_at=at).logits
+    assert some.shape == (int(at.sum()), V)
+    torch.testing.assert_close(some, full[at])
+    with pytest.raises(ValueError, match=r"logits_at: expected a boolean mask of shape \(2, 7\)"):
+        model(**b, logits_at=at[:, :5])
+    with pytest.raises(ValueError, match="logits_at"):
+        model(**b, logits_at=at.long())
+
+
 def test_head_none_gives_no_logits() -> None:
     model = Seq2Seq(tiny(head="none")).eval()
     out = model(**batch())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,37 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad) and not torch.compiler.is_compiling()
+                and not torch.compiler.is_exporting()):
+            return _RMSNormFunction.apply(x, self.weight, self.eps)  # training in fp32: one fused backward
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         # Cast back before the weight, as Llama and T5 do, so half-precision matches them.
         return self.weight * x32.to(dtype)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """``weight * x * rsqrt(mean(x²) + eps)`` in fp32 with its gradient written out: autograd's own
+    graph of the same formula takes about twelve kernels backward and keeps their intermediates;
+    this takes five and keeps the normalised x and the (…, 1) scale. Same values (fp32 rounding)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        xn = x * r
+        ctx.save_for_backward(xn, r, weight)
+        return xn * weight
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        xn, r, weight = ctx.saved_tensors
+        gw = grad * weight
+        # d/dx of x·r: r·(g·w − xn·mean(g·w·xn)), since dr/dx = −r³·x/n
+        dx = (gw - xn * (gw * xn).mean(-1, keepdim=True)).mul_(r) if ctx.needs_input_grad[0] else None
+        dw = (grad * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, dw, None
 
 
 class Dropout(nn.Dropout):
@@ -245,6 +272,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, 
         # SDPA's is_causal cannot be combined with an additive bias, and aligns top-left when T != S:
         # spell causality out, aligned so the last query sees every key.
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        # SDPA's CPU kernels take no dropout: it would fall back to its math path, which draws one
+        # Bernoulli sample per weight; the same math here, with the cheaper mask of `Dropout`
+        return eager_attention(q, k, v, mask=mask, bias=bias, is_causal=is_causal, dropout_p=dropout_p,
+                               scale=scale)[0], None
     attn_mask = _additive(mask, bias, q.dtype)
     gqa = k.shape[1] != q.shape[1]
     out = F.scaled_dot_product_attention(
@@ -264,7 +296,9 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S)
+    scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
+    if scale != 1.0:  # T5 folds the scale into its weights
+        scores = scores * scale
     if is_causal and mask is None and q.shape[-2] > 1:
         T, S = q.shape[-2], k.shape[-2]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
@@ -273,8 +307,11 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
         scores = scores + additive
     # softmax in at least fp32 (half-precision scores lose too much), in fp64 when given fp64
     weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
-    out = F.dropout(weights, p=dropout_p) @ v
-    return out, weights
+    if dropout_p > 0.0:
+        dropped = weights * dropout_mask(weights, dropout_p) if q.device.type == "cpu" else F.dropout(weights, dropout_p)
+    else:
+        dropped = weights
+    return dropped @ v, weights
 
 
 ATTENTION_FUNCTIONS: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {

@@ -411,7 +411,8 @@ class Seq2Seq(nn.Module):
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 decoder_input_ids: Tensor | None = None, decoder_attention_mask: Tensor | None = None,
                 encoder_outputs: Tensor | ModelOutput | None = None, kv_cache: Seq2SeqCache | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                logits_at: Tensor | None = None) -> ModelOutput:
         """Encode ``input_ids`` (B, S) unless ``encoder_outputs`` (B, S, C) is given, then decode
         ``decoder_input_ids`` (B, T).
 
@@ -423,7 +424,9 @@ class Seq2Seq(nn.Module):
 
         Returns the decoder's final state as ``last_hidden_state`` (B, T, C), the encoder's as
         ``encoder_last_hidden_state`` (when computed or given), ``logits`` (B, T, V) with an LM head,
-        and the decoder's hidden states and self-attention weights on request.
+        and the decoder's hidden states and self-attention weights on request. ``logits_at``, a boolean
+        (B, T): the logits at those positions only, (N, V) in row-major order (training scores only the
+        targets' tokens; the head's cost on the padding is saved).
         """
         if decoder_input_ids is None:
             raise ValueError(
@@ -450,9 +453,14 @@ class Seq2Seq(nn.Module):
                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         x = out.last_hidden_state  # (B, T, C)
         if self.lm_head is not None:
+            if logits_at is not None:
+                if logits_at.dtype != torch.bool or tuple(logits_at.shape) != tuple(x.shape[:2]):
+                    raise ValueError(f"logits_at: expected a boolean mask of shape {tuple(x.shape[:2])} (as "
+                                     f"decoder_input_ids), found {logits_at.dtype} {tuple(logits_at.shape)}")
+                x = x[logits_at]  # (N, C)
             # T5 v1.0 rescales before the tied head, since the embedding was initialised with std 1.
             h = x * self.config.d_model ** -0.5 if self.config.tie_word_embeddings else x
-            out.logits = self.lm_head(h)  # (B, T, V)
+            out.logits = self.lm_head(h)  # (B, T, V), or (N, V) with logits_at
         out.encoder_last_hidden_state = encoder_outputs
         return out
 

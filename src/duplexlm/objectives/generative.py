@@ -63,9 +63,12 @@ def sft_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
 
 
 def seq2seq_forward(model: nn.Module, batch: Mapping[str, Tensor]) -> Any:
+    """The encoder-decoder on a batch, teacher-forced, with the vocabulary logits at the targets'
+    tokens only: (N, V), row-major (the padding's logits are never scored)."""
     return model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
                  decoder_input_ids=batch["decoder_input_ids"],
-                 decoder_attention_mask=batch.get("decoder_attention_mask"))
+                 decoder_attention_mask=batch.get("decoder_attention_mask"),
+                 logits_at=batch["labels"] != IGNORE_INDEX)
 
 
 def token_logps(logits: Tensor, batch: Mapping[str, Tensor], temperature: float = 1.0) -> Tensor:
@@ -124,8 +127,9 @@ def sft_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions
 
 
 def seq2seq_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
-    """Cross-entropy over the target tokens, teacher-forced."""
-    return _token_loss(seq2seq_forward(model, batch).logits, batch["labels"], options, batch)
+    """Cross-entropy over the target tokens, teacher-forced (logits at those only)."""
+    labels = batch["labels"]
+    return _token_loss(seq2seq_forward(model, batch).logits, labels[labels != IGNORE_INDEX], options, batch)
 
 
 def token_predict(logits: Tensor, batch: Mapping[str, Tensor], model: Any = None) -> tuple[list[int], list[int]]:
