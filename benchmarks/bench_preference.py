@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decoder import machine, write_section
-from bench_quality import _cli, _train_and_score
+from bench_quality import _cli, _minutes_in_all, _train_and_score
 
 # DPO with RPO's NLL term (objective_args.sft_weight) from the instruction-tuned decoder: β = 0.5 keeps
 # the policy near the model it starts from; the NLL term keeps the chosen answers likely. Measured on
@@ -158,7 +158,7 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
     heads = ["preference accuracy", "ranking accuracy"] if dpo else ["test reward"]
     keys = ["test_preference_accuracy", "test_ranking_accuracy"] if dpo else ["test_reward"]
     lines = [f"### Quality: {title} after instruction tuning (CPU)", "",
-             f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all. Start: `{args.init_from}`. "
+             f"Machine: {machine(torch.device('cpu'))}; {_minutes_in_all(total)}. Start: `{args.init_from}`. "
              f"Columns: {own}; each zh-task on zh-tasks' test split (200 prompts a task), answered greedily and "
              f"scored by `duplex eval`; seeds {', '.join(map(str, args.seeds))}: mean [min–max]. "
              + ("Largest drop: the largest fall of a zh-prefs task's score against the start (accuracy and F1 in "

@@ -167,29 +167,24 @@ def _prepare(task: str, out: Path, sizes: list[int | None], eval_per_task: int =
     return splits, train_files, val, test
 
 
-def _write_chats(path: Path, examples: list[Any]) -> None:
-    path.write_text("".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False) + "\n"
-                            for e in examples), encoding="utf-8")
-
-
 def _prepare_sft(files: Path, sizes: list[int | None], eval_per_task: int
                  ) -> tuple[dict[str, Any], dict[int | None, Any], Any, Any]:
     """zh-tasks as JSONL: a training file per size (conversations per task), a validation file that
     takes the tasks in turn (so that the first N generated while training cover all four), the test
     split (200 per task, the same for every size: each split draws with its own RNG)."""
-    from duplexlm.data.gen_tasks import ZH_TASKS, zh_tasks
+    from duplexlm.data.gen_tasks import ZH_TASKS, write_chats, zh_tasks
 
     train_files, splits = {}, {}
     for n in sizes:
         data = zh_tasks(seed=1234, train_per_task=n or SFT_SIZE, eval_per_task=eval_per_task)
         path = files / f"train-{n or 'all'}.jsonl"
-        _write_chats(path, data.splits["train"])
+        write_chats(path, data.splits["train"])
         train_files[n], splits[n] = path, data.splits["train"]
     by_task = {t: [e for e in data.splits["validation"] if e.task == t] for t in ZH_TASKS}
     validation = [e for group in zip(*by_task.values()) for e in group]
     val, test = files / "validation.jsonl", files / "test.jsonl"
-    _write_chats(val, validation)
-    _write_chats(test, data.splits["test"])
+    write_chats(val, validation)
+    write_chats(test, data.splits["test"])
     (files / "train-text.txt").write_text(
         "".join(m["content"] + "\n" for e in splits[sizes[-1]] for m in e.messages), encoding="utf-8")
     return {"train": splits, "test": data.splits["test"]}, train_files, val, test
@@ -366,6 +361,17 @@ def main() -> int:
     return 0
 
 
+READ_BACK: list[Path] = []  # the runs of this invocation read from an earlier one's bench.json
+
+
+def _minutes_in_all(total: float) -> str:
+    """The wall time of this invocation, and what it leaves out when runs were read back."""
+    if not READ_BACK:
+        return f"{total:.1f} minutes in all"
+    return (f"{total:.1f} minutes in all for this invocation, which read {len(READ_BACK)} finished run(s) back from "
+            "earlier ones (their training minutes are in their rows, not in this total)")
+
+
 def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], test: Path, threads: int | None,
                      eval_extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], float, int]:
     """``duplex finetune SETTINGS out_dir=RUN``, then ``duplex eval`` of its model on TEST: (the eval's
@@ -379,6 +385,7 @@ def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], t
         kept = json.loads(record.read_text(encoding="utf-8"))
         if kept.get("finetune") == finetune and kept.get("eval") == list(eval_extra) and kept.get("test", str(test)) == str(test):
             print(f"{run}: finished before with the same settings, read from {record.name}", flush=True)
+            READ_BACK.append(run)
             return kept["scores"], kept["minutes"], kept["steps"]
     run.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)  # this script's own files in the run directory, which finetune
@@ -468,7 +475,7 @@ def _sft_table(args: argparse.Namespace, rows: list[dict[str, Any]], total: floa
     """Per task: the score (mean [min–max] over seeds) and the answers out of format (of 200)."""
     cmd = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:])
     lines = ["### Quality: instruction tuning a decoder on `zh-tasks` (CPU)", "",
-             f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all. The built-in's test split ("
+             f"Machine: {machine(torch.device('cpu'))}; {_minutes_in_all(total)}. The built-in's test split ("
              f"{10 if args.smoke else 200} conversations per task), answered greedily and scored by `duplex eval`; seeds "
              f"{', '.join(map(str, args.seeds))}: mean [min–max]. Format: the test answers not written in their "
              f"task's format (`answer_in_format`), per task in the columns' order, the most over the seeds. "
@@ -504,7 +511,7 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], metric: str, to
     title = {"ner": "NER on `peoples-daily-ner`", "sentiment": "sentiment on `reviews-zh`",
              "s2t": "Simplified → Traditional on `s2t`", "sft": ""}[args.task]
     lines = [f"### Quality: {title} (CPU)", "",
-             f"Machine: {machine(torch.device('cpu'))}; {args.jobs} run(s) at a time; {total:.1f} minutes in all. Test split of the built-in "
+             f"Machine: {machine(torch.device('cpu'))}; {args.jobs} run(s) at a time; {_minutes_in_all(total)}. Test split of the built-in "
              f"(split seed 1234), scored by `duplex eval`; validation picks each run's checkpoint. Seeds "
              f"{', '.join(map(str, args.seeds))}: mean [min–max]. Command: `{cmd.strip()}`.", "",
              f"| labels | system | test {metric} | minutes per run | steps |", "|---|---|---|---|---|"]

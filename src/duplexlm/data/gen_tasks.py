@@ -438,6 +438,20 @@ def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 
     return GenData("sft", out, stats)
 
 
+def write_chats(path: str | Path, examples: list[ChatExample]) -> Path:
+    """``examples`` as a chat JSONL file (``{"messages": [...], "task": ...}`` a line, Chinese as it is),
+    written atomically: what ``data.train=`` and ``duplex eval --data`` read back."""
+    import json
+
+    from ..fileutil import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False) + "\n"
+                               for e in examples))
+    return path
+
+
 def zh_task_input(example: ChatExample) -> str:
     """The task's input inside a zh-tasks example's user turn: the review, the English word, the
     Simplified sentence or the People's Daily sentence that the drawn :data:`TEMPLATES` entry wraps
@@ -791,6 +805,7 @@ __all__ = [
     "format_entities",
     "load_seq2seq_data",
     "load_sft_data",
+    "write_chats",
     "zh_task_input",
     "zh_tasks",
 ]

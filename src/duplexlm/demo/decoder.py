@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileutil import atomic_write
 from .common import (
     held_out_task_sentences,
     pretrain_for,
@@ -92,16 +91,11 @@ def _pretrain(out: Path, plan: DecoderPlan, data: Path) -> tuple[Path, dict[str,
 
 
 def _task_files(out: Path, plan: DecoderPlan) -> tuple[dict[str, Path], dict[str, int]]:
-    from ..data.gen_tasks import zh_tasks
+    from ..data.gen_tasks import write_chats, zh_tasks
 
     data = zh_tasks(seed=1234, train_per_task=plan.train_per_task, eval_per_task=plan.eval_per_task)
-    files = {}
-    for split, examples in data.splits.items():
-        path = out / "zh-tasks" / f"{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, "".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False)
-                                   + "\n" for e in examples))
-        files[split] = path
+    files = {split: write_chats(out / "zh-tasks" / f"{split}.jsonl", examples)
+             for split, examples in data.splits.items()}
     sizes = {split: len(v) for split, v in data.splits.items()}
     print(f"zh-tasks: {sizes['train']:,} training / {sizes['validation']:,} validation / {sizes['test']:,} test "
           f"conversations over 情感判断, 翻译, 转繁体, 实体识别")
