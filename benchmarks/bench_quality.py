@@ -87,8 +87,8 @@ RECIPES: dict[str, dict[str, list[str]]] = {
 SFT_MODEL = ["model.preset=llama-tiny", "model.d_model=256", "model.n_head=4", "model.n_kv_head=4", "model.d_ff=768",
              "model.n_layer=4", "model.max_seq_len=320"]
 SFT_TRAIN = ["task=sft", "model.dropout=0.0", "data.seq_len=320", "data.packing=true", "batch_size=16", "optim.lr=1.5e-3",
-             "optim.min_lr=1e-4", "optim.warmup_steps=100", "max_steps=1500", "generation.val_examples=80",
-             "generation.max_new_tokens=80", "generation.test=false"]
+             "optim.min_lr=1e-4", "optim.warmup_steps=100", "max_steps=2400", "generation.val_examples=80",
+             "generation.max_new_tokens=80", "eval_metric=task_mean", "generation.test=false"]
 RECIPES["sft"] = {"decoder-scratch": [*SFT_TRAIN[:1], *SFT_MODEL, *SFT_TRAIN[1:]],
                   "decoder-pretrained": SFT_TRAIN}  # + init_from=OUT/pretrain/model
 # causal-LM pretraining of decoder-pretrained: People's Daily and the training reviews (no sentence a
