@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decoder import machine, write_section
-from bench_quality import _cli, _minutes_in_all, _train_and_score
+from bench_quality import SFT_COLUMNS, _cli, _minutes_in_all, _train_and_score
 
 # DPO with RPO's NLL term (objective_args.sft_weight) from the instruction-tuned decoder: β = 0.5 keeps
 # the policy near the model it starts from; the NLL term keeps the chosen answers likely. Measured on
@@ -54,7 +54,7 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                              "model.dropout=0.0"]},
 }
 GRPO_TASK = "实体识别"
-COLUMNS = (("情感判断", "accuracy"), ("转繁体", "chrf"), ("实体识别", "f1"), ("翻译", "chrf"))
+COLUMNS = SFT_COLUMNS  # the zh-tasks' columns of the sft table, in its order (the first three: zh-prefs' tasks)
 
 
 def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:

@@ -40,6 +40,7 @@ import copy
 import csv
 import functools
 import importlib.util
+import json
 import random
 import re
 from collections import Counter
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError, did_you_mean
+from ..fileutil import atomic_write
 from ..scores.labels import extract_entities
 from ..scores.text import ENTITY_LABELS, NO_ENTITY, SENTIMENT_ANSWERS, format_entities
 from .corpus import json_type
@@ -441,10 +443,6 @@ def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 
 def write_chats(path: str | Path, examples: list[ChatExample]) -> Path:
     """``examples`` as a chat JSONL file (``{"messages": [...], "task": ...}`` a line, Chinese as it is),
     written atomically: what ``data.train=`` and ``duplex eval --data`` read back."""
-    import json
-
-    from ..fileutil import atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "".join(json.dumps({"messages": list(e.messages), "task": e.task}, ensure_ascii=False) + "\n"
