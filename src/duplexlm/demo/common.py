@@ -105,24 +105,6 @@ def tokenizer_and_shards(out: Path, texts: list[str], corpus: Path, *, name: str
     return tok_dir, out / "data", meta
 
 
-def step_seconds(cfg_args: list[str], out: Path, steps: int = 3) -> float:
-    """Seconds per optimizer step of this training configuration on this machine: a few real steps
-    (after one warm-up) of a run set up in ``out``, then discarded. Used for estimates only: the demo's
-    budgets are steps, so that its numbers do not depend on the machine's speed."""
-    from ..train.config import load_train_config
-    from ..train.loop import cleanup, setup, train_step
-
-    run = setup(load_train_config(None, [*cfg_args, f"out_dir={out}", "max_steps=1000000"]), overwrite=True)
-    try:
-        train_step(run, 0)  # warm-up
-        t0 = time.perf_counter()
-        for step in range(1, steps + 1):
-            train_step(run, step)
-        return (time.perf_counter() - t0) / steps
-    finally:
-        cleanup(run.info)
-
-
 @dataclass
 class Pretraining:
     """One pretraining run in a time budget: where its model is, what it did and logged."""
@@ -189,4 +171,4 @@ def calibration_ms() -> float:
 
 
 __all__ = ["Pretraining", "calibration_ms", "held_out_task_sentences", "pretrain_steps", "read_jsonl", "rule",
-           "start_clock", "step_seconds", "tokenizer_and_shards", "write_corpus"]
+           "start_clock", "tokenizer_and_shards", "write_corpus"]
