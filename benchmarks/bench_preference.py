@@ -47,14 +47,14 @@ RECIPES: dict[str, dict[str, list[str]]] = {
     "dpo": {"dpo": ["task=dpo", "data.train=zh-prefs", "data.seq_len=320", "batch_size=8", "optim.lr=1e-5",
                     "optim.min_lr=1e-6", "optim.warmup_steps=20", "max_steps=200", "objective_args.beta=0.5",
                     "objective_args.sft_weight=5.0", "model.dropout=0.0", "generation.test=false"]},
-    # GRPO on 实体识别's prompts, rewarded by each answer's entity F1 against the reference
-    "grpo": {"grpo-实体识别": ["task=grpo", "objective_args.reward=task", "objective_args.group_size=8",
+    # GRPO on one zh-task's prompts (--grpo-task), each answer rewarded by its task's metric against the reference
+    "grpo": {"grpo": ["task=grpo", "objective_args.reward=task", "objective_args.group_size=8",
                              "objective_args.temperature=1.0", "objective_args.kl_coef=0.04", "batch_size=4",
                              "data.seq_len=320", "generation.max_new_tokens=64", "generation.val_examples=64",
                              "optim.lr=1e-4", "optim.min_lr=1e-5", "optim.warmup_steps=10", "max_steps=300",
                              "model.dropout=0.0"]},
 }
-GRPO_TASK = "实体识别"
+HEADLINE = {"情感判断": "accuracy", "转繁体": "chrf", "实体识别": "f1"}  # each GRPO task's zh-tasks score
 COLUMNS = SFT_COLUMNS  # the zh-tasks' columns of the sft table, in its order (the first three: zh-prefs' tasks)
 
 
@@ -63,11 +63,13 @@ def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:
     from duplexlm.data.preference import zh_prefs
     from duplexlm.eval.preference import score_preferences
     from duplexlm.io import load
-    from duplexlm.scores.rewards import task_reward
 
     done = out / "start" / "scores.json"
     if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+        scores = json.loads(done.read_text(encoding="utf-8"))
+        if all(f"test_reward_{t}" in scores for t in HEADLINE):
+            return scores
+        return _start_rewards(out, scores, done)
     done.parent.mkdir(parents=True, exist_ok=True)
     log = out / "start.log"
     _cli("eval", "--model", str(init), "--data", "zh-tasks", "--split", "test", "--out", str(out / "start" / "eval"),
@@ -76,25 +78,33 @@ def _start_scores(init: Path, out: Path, smoke: bool) -> dict[str, float]:
     model, tok = load(init)
     pairs = zh_prefs().splits["test"][: 12 if smoke else None]
     scores.update({f"test_{k}": v for k, v in score_preferences(model, tok, pairs, max_length=320).items()})
-    # grpo's measure of the start: the mean reward of its answers to GRPO_TASK's test prompts
+    return _start_rewards(out, scores, done)
+
+
+def _start_rewards(out: Path, scores: dict[str, float], done: Path) -> dict[str, float]:
+    """GRPO's measure of the start, per task: the mean reward of its answers to the task's test prompts
+    (``test_reward_<task>``), from the start's generations; all the scores written to ``done``."""
+    from duplexlm.scores.rewards import task_reward
+
     gens = [json.loads(line) for line in (out / "start" / "eval" / "generations.jsonl").read_text(
         encoding="utf-8").splitlines()]
-    mine = [task_reward(g["task"], g["prediction"], g["reference"]) for g in gens if g["task"] == GRPO_TASK]
-    if mine:
-        scores["test_reward"] = statistics.mean(mine)
+    for task in HEADLINE:
+        mine = [task_reward(g["task"], g["prediction"], g["reference"]) for g in gens if g["task"] == task]
+        if mine:
+            scores[f"test_reward_{task}"] = statistics.mean(mine)
     done.write_text(json.dumps(scores, ensure_ascii=False), encoding="utf-8")
     return scores
 
 
-def _grpo_prompts(out: Path, smoke: bool) -> list[str]:
-    """GRPO_TASK's prompts of zh-tasks, as JSONL files in OUT/data → the runs' data settings."""
+def _grpo_prompts(out: Path, smoke: bool, task: str) -> list[str]:
+    """``task``'s prompts of zh-tasks, as JSONL files in OUT/data → the runs' data settings."""
     from duplexlm.data.prompts import load_prompt_data
 
     data = load_prompt_data("zh-tasks")
     (out / "data").mkdir(parents=True, exist_ok=True)
     files = {}
     for split, part in data.splits.items():
-        rows = [{"prompt": list(e.prompt), "answer": e.answer, "task": e.task} for e in part if e.task == GRPO_TASK]
+        rows = [{"prompt": list(e.prompt), "answer": e.answer, "task": e.task} for e in part if e.task == task]
         files[split] = out / "data" / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: 16 if smoke else None]),
                                 encoding="utf-8")
@@ -109,6 +119,8 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--retrain", action="store_true", help="train every run again, even one OUT already holds")
+    p.add_argument("--grpo-task", default="实体识别", choices=list(HEADLINE),
+                   help="grpo: the zh-task whose prompts it trains on, rewarded by the task's metric")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="settings after the recipe's (a variant to compare: --set optim.lr=1e-5 max_steps=100)")
     p.add_argument("--smoke", action="store_true")
@@ -121,7 +133,7 @@ def main() -> int:
         args.seeds, args.eval_every = [1], 2
     base = _start_scores(init, out, args.smoke)
     rows = [{"system": "start (instruction-tuned)", "scores": [base], "minutes": []}]
-    data = _grpo_prompts(out, args.smoke) if args.task == "grpo" else []
+    data = _grpo_prompts(out, args.smoke, args.grpo_task) if args.task == "grpo" else []
     for system, recipe in RECIPES[args.task].items():
         row: dict[str, Any] = {"system": system, "scores": [], "minutes": []}
         for seed in args.seeds:
@@ -156,17 +168,22 @@ def _cell(values: list[float], fmt: str) -> str:
 def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str, float], total: float) -> str:
     cmd = "python benchmarks/bench_preference.py " + " ".join(sys.argv[1:])
     dpo = args.task == "dpo"
+    task = args.grpo_task
     own = ("preference accuracy on zh-prefs' test pairs and ranking accuracy (the model finds the chosen answer "
-           "more likely)" if dpo else f"the mean reward of greedy answers to {GRPO_TASK}'s test prompts")
-    title = "preference tuning (DPO)" if dpo else f"reinforcement learning (GRPO) on {GRPO_TASK}"
+           "more likely)" if dpo else f"the mean reward of greedy answers to {task}'s test prompts")
+    title = "preference tuning (DPO)" if dpo else f"reinforcement learning (GRPO) on {task}"
     heads = ["preference accuracy", "ranking accuracy"] if dpo else ["test reward"]
     keys = ["test_preference_accuracy", "test_ranking_accuracy"] if dpo else ["test_reward"]
+    if not dpo:  # the start's reward on the task is in its scores under the task's name
+        base = {**base, "test_reward": base.get(f"test_reward_{task}", float("nan"))}
+        rows = [{**r, "scores": [{**sc, "test_reward": base["test_reward"]} for sc in r["scores"]]}
+                if not r["minutes"] else r for r in rows]
     lines = [f"### Quality: {title} after instruction tuning (CPU)", "",
              f"Machine: {machine(torch.device('cpu'))}; {_minutes_in_all(total)}. Start: `{args.init_from}`. "
              f"Columns: {own}; each zh-task on zh-tasks' test split (200 prompts a task), answered greedily and "
              f"scored by `duplex eval`; seeds {', '.join(map(str, args.seeds))}: mean [min–max]. "
              + ("Largest drop: the largest fall of a zh-prefs task's score against the start (accuracy and F1 in "
-                "points × 100, chrF as it is). " if dpo else f"Gain: {GRPO_TASK}'s F1 against the start, in points. ")
+                "points × 100, chrF as it is). " if dpo else f"Gain: {task}'s {HEADLINE[task]} against the start, in points. ")
              + f"Command: `{cmd.strip()}`.", "",
              f"| system | {' | '.join(heads)} | " + " | ".join(f"{t} {'chrF' if m == 'chrf' else m}" for t, m in COLUMNS)
              + f" | {'largest drop' if dpo else 'gain'} | minutes per run |", "|---" * (len(COLUMNS) + len(heads) + 3) + "|"]
@@ -180,7 +197,8 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
         elif dpo:
             change = [max((base[f"{t}_{m}"] - s[f"{t}_{m}"]) * scale[m] for t, m in COLUMNS[:3]) for s in r["scores"]]
         else:
-            change = [(s[f"{GRPO_TASK}_f1"] - base[f"{GRPO_TASK}_f1"]) * 100 for s in r["scores"]]
+            metric = f"{task}_{HEADLINE[task]}"
+            change = [(s[metric] - base[metric]) * scale[HEADLINE[task]] for s in r["scores"]]
         mins = f"{statistics.mean(r['minutes']):.1f}" if r["minutes"] else "—"
         lines.append(f"| {r['system']} | {' | '.join(own_cells)} | " + " | ".join(cells)
                      + f" | {_cell(change, '{:.1f}' if dpo else '{:+.1f}')} | {mins} |")

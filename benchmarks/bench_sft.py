@@ -46,7 +46,8 @@ from bench_finetune import SEED, hf_optimizer, rounds, trainer_round
 from duplexlm.precision import autocast
 
 IGNORE = -100
-PARTS = ("sft", "lora", "seq2seq")
+PARTS = ("sft", "lora", "seq2seq", "dpo")
+DPO_BETA = 0.1  # sigmoid DPO, no NLL term, on both sides
 DECODER = dict(n_layer=4, d_model=256, n_head=4, max_seq_len=256)  # GPT-2-shaped, CPU-sized
 T5 = dict(n_layer=4, d_model=256, n_head=4, head_dim=64, d_ff=1024)  # 4 encoder + 4 decoder layers
 LORA = dict(r=8, alpha=16.0)
@@ -65,7 +66,7 @@ def prepare(work: Path, parts: list[str]) -> dict[str, int]:
     from duplexlm.tokenizer import save_tokenizer, train_tokenizer
 
     written = {}
-    if {"sft", "lora"} & set(parts):
+    if {"sft", "lora", "dpo"} & set(parts):
         chats = zh_tasks(train_per_task=200, eval_per_task=0).splits["train"]
         _write_jsonl(work / "sft-train.jsonl", [{"messages": list(ex.messages)} for ex in chats])
         save_tokenizer(train_tokenizer((m["content"] for ex in chats for m in ex.messages), "bpe",
@@ -94,12 +95,16 @@ def our_run(work: Path, args: argparse.Namespace, task: str, method: str, out: P
     from duplexlm.train import loop
     from duplexlm.train.config import load_train_config
 
-    if task == "sft":
+    if task in ("sft", "dpo"):
         model = ["model.preset=gpt2-tiny", *(f"model.{k}={v}" for k, v in DECODER.items()), f"data.seq_len={args.seq}"]
     else:
         model = ["model.preset=t5-tiny", *(f"model.{k}={v}" for k, v in T5.items()), f"data.seq_len={args.s2s_seq}"]
+    data, tok = work / f"{task}-train.jsonl", work / f"tok-{task}"
+    if task == "dpo":  # the built-in preference pairs; TRL's DPOTrainer turns dropout off, so do we
+        data, tok = "zh-prefs", work / "tok-sft"
+        model += ["model.dropout=0.0", f"objective_args.beta={DPO_BETA}", "objective_args.dpo_loss=sigmoid"]
     cfg = load_train_config(None, [
-        f"task={task}", f"data.train={work / f'{task}-train.jsonl'}", f"tokenizer={work / f'tok-{task}'}", *model,
+        f"task={task}", f"data.train={data}", f"tokenizer={tok}", *model,
         f"out_dir={out}", f"method={method}", f"method_args.lora_r={LORA['r']}",
         f"method_args.lora_alpha={LORA['alpha']}", "method_args.lora_targets=attn.qkv", "method_args.lora_dropout=0",
         f"batch_size={args.batch}", f"optim.lr={args.lr}", "optim.min_lr=0", "optim.schedule=constant",
@@ -125,7 +130,7 @@ def hf_model(path: Path, task: str, device: torch.device) -> Any:
     T5 has no SDPA path) from the converted directory, fp32."""
     import transformers
 
-    if task == "sft":
+    if task in ("sft", "dpo"):
         model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa",
                                                                   dtype=torch.float32)
     else:
@@ -224,6 +229,74 @@ class Theirs:
         self.step_no += 1
 
 
+def trl_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our DPO batch (the chosen rows, then the rejected ones) in the form TRL's ``compute_loss`` reads:
+    ``completion_mask[t]`` marks the answer's tokens, where ours mark the position that predicts them."""
+    completion = torch.zeros_like(batch["input_ids"])
+    completion[:, 1:] = (batch["labels"][:, :-1] != IGNORE).long()
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "completion_mask": completion}
+
+
+class TheirsDPO:
+    """TRL's ``DPOTrainer`` (sigmoid loss, the same beta, the reference a second copy of the starting
+    weights, as TRL loads it): its ``compute_loss`` on the batch our ``train_step(run, i)`` reads, then
+    backward, clip, AdamW, as the plain loop of the other parts."""
+
+    def __init__(self, model: Any, reference: Any, hf_dir: Path, sampler: Counted, args: argparse.Namespace,
+                 amp: torch.dtype | None, device: torch.device, tmp: Path) -> None:
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+        from trl import DPOConfig, DPOTrainer
+
+        self.trainer = DPOTrainer(
+            model=model, ref_model=reference,
+            args=DPOConfig(output_dir=str(tmp / "trl"), beta=DPO_BETA, loss_type=["sigmoid"], report_to=[],
+                           use_cpu=device.type == "cpu", bf16=False, fp16=False, max_length=None),
+            train_dataset=Dataset.from_list([{"prompt": "你好", "chosen": "好", "rejected": "不"}]),
+            processing_class=AutoTokenizer.from_pretrained(hf_dir))
+        self.model = self.trainer.model.train()
+        self.counter, self.amp, self.device, self.B = sampler, amp, device, args.batch
+        self.opt = hf_optimizer(self.model, args)
+        self.step_no, self.losses = 0, []
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.trainer.compute_loss(self.model, trl_batch({k: v.to(self.device) for k, v in batch.items()}))
+        return out[0] if isinstance(out, tuple) else out
+
+    def step(self) -> None:
+        batch = self.counter.batch(self.step_no * self.B, self.B)
+        with autocast(self.device, self.amp):
+            loss = self.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())
+        self.step_no += 1
+
+
+@torch.no_grad()
+def dpo_parity(run: Any, theirs: TheirsDPO, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each side's DPO loss on one batch and the largest policy logit difference, at the start: the
+    policy is its reference, so both losses are log 2 (the equality of the losses elsewhere is
+    tests/train/test_dpo.py's; here the training losses along the steps are compared)."""
+    device = run.info.device
+    model = run.raw_model
+    model.eval()
+    theirs.model.eval()
+    batch = {k: v.to(device) for k, v in batch.items()}
+    ours = dict(batch)
+    ours.update(run.reference.targets(ours))
+    ours_loss, _ = run.spec.loss(model, ours, run.loss_options)
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    out = theirs.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    gap = (logits.float() - out.logits.float()).abs()[batch["attention_mask"].bool()].max()
+    theirs_loss = theirs.loss(batch)
+    model.train()
+    theirs.model.train()
+    return {"ours": float(ours_loss), "theirs": float(theirs_loss), "logits": float(gap)}
+
+
 @torch.no_grad()
 def parity(run: Any, theirs: Any, batch: dict[str, torch.Tensor], task: str) -> dict[str, float]:
     """Each side's own loss on one batch (eval mode: no dropout) and the largest logit difference on
@@ -256,23 +329,29 @@ def parity(run: Any, theirs: Any, batch: dict[str, torch.Tensor], task: str) -> 
 def compare(work: Path, args: argparse.Namespace, tmp: Path, part: str) -> dict[str, Any]:
     import transformers
 
-    task, method = ("seq2seq", "full") if part == "seq2seq" else ("sft", "lora" if part == "lora" else "full")
+    task, method = {"seq2seq": ("seq2seq", "full"), "lora": ("sft", "lora"), "dpo": ("dpo", "full")}.get(part, ("sft", "full"))
     run = our_run(work, args, task, method, tmp / f"ours-{part}")
     device, amp = run.info.device, run.amp_dtype
-    theirs = hf_model(export(run, tmp / f"{part}-ours", tmp / f"{part}-hf"), task, device)
+    hf_dir = export(run, tmp / f"{part}-ours", tmp / f"{part}-hf")
+    theirs = hf_model(hf_dir, task, device)
     if part == "lora":
         theirs = peft_model(theirs)
     base = run.train
-    check = parity(run, theirs, base.batch(0, args.batch), task)
+    if part == "dpo":
+        dpo = TheirsDPO(theirs, hf_model(hf_dir, task, device).eval(), hf_dir, Counted(base), args, amp, device, tmp)
+        check = dpo_parity(run, dpo, base.batch(0, args.batch))
+    else:
+        check = parity(run, theirs, base.batch(0, args.batch), task)
     if abs(check["ours"] - check["theirs"]) > 1e-4 * max(1.0, abs(check["ours"])):
         print(f"WARNING {part}: the first batch's loss differs: ours {check['ours']:.6f}, transformers' "
               f"{check['theirs']:.6f} (max |Δlogit| {check['logits']:.1e})", file=sys.stderr)
-    ours_name = {"sft": "duplexlm sft (full)", "lora": "duplexlm sft (LoRA)", "seq2seq": "duplexlm seq2seq"}[part]
+    ours_name = {"sft": "duplexlm sft (full)", "lora": "duplexlm sft (LoRA)", "seq2seq": "duplexlm seq2seq",
+                 "dpo": "duplexlm dpo"}[part]
     theirs_name = {"sft": "plain transformers loop", "lora": "transformers + peft",
-                   "seq2seq": "plain transformers loop"}[part]
+                   "seq2seq": "plain transformers loop", "dpo": "TRL DPOTrainer"}[part]
     trained = {ours_name: trainable(run.raw_model), theirs_name: trainable(theirs)}
-    sides: dict[str, Any] = {ours_name: Ours(run), theirs_name: Theirs(theirs, Counted(base, hf=task == "sft"),
-                                                                       args, amp, device)}
+    sides: dict[str, Any] = {ours_name: Ours(run), theirs_name: dpo if part == "dpo" else
+                             Theirs(theirs, Counted(base, hf=task == "sft"), args, amp, device)}
     for s in sides.values():
         for _ in range(args.warmup):
             s.step()
@@ -329,12 +408,15 @@ TITLES = {
     "sft": "SFT, decoder {d[n_layer]}×{d[d_model]}, full",
     "lora": "SFT, decoder {d[n_layer]}×{d[d_model]}, LoRA r={r} on the attention's fused qkv",
     "seq2seq": "seq2seq, T5 {t[n_layer]}+{t[n_layer]} layers × {t[d_model]}, full",
+    "dpo": "DPO, decoder {d[n_layer]}×{d[d_model]}, full, the reference a frozen copy",
 }
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], sizes: dict[str, int]) -> tuple[str, str]:
     device = results[0]["device"]
-    heading = f"### Generative fine-tuning (sft, LoRA, seq2seq) on {device.type.upper()}"
+    dpo_only = [r["part"] for r in results] == ["dpo"]
+    heading = (f"### Preference tuning (DPO) against TRL on {device.type.upper()}" if dpo_only else
+               f"### Generative fine-tuning (sft, LoRA, seq2seq) on {device.type.upper()}")
     cmd = shlex.join(["python", "benchmarks/bench_sft.py", *sys.argv[1:]])
     versions = f"transformers {results[0]['transformers']}"
     if any(r["part"] == "lora" for r in results):
@@ -355,7 +437,11 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sizes: dict[
              f"The ratio is, per round, our target tokens/s ÷ theirs (> 1: ours faster; on the same batches, "
              f"their time ÷ ours).", ""]
     for r in results:
-        if r["part"] in ("sft", "lora"):
+        if r["part"] == "dpo":
+            data = (f"the built-in `zh-prefs` pairs ({r['examples']} train; each step the batch's chosen answers "
+                    f"and then its rejected ones, {args.batch} pairs), with the byte-level BPE {VOCAB} of the sft "
+                    f"part (vocabulary {r['vocab']}); at most {r['width']} tokens each")
+        elif r["part"] in ("sft", "lora"):
             data = (f"{sizes['sft']} `zh_tasks` conversations (200 per task, of which a seeded tenth is "
                     f"held out by `setup`: {r['examples']} train), byte-level BPE {VOCAB} trained on their text, "
                     f"vocabulary {r['vocab']} (ChatML's turn tokens among them); at most {r['width']} tokens each")
@@ -366,7 +452,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sizes: dict[
         p = r["parity"]
         lines.append(f"- **{TITLES[r['part']].format(d=DECODER, t=T5, r=LORA['r'])}**: {data}; per batch "
                      f"{r['targets_per_batch']:,.0f} target tokens of {r['tokens_per_batch']:,.0f}. First batch, "
-                     f"eval mode: our loss {p['ours']:.6f}, transformers' {p['theirs']:.6f} "
+                     f"eval mode: our loss {p['ours']:.6f}, {'TRL' + chr(39) + 's' if r['part'] == 'dpo' else 'transformers' + chr(39)} "
+                     f"{p['theirs']:.6f} "
                      f"(Δ {abs(p['ours'] - p['theirs']):.1e}), max |Δlogit| {p['logits']:.1e}; training loss "
                      f"along the {r['steps_compared']} steps each side took: max |Δ| {r['drift']:.1e}. Trainable "
                      "parameters: " + ", ".join(f"{n} {c:,}" for n, c in r["trainable"].items()) + ".")
@@ -394,6 +481,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sizes: dict[
     if any(r["part"] == "seq2seq" for r in results):
         notes.append("T5 keeps its dropout (0.1) on both sides, so their training losses differ by the dropout "
                      "masks; transformers' T5 runs its own attention (it has no SDPA path).")
+    if any(r["part"] == "dpo" for r in results):
+        notes.append(f"DPO: sigmoid loss, beta {DPO_BETA}, no NLL term, dropout off on both sides (TRL's default). "
+                     "TRL's side is `DPOTrainer.compute_loss` on our batch (its concatenated forward of the policy "
+                     "and, under no_grad, of the reference model it holds) in the same plain loop as the other "
+                     "parts, so the comparison is of the DPO computation, not of accelerate's or the Trainer's "
+                     "outer loop; ours is `train_step` (the reference's log-probabilities, then the policy's "
+                     "forward and backward). Ours projects onto the vocabulary at the answers' tokens only (`logits_at`), "
+                     "TRL (with its defaults) at every position.")
     if notes:
         lines += ["", *notes]
     return heading, "\n".join(lines) + "\n"
