@@ -132,6 +132,8 @@ def main() -> int:
     if args.smoke:
         args.seeds, args.eval_every = [1], 2
     base = _start_scores(init, out, args.smoke)
+    if args.task == "grpo":  # the start's reward on the task GRPO trains on, the runs' test_reward beside it
+        base["test_reward"] = base.get(f"test_reward_{args.grpo_task}", float("nan"))
     rows = [{"system": "start (instruction-tuned)", "scores": [base], "minutes": []}]
     data = _grpo_prompts(out, args.smoke, args.grpo_task) if args.task == "grpo" else []
     for system, recipe in RECIPES[args.task].items():
@@ -174,10 +176,6 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
     title = "preference tuning (DPO)" if dpo else f"reinforcement learning (GRPO) on {task}"
     heads = ["preference accuracy", "ranking accuracy"] if dpo else ["test reward"]
     keys = ["test_preference_accuracy", "test_ranking_accuracy"] if dpo else ["test_reward"]
-    if not dpo:  # the start's reward on the task is in its scores under the task's name
-        base = {**base, "test_reward": base.get(f"test_reward_{task}", float("nan"))}
-        rows = [{**r, "scores": [{**sc, "test_reward": base["test_reward"]} for sc in r["scores"]]}
-                if not r["minutes"] else r for r in rows]
     lines = [f"### Quality: {title} after instruction tuning (CPU)", "",
              f"Machine: {machine(torch.device('cpu'))}; {_minutes_in_all(total)}. Start: `{args.init_from}`. "
              f"Columns: {own}; each zh-task on zh-tasks' test split (200 prompts a task), answered greedily and "

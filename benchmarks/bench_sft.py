@@ -217,10 +217,13 @@ class Theirs:
         self.opt = hf_optimizer(model, args)
         self.step_no, self.losses = 0, []
 
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
     def step(self) -> None:
-        batch = {k: v.to(self.device) for k, v in self.counter.batch(self.step_no * self.B, self.B).items()}
+        batch = self.counter.batch(self.step_no * self.B, self.B)
         with autocast(self.device, self.amp):
-            loss = self.model(**batch).loss
+            loss = self.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -237,10 +240,10 @@ def trl_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "completion_mask": completion}
 
 
-class TheirsDPO:
+class TheirsDPO(Theirs):
     """TRL's ``DPOTrainer`` (sigmoid loss, the same beta, the reference a second copy of the starting
-    weights, as TRL loads it): its ``compute_loss`` on the batch our ``train_step(run, i)`` reads, then
-    backward, clip, AdamW, as the plain loop of the other parts."""
+    weights, as TRL loads it): its ``compute_loss`` on the batch our ``train_step(run, i)`` reads, in
+    :class:`Theirs`' plain loop (backward, clip, AdamW)."""
 
     def __init__(self, model: Any, reference: Any, hf_dir: Path, sampler: Counted, args: argparse.Namespace,
                  amp: torch.dtype | None, device: torch.device, tmp: Path) -> None:
@@ -254,25 +257,11 @@ class TheirsDPO:
                            use_cpu=device.type == "cpu", bf16=False, fp16=False, max_length=None),
             train_dataset=Dataset.from_list([{"prompt": "你好", "chosen": "好", "rejected": "不"}]),
             processing_class=AutoTokenizer.from_pretrained(hf_dir))
-        self.model = self.trainer.model.train()
-        self.counter, self.amp, self.device, self.B = sampler, amp, device, args.batch
-        self.opt = hf_optimizer(self.model, args)
-        self.step_no, self.losses = 0, []
+        super().__init__(self.trainer.model.train(), sampler, args, amp, device)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.trainer.compute_loss(self.model, trl_batch({k: v.to(self.device) for k, v in batch.items()}))
         return out[0] if isinstance(out, tuple) else out
-
-    def step(self) -> None:
-        batch = self.counter.batch(self.step_no * self.B, self.B)
-        with autocast(self.device, self.amp):
-            loss = self.loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.losses.append(loss.item())
-        self.step_no += 1
 
 
 @torch.no_grad()

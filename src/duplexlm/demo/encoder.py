@@ -226,9 +226,13 @@ class EncoderPlan:
                        train_labels=1000, ner_sentences=1000, evals=1, held_out=300)
         return cls(quick=False, scale=scale)
 
+    def scaled(self, steps: float) -> int:
+        """``steps`` times ``scale``, at least 20."""
+        return max(20, math.ceil(steps * self.scale))
+
     def steps(self, n: int, epochs: float, batch: int = 32) -> int:
         """Optimizer steps for ``epochs`` passes over ``n`` examples, times ``scale`` (at least 20)."""
-        return max(20, math.ceil(epochs * self.scale * n / batch))
+        return self.scaled(epochs * n / batch)
 
 
 def _corpus(out: Path, plan: EncoderPlan, reviews: Any) -> tuple[list[str], Path]:
@@ -288,7 +292,7 @@ def _pretrain(out: Path, plan: EncoderPlan, data: Path) -> tuple[Path, dict[str,
         if plan.objective == "mlm":
             _fill(fresh, tok, "before")
 
-    run = pretrain_steps(args, plan.steps(plan.pretrain_steps * 32, 1.0), out / "pretrain", before=before)
+    run = pretrain_steps(args, plan.scaled(plan.pretrain_steps), out / "pretrain", before=before)
     model, tok = load(run.model_dir)
     if plan.objective == "mlm":
         _fill(model, tok, "after")
@@ -455,10 +459,10 @@ def _study(out: Path, plan: EncoderPlan) -> dict[str, Any]:
 
     rule("1. tokenizer and token shards from unlabelled text")
     texts, corpus = _corpus(out, plan, reviews)
-    tok_dir, data, _ = _tokenizer_and_shards(out, plan, texts, corpus)
+    tok_dir, data, meta = _tokenizer_and_shards(out, plan, texts, corpus)
     unigram = _unigram_entropy(data)
 
-    rule(f"2. pretraining the encoder with masked LM ({plan.steps(plan.pretrain_steps * 32, 1.0)} steps)")
+    rule(f"2. pretraining the encoder with masked LM ({plan.scaled(plan.pretrain_steps)} steps)")
     pre_dir, pre = _pretrain(out, plan, data)
     pre["unigram_baseline"] = unigram
     print(f"unigram baseline (no context): {unigram:.3f} nats; the encoder's masked-LM loss is "
@@ -499,10 +503,8 @@ def _study(out: Path, plan: EncoderPlan) -> dict[str, Any]:
             "model.n_layer=1", "model.dropout=0.3", "optim.weight_decay=0.0"], lr=3e-3),
         "dictionary (longest match)": _dictionary(ner),
     }
-    from ..tokenizer import Tokenizer
-
     return {"pretraining": pre, "systems": sentiment, "ner": entities, "tokenizer": str(tok_dir),
-            "vocab_size": Tokenizer.from_dir(tok_dir).vocab_size}
+            "vocab_size": meta["tokenizer"]["vocab_size"]}
 
 
 def _report(out: Path, plan: EncoderPlan, study: dict[str, Any]) -> None:
