@@ -10,7 +10,7 @@ command in ``OUT/commands.log``:
   8 × 256 tokens each;
 - a sentiment encoder, BERT shape 4×256 (``duplex finetune task=classify data.train=reviews-zh
   model.preset=bert-tiny ...``, the sentiment recipe of bench_quality.py) for ``--encoder-steps`` (400)
-  steps of 32 reviews, on a WordPiece of 8,000 trained on the training split's texts.
+  steps of 32 reviews (pre-norm, mean pooling: the demo's), on a WordPiece of 8,000 trained on the training split's texts.
 
 A model directory already trained here with the same settings (``OUT/*.train.json``) is reused.
 
@@ -18,7 +18,9 @@ Decoders: the first 32 tokens of held-out lines as prompts, 128 new tokens, gree
 ignored (every row runs the full length), batch 1 and 16. Sides: transformers' ``generate`` on the
 Hugging Face form (``convert_to_hf``; the baseline), our ``Engine`` in fp32 (built once per batch size),
 the one-call ``duplexlm.infer.generate``, our ``Engine`` on the weight-only int8 directory of ``duplex
-quantize``, and CTranslate2 (``export_model(..., "ct2")``) in fp32 and int8. Per side: tokens/s (new
+quantize``, CTranslate2 (``export_model(..., "ct2")``) in fp32 and int8, ONNX Runtime on the decoder's
+ONNX export with its KV cache (``ONNXDecoder``) in fp32 and int8, and, where llama-cpp-python is
+installed (optional: it builds from source), llama.cpp on the GGUF export in f32 and Q8_0. Per side: tokens/s (new
 tokens over wall time, prefill included), its ratio to transformers per round (median [min–max]),
 seconds from the directory to ready, the weight files' size, the share of generated tokens equal to our
 fp32 engine's position by position, and perplexity on held-out tokens (from the logits; CTranslate2:
@@ -60,7 +62,7 @@ from bench_decoder import machine, write_section
 
 HEADING = "### Deployment: exported engines on CPU"
 HELD_OUT = 0.05  # the last share of People's Daily's lines: never seen by the tokenizer or the decoders
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".gguf")
 PPL_CONTEXT = 256  # tokens per perplexity window (at most the model's context)
 
 
@@ -98,7 +100,7 @@ class Plan:
 
 FULL = Plan(corpus_lines=None, vocab=8000, layers=6, width=384, heads=6, kv_heads=2, d_ff=1024, seq_len=256,
             batch=8, lr=1e-3, steps=300, enc_vocab=8000, enc_layers=4, enc_width=256, enc_heads=4, enc_seq_len=128,
-            enc_batch=32, enc_lr=1e-3, enc_steps=400, prompt_len=32, new=128, batches=(1, 16), ppl_tokens=4096,
+            enc_batch=32, enc_lr=1e-3, enc_steps=600, prompt_len=32, new=128, batches=(1, 16), ppl_tokens=4096,
             classify_texts=512, test_texts=None, rounds=5)
 SMOKE = Plan(corpus_lines=3000, vocab=1000, layers=2, width=64, heads=2, kv_heads=1, d_ff=176, seq_len=128,
              batch=8, lr=2e-3, steps=30, enc_vocab=5000, enc_layers=2, enc_width=64, enc_heads=2, enc_seq_len=64,
@@ -219,7 +221,8 @@ def train_encoder(out: Path, plan: Plan, log: Path, threads: int | None) -> dict
     enc = out / "encoder"
     tok, run = enc / "tok", enc / "run"
     args = ["task=classify", "data.train=reviews-zh", "model.preset=bert-tiny", f"model.n_layer={plan.enc_layers}",
-            f"model.d_model={plan.enc_width}", f"model.n_head={plan.enc_heads}", "model.dropout=0.1",
+            f"model.d_model={plan.enc_width}", f"model.n_head={plan.enc_heads}", "model.norm_position=pre",
+            "model.pooling=mean", "model.dropout=0.1", "model.attn_dropout=0.0",
             f"data.seq_len={plan.enc_seq_len}", "data.group_by_length=true", f"batch_size={plan.enc_batch}",
             f"optim.lr={plan.enc_lr:g}", f"optim.warmup_steps={max(1, plan.enc_steps // 8)}",
             f"max_steps={plan.enc_steps}", f"eval_every={plan.enc_steps}", f"save_every={plan.enc_steps}",
@@ -288,13 +291,31 @@ def perplexity_torch(model: torch.nn.Module, windows: list[list[int]], hf: bool 
     return math.exp(nll / count)
 
 
-def perplexity_ct2(model: Any, windows: list[list[int]]) -> float:
+def perplexity_scored(model: Any, windows: list[list[int]]) -> float:
+    """Perplexity from an engine's ``score`` (CTranslate2, ONNX Runtime, llama.cpp): each token's
+    log-probability after the first."""
     scores = model.score(windows)
     for w, s in zip(windows, scores):
         if len(s) != len(w) - 1:
-            raise SystemExit(f"CTranslate2 scored {len(s)} tokens of a window of {len(w)}; expected {len(w) - 1}")
+            raise SystemExit(f"{type(model).__name__} scored {len(s)} tokens of a window of {len(w)}; expected {len(w) - 1}")
     flat = [x for s in scores for x in s]
     return math.exp(-sum(flat) / len(flat))
+
+
+def llama_version() -> str:
+    if not llama_cpp_installed():
+        return "(not installed here: no llama.cpp rows; pip install llama-cpp-python builds it, about 20 minutes)"
+    import llama_cpp
+
+    return llama_cpp.__version__
+
+
+def llama_cpp_installed() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
@@ -315,6 +336,7 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
     import duplexlm
     from duplexlm.export import export_model
     from duplexlm.export.ct2 import CT2Model
+    from duplexlm.export.onnx import ONNXDecoder
     from duplexlm.infer import Engine, SamplingParams, generate
     from duplexlm.models import count_parameters
 
@@ -331,12 +353,19 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
     print(f"\n== {name} ({params:.1f} M) from {model_dir}", flush=True)
 
     # the other forms of the same weights
-    hf_dir, int8_dir, ct2_dir, ct2_int8_dir = (work / d for d in ("hf", "int8", "ct2", "ct2-int8"))
+    hf_dir, int8_dir, ct2_dir, ct2_int8_dir, onnx_dir, onnx_int8_dir, gguf_dir, gguf_q8_dir = (
+        work / d for d in ("hf", "int8", "ct2", "ct2-int8", "onnx", "onnx-int8", "gguf", "gguf-q8_0"))
+    llama = llama_cpp_installed()
     duplexlm.convert_to_hf(model_dir, hf_dir, overwrite=True)
     duplex("quantize", "--model", str(model_dir), "--method", "int8", "--out", str(int8_dir), "--no-report",
            "--overwrite", log=log)
     export_model(model_dir, ct2_dir, "ct2", overwrite=True)
     export_model(model_dir, ct2_int8_dir, "ct2", quantize="int8", overwrite=True)
+    export_model(model_dir, onnx_dir, "onnx", overwrite=True)
+    export_model(model_dir, onnx_int8_dir, "onnx", quantize="int8", overwrite=True)
+    if llama:
+        export_model(model_dir, gguf_dir, "gguf", overwrite=True)
+        export_model(model_dir, gguf_q8_dir, "gguf", quantize="q8_0", overwrite=True)
 
     # held-out text: prompts (the first P tokens of held-out lines) and perplexity windows
     docs = held_out_ids(tok, held)
@@ -379,6 +408,17 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
     rows["ct2"] = {"load_s": load_s}
     ct2_int8, load_s = timed(lambda: CT2Model(ct2_int8_dir, compute_type="int8", threads=threads))
     rows["ct2_int8"] = {"load_s": load_s}
+    onnx, load_s = timed(lambda: ONNXDecoder(onnx_dir, threads=threads))
+    rows["onnx"] = {"load_s": load_s}
+    onnx_int8, load_s = timed(lambda: ONNXDecoder(onnx_int8_dir, threads=threads))
+    rows["onnx_int8"] = {"load_s": load_s}
+    if llama:
+        from duplexlm.export.llama_cpp import LlamaCppModel
+
+        gguf, load_s = timed(lambda: LlamaCppModel(gguf_dir, P + N, threads))
+        rows["gguf"] = {"load_s": load_s}
+        gguf_q8, load_s = timed(lambda: LlamaCppModel(gguf_q8_dir, P + N, threads))
+        rows["gguf_q8"] = {"load_s": load_s}
     for side in ("engine", "engine_int8"):
         model = engines[side][batches[0]].model
         for B in batches[1:]:
@@ -386,21 +426,31 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
 
     labels = {"transformers": "transformers `generate`", "engine": "duplexlm `Engine`",
               "generate": "duplexlm `generate()`", "engine_int8": "duplexlm `Engine`, `duplex quantize` int8",
-              "ct2": "CTranslate2", "ct2_int8": "CTranslate2 int8"}
+              "ct2": "CTranslate2", "ct2_int8": "CTranslate2 int8", "onnx": "ONNX Runtime",
+              "onnx_int8": "ONNX Runtime int8", "gguf": "llama.cpp", "gguf_q8": "llama.cpp Q8_0"}
     dirs = {"transformers": hf_dir, "engine": model_dir, "generate": model_dir, "engine_int8": int8_dir,
-            "ct2": ct2_dir, "ct2_int8": ct2_int8_dir}
+            "ct2": ct2_dir, "ct2_int8": ct2_int8_dir, "onnx": onnx_dir, "onnx_int8": onnx_int8_dir,
+            "gguf": gguf_dir, "gguf_q8": gguf_q8_dir}
     weights = {"transformers": "fp32", "engine": "fp32", "generate": "fp32", "engine_int8": "int8 weights",
-               "ct2": "fp32", "ct2_int8": "int8"}
+               "ct2": "fp32", "ct2_int8": "int8", "onnx": "fp32", "onnx_int8": "int8", "gguf": "f32",
+               "gguf_q8": "Q8_0"}
     with torch.no_grad():
         fp32 = perplexity_torch(call_model, windows)
         ppl = {"transformers": perplexity_torch(hf, windows, hf=True), "engine": fp32, "generate": fp32,
-               "engine_int8": perplexity_torch(int8_model, windows), "ct2": perplexity_ct2(ct2, windows),
-               "ct2_int8": perplexity_ct2(ct2_int8, windows)}
+               "engine_int8": perplexity_torch(int8_model, windows), "ct2": perplexity_scored(ct2, windows),
+               "ct2_int8": perplexity_scored(ct2_int8, windows), "onnx": perplexity_scored(onnx, windows),
+               "onnx_int8": perplexity_scored(onnx_int8, windows)}
+        if llama:
+            ppl.update({side: perplexity_scored(LlamaCppModel(path, ctx, threads, scoring=True), windows)
+                        for side, path in (("gguf", gguf_dir), ("gguf_q8", gguf_q8_dir))})
         for side, row in rows.items():
             row.update(side=side, label=labels[side], weights=weights[side], mib=weight_mib(dirs[side]),
                        ppl=ppl[side], batches={})
         rows["engine_int8"]["ppl_change"] = ppl["engine_int8"] / fp32 - 1
         rows["ct2_int8"]["ppl_change"] = ppl["ct2_int8"] / ppl["ct2"] - 1
+        rows["onnx_int8"]["ppl_change"] = ppl["onnx_int8"] / ppl["onnx"] - 1
+        if llama:
+            rows["gguf_q8"]["ppl_change"] = ppl["gguf_q8"] / ppl["gguf"] - 1
         params_greedy = SamplingParams(max_new_tokens=N, temperature=0, ignore_eos=True)
         for B in batches:
             prompts = prompts_all[:B]
@@ -417,7 +467,12 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
                 "engine_int8": engine_side("engine_int8"),
                 "ct2": lambda prompts=prompts: ct2.generate(prompts, max_new_tokens=N, ignore_eos=True),
                 "ct2_int8": lambda prompts=prompts: ct2_int8.generate(prompts, max_new_tokens=N, ignore_eos=True),
+                "onnx": lambda prompts=prompts: onnx.generate(prompts, max_new_tokens=N, ignore_eos=True),
+                "onnx_int8": lambda prompts=prompts: onnx_int8.generate(prompts, max_new_tokens=N, ignore_eos=True),
             }
+            if llama:
+                sides.update(gguf=lambda prompts=prompts: gguf.generate(prompts, N, ignore_eos=True),
+                             gguf_q8=lambda prompts=prompts: gguf_q8.generate(prompts, N, ignore_eos=True))
             tokens, times = run_rounds(sides, plan.rounds)
             for side, out in tokens.items():
                 new = sum(len(r) for r in out)
@@ -432,7 +487,8 @@ def bench_decoder(model_dir: Path, work: Path, plan: Plan, held: list[str], log:
     return {"model": name, "dir": str(model_dir), "params_m": params, "vocab": cfg.vocab_size,
             "config": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "positions",
                                                     "tie_word_embeddings", "max_seq_len")},
-            "ppl_tokens": len(windows) * (ctx - 1), "ppl_context": ctx, "rows": list(rows.values())}
+            "ppl_tokens": len(windows) * (ctx - 1), "ppl_context": ctx, "llama_cpp": llama,
+            "rows": list(rows.values())}
 
 
 def bench_encoder(model_dir: Path, work: Path, plan: Plan, log: Path) -> dict[str, Any]:
@@ -524,8 +580,9 @@ def goals(decoders: list[dict[str, Any]], encoder: dict[str, Any] | None) -> str
     for d in decoders:
         rows = {r["side"]: r for r in d["rows"]}
         parts = []
+        int8 = [s for s in ("engine_int8", "ct2_int8", "onnx_int8", "gguf_q8") if s in rows]
         if 1 in rows["engine"]["batches"]:
-            best = max(("engine_int8", "ct2_int8"), key=lambda s: rows[s]["batches"][1]["median"])
+            best = max(int8, key=lambda s: rows[s]["batches"][1]["median"])
             b = rows[best]["batches"][1]
             parts.append(f"fastest int8 path at batch 1 {rows[best]['label']} {b['median']:.2f}x transformers "
                          f"(goal 5x: {met(b['median'] >= 5)}; perplexity {rows[best]['ppl_change']:+.2%}, "
@@ -534,8 +591,8 @@ def goals(decoders: list[dict[str, Any]], encoder: dict[str, Any] | None) -> str
             if B in rows["engine"]["batches"]:
                 x = rows["engine"]["batches"][B]["median"]
                 parts.append(f"our engine fp32 at batch {B} {x:.2f}x (goal {goal:g}x: {met(x >= goal)})")
-        changes = [f"{rows[s]['label']} {rows[s]['ppl_change']:+.2%}" for s in ("engine_int8", "ct2_int8")]
-        ok = all(abs(rows[s]["ppl_change"]) <= 0.02 for s in ("engine_int8", "ct2_int8"))
+        changes = [f"{rows[s]['label']} {rows[s]['ppl_change']:+.2%}" for s in int8]
+        ok = all(abs(rows[s]["ppl_change"]) <= 0.02 for s in int8)
         parts.append(f"int8 perplexity within 2%: {met(ok)} ({', '.join(changes)})")
         notes.append(f"{d['model']}: " + "; ".join(parts) + ".")
     if encoder is not None:
@@ -581,12 +638,16 @@ def report(args: argparse.Namespace, plan: Plan, trained: dict[str, Any], decode
               "`generate(do_sample=False)` on the `convert_to_hf` form is the baseline; our `Engine` is built once "
               "per batch size, `generate()` is the one-call API (it packs the weights on each call); int8: our "
               "weight-only int8 (`duplex quantize --method int8`) through the same engine, and CTranslate2's own "
-              f"(`export_model(..., 'ct2', quantize='int8')`, compute type int8). {plan.rounds} round(s) after a warm-up, "
+              "(`export_model(..., 'ct2', quantize='int8')`, compute type int8); ONNX Runtime: the decoder's ONNX export "
+              "with its KV cache (`export_model(..., 'onnx')`, run by `duplexlm.export.onnx.ONNXDecoder`), int8 its "
+              "dynamic quantisation; llama.cpp: the GGUF export (f32, Q8_0) run by llama-cpp-python "
+              f"{llama_version()}, one prompt after another (its high-level API decodes one sequence per call). "
+              f"{plan.rounds} round(s) after a warm-up, "
               "the order of the sides reversed every other round; × transformers: its time over the side's per round, "
               "median [min–max]. Load: seconds from the directory to ready (an engine side includes building the "
               "engine; transformers loaded a second time, its imports done). Same tokens: the share of new tokens equal "
               "to our fp32 engine's, position by position, at each batch size. Perplexity from the logits (CTranslate2: "
-              "`score_batch`), the int8 change against the same engine's fp32.", ""]
+              "`score_batch`; llama.cpp: its logits of each window), the int8 change against the same engine's fp32.", ""]
     for d in decoders:
         lines += decoder_table(d, plan.batches)
     if encoder is not None:
@@ -602,7 +663,7 @@ def main() -> int:
     p.add_argument("--no-encoder", action="store_true", help="decoders only")
     p.add_argument("--out", default="runs/bench-deploy", help="training runs, exports, commands.log, deploy.json")
     p.add_argument("--train-steps", type=int, default=None, help="pretraining steps per decoder (default 300)")
-    p.add_argument("--encoder-steps", type=int, default=None, help="fine-tuning steps of the encoder (default 400)")
+    p.add_argument("--encoder-steps", type=int, default=None, help="fine-tuning steps of the encoder (default 600)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="decoding batch sizes (default 1 16)")
     p.add_argument("--prompt-len", type=int, default=None)
     p.add_argument("--new", type=int, default=None, help="new tokens per row (default 128)")

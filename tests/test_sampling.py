@@ -75,8 +75,8 @@ def test_generate_keeps_the_training_mode_and_layout():
 
 
 def test_generate_decodes_with_packed_weights_and_gives_the_plain_tokens():
-    """generate() packs the weights for its call (the engine's CPU speed) and gives what the plain
-    layout gives; a model packed before (a server's) stays packed."""
+    """generate() packs the weights (the engine's CPU speed) and gives what the plain layout gives; a
+    model in eval mode stays packed for the next call, as one packed before (a server's) does."""
     from duplexlm.infer.engine import Engine
     from duplexlm.infer.packed import PackedLinear, pack_linears
 
@@ -87,6 +87,11 @@ def test_generate_decodes_with_packed_weights_and_gives_the_plain_tokens():
         prompts.tolist(), max_new_tokens=8, temperature=0, ignore_eos=True)
     out = generate(model, prompts, max_new_tokens=8, temperature=0)
     assert out[:, 5:].tolist() == [c.token_ids for c in plain]
+    # a model in eval mode keeps the engine's layout, so the next call decodes at once, and gives the same
+    assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    packed = {id(m._packed) for m in model.modules() if isinstance(m, PackedLinear)}
+    assert generate(model, prompts, max_new_tokens=8, temperature=0).tolist() == out.tolist()
+    assert {id(m._packed) for m in model.modules() if isinstance(m, PackedLinear)} == packed  # not packed again
     pack_linears(model)
     generate(model, prompts, max_new_tokens=2, temperature=0)
     assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, torch.nn.Linear))

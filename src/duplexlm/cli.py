@@ -755,7 +755,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the directory to write (new or empty; written atomically)")
     p.add_argument("--format", default="model", choices=("model", *FORMATS),
                    help="model: a model directory of ours (default); ct2: CTranslate2 (decoders, T5); onnx: ONNX "
-                   "Runtime (encoders with a classify or tag head); gguf: llama.cpp (decoders)")
+                   "Runtime (encoders with a classify or tag head, decoders with a KV cache); gguf: llama.cpp (decoders)")
     p.add_argument("--quantize", default=None, help="the engine's weight type: int8 (ct2, onnx), q8_0 or f16 "
                    "(gguf), other CTranslate2 types (default: float32)")
     _overwrite_arg(p)

@@ -364,8 +364,11 @@ def _load_export(path: Path, manifest: dict[str, Any]) -> nn.Module:
         from .models.onnx_module import ONNXModule
 
         return ONNXModule(path, manifest)
+    loader = {"ct2": "duplexlm.export.ct2.CT2Model", "onnx": "duplexlm.export.onnx.ONNXDecoder",
+               "gguf": "llama-cpp-python's llama_cpp.Llama"}.get(
+        str(manifest.get("format")), "its engine")
     raise ModelDirectoryError(f"{path}: a {manifest.get('format')} export of a {manifest.get('family')}, which runs "
-                              "in its engine, not as a torch module; load it with duplexlm.export.ct2.CT2Model, or "
+                              f"in its engine, not as a torch module; load it with {loader}, or "
                               "use the model directory it was exported from")
 
 

@@ -6,6 +6,7 @@ must give our greedy tokens (optional: it builds from source, about 20 minutes o
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -170,6 +171,7 @@ def test_llama_cpp_gives_our_greedy_tokens(trained_models, export_tokenizer, tmp
         model, tok = duplexlm.load(trained_models[arch])
         for text in ("我爱北京", "the cat sat"):
             ids = tok.encode(text, add_special_tokens=False)
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False) == ids  # its tokenizer is ours
             theirs = []
             for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
                 theirs.append(token)
@@ -183,3 +185,90 @@ def test_llama_cpp_gives_our_greedy_tokens(trained_models, export_tokenizer, tmp
                     ours.append(nxt)
                     x = torch.cat([x, torch.tensor([[nxt]])], 1)
             assert theirs == ours, (arch, text)
+
+
+def test_llama_cpp_q8_0_keeps_perplexity_within_2_percent(trained_models, export_tokenizer, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is optional: pip install llama-cpp-python "
+                                    "(it builds llama.cpp from source, about 20 minutes on 2 cores)")
+    model, tok = duplexlm.load(trained_models["llama"])
+    seqs = [tok.encode(text, add_special_tokens=False) for text in HELD_OUT]
+
+    def ppl(path) -> float:
+        llm = llama_cpp.Llama(str(path / "model.gguf"), n_ctx=128, logits_all=True, verbose=False)
+        nll, n = 0.0, 0
+        for ids in seqs:
+            llm.reset()
+            llm.eval(ids)
+            logp = torch.from_numpy(llm.scores[:len(ids) - 1].copy()).log_softmax(-1)
+            nll -= float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+            n += len(ids) - 1
+        return math.exp(nll / n)
+
+    with torch.no_grad():
+        ours = math.exp(-sum(float(model(torch.tensor([s])).logits[0, :-1].log_softmax(-1)
+                                   .gather(1, torch.tensor(s[1:])[:, None]).sum()) for s in seqs)
+                        / sum(len(s) - 1 for s in seqs))
+    export_model(trained_models["llama"], tmp_path / "f32", "gguf")
+    export_model(trained_models["llama"], tmp_path / "q8", "gguf", quantize="q8_0")
+    assert ppl(tmp_path / "f32") == pytest.approx(ours, rel=1e-3)
+    assert ppl(tmp_path / "q8") == pytest.approx(ours, rel=0.02)
+
+
+PROMPTS = ["我爱北京", "今天天气", "the cat sat", "hello world,", "这个酒店"]
+
+
+def test_llama_cpp_engine_serves_requests_as_our_engine(trained_models, export_tokenizer, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is optional: pip install llama-cpp-python")
+    from duplexlm.errors import ConfigError
+    from duplexlm.export.llama_cpp import LlamaCppEngine, LlamaCppModel
+    from duplexlm.infer.engine import Engine, SamplingParams
+
+    out = tmp_path / "gguf"
+    export_model(trained_models["llama"], out, "gguf")
+    model, tok = duplexlm.load(trained_models["llama"])
+    ours = Engine(model, tok, max_batch_size=4)
+    engine = LlamaCppEngine(out, export_tokenizer)
+    prompts = [export_tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    greedy = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    got = engine.generate(prompts, greedy)  # one request after another
+    assert [c.token_ids for c in got] == [c.token_ids for c in ours.generate(prompts, greedy)]
+    assert all(c.finish_reason == "length" for c in got)
+    assert LlamaCppModel(out).generate(prompts, 12, ignore_eos=True) == [c.token_ids for c in got]
+    # the end token stops a line learnt to its end; a stop string cuts the text before it
+    full = engine.generate("我爱北京", max_new_tokens=40, temperature=0)
+    assert full.finish_reason == "stop" and full.text == ours.generate("我爱北京", max_new_tokens=40, temperature=0).text
+    cut = engine.generate("我爱北京", max_new_tokens=40, temperature=0, stop=["上"])
+    assert cut.finish_reason == "stop" and cut.text == full.text.split("上")[0]
+    assert "".join(engine.stream("今天天气", max_new_tokens=20, temperature=0)) == engine.generate(
+        "今天天气", max_new_tokens=20, temperature=0).text
+    # a seed makes one request's sampling reproducible, in llama.cpp's own sampler
+    sampled = SamplingParams(max_new_tokens=16, temperature=1.5, seed=7, ignore_eos=True)
+    a = engine.generate("hello", sampled).token_ids
+    assert a == engine.generate("hello", sampled).token_ids
+    assert a != engine.generate("hello", SamplingParams(max_new_tokens=16, temperature=1.5, seed=8,
+                                                        ignore_eos=True)).token_ids
+    # an abort ends a request at once, and the engine goes on
+    rid = engine.add_request("hello world,", SamplingParams(max_new_tokens=100, temperature=0, ignore_eos=True))
+    engine.abort(rid)
+    ends = [o for _ in range(50) for o in engine.step() if o.request_id == rid and o.finished]
+    assert ends and ends[0].finish_reason == "abort" and not engine.has_unfinished()
+    with pytest.raises(ConfigError, match=r"num_beams: the llama\.cpp engine offers no beam search"):
+        engine.add_request("我爱", SamplingParams(num_beams=2))
+    with pytest.raises(ConfigError, match="stop_token_ids"):
+        engine.add_request("我爱", SamplingParams(stop_token_ids=(10**6,)))
+    with pytest.raises(ConfigError, match="scoring=True"):
+        LlamaCppModel(out).score([prompts[0]])
+    engine.close()
+
+
+def test_a_gguf_export_without_llama_cpp_says_how_to_get_it(trained_models, tmp_path, monkeypatch):
+    from duplexlm.errors import ConfigError
+    from duplexlm.export.llama_cpp import LlamaCppModel
+
+    export_model(trained_models["gpt2"], tmp_path / "gguf", "gguf")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"llama-cpp-python is not installed; install with: pip install "
+                                          r"llama-cpp-python \(it builds llama.cpp from source"):
+        LlamaCppModel(tmp_path / "gguf")
+    with pytest.raises(UnsupportedModelError, match="not a GGUF export"):
+        LlamaCppModel(trained_models["gpt2"])

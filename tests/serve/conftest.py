@@ -41,7 +41,7 @@ class Server:
     name: str
     key: str | None
     log: Path
-    engine: str = "model"  # what serves: our engine on the model directory, or "ct2" on its export
+    engine: str = "model"  # what serves: our engine on the model directory, or "ct2" / "gguf" on its export
     path: Path | None = None  # the directory served
 
     def client(self, **kwargs):
@@ -121,17 +121,27 @@ def classifier_dir(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
-@pytest.fixture(scope="package", params=["model", "ct2"])
-def server(request, decoder_dir, tmp_path_factory) -> Iterator[Server]:
-    """The decoder served from its model directory, and from its CTranslate2 export: the same tests
-    hold for both."""
-    served = decoder_dir
-    if request.param == "ct2":
-        pytest.importorskip("ctranslate2")
-        from duplexlm.export import export_model
+ENGINE_PACKAGES = {"ct2": "ctranslate2", "gguf": "llama_cpp"}  # what serves an export, by its format
 
-        served = tmp_path_factory.mktemp("ct2") / decoder_dir.name
-        export_model(decoder_dir, served, "ct2")
+
+def export_for_serving(engine: str, decoder_dir: Path, root: Path) -> Path:
+    """``decoder_dir`` itself for "model", else its export in ``engine``'s format (the test is skipped
+    where the engine's package is not installed: llama-cpp-python is optional)."""
+    if engine == "model":
+        return decoder_dir
+    pytest.importorskip(ENGINE_PACKAGES[engine], reason=f"the {engine} engine's package is not installed")
+    from duplexlm.export import export_model
+
+    served = root / decoder_dir.name
+    export_model(decoder_dir, served, engine)
+    return served
+
+
+@pytest.fixture(scope="package", params=["model", "ct2", "gguf"])
+def server(request, decoder_dir, tmp_path_factory) -> Iterator[Server]:
+    """The decoder served from its model directory, from its CTranslate2 export and from its GGUF
+    export (llama.cpp): the same tests hold for all."""
+    served = export_for_serving(request.param, decoder_dir, tmp_path_factory.mktemp(request.param))
     with run_server(served, tmp_path_factory.mktemp("log") / "server.log") as s:
         s.engine, s.path = request.param, served
         yield s

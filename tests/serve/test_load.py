@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import run_server
+from .conftest import export_for_serving, run_server
 
 CLIENTS, REQUESTS = 32, 10
 
@@ -74,20 +74,14 @@ def _metric_sum(text: str, pattern: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["model", "ct2"])
+@pytest.mark.parametrize("engine", ["model", "ct2", "gguf"])
 def test_32_clients_x_10_requests(engine, decoder_dir, tmp_path):
-    served = decoder_dir
-    if engine == "ct2":  # the CTranslate2 export, which takes no seed for sampling
-        pytest.importorskip("ctranslate2")
-        from duplexlm.export import export_model
-
-        served = tmp_path / decoder_dir.name
-        export_model(decoder_dir, served, "ct2")
+    served = export_for_serving(engine, decoder_dir, tmp_path)
     with run_server(served, tmp_path / "log", "--max-batch-size", "8", "--max-queue", "8") as s:
         rss = []
         sent = 0
         for _ in range(2):
-            outcomes = asyncio.run(_round(s.url, s.name, s.headers(), seeded=engine == "model"))
+            outcomes = asyncio.run(_round(s.url, s.name, s.headers(), seeded=engine != "ct2"))  # CTranslate2 takes no seed
             sent += len(outcomes)
             assert len(outcomes) == CLIENTS * REQUESTS  # every request came back with an answer
             assert "lost" not in outcomes

@@ -8,9 +8,13 @@ so that ``duplex serve`` and :func:`read_manifest` can tell an export from a mod
 - ``ct2``: CTranslate2, for the decoders (GPT-2, Llama, Qwen2 shapes) and T5, through CTranslate2's
   own converter run on the Hugging Face form of the model (``duplex convert --to-hf``'s).
 - ``gguf``: GGUF for llama.cpp, for the decoders, written with the ``gguf`` package in the layout
-  llama.cpp reads (see :mod:`duplexlm.export.gguf`).
-- ``onnx``: ONNX, by torch's exporter, for encoders with a classify or tag head, run by onnxruntime;
-  ``duplexlm.load`` returns it behind the model's interface, so ``duplex classify|tag|eval`` take it.
+  llama.cpp reads (see :mod:`duplexlm.export.gguf`); run by llama-cpp-python where it is installed
+  (:mod:`duplexlm.export.llama_cpp`).
+- ``onnx``: ONNX, by torch's exporter, run by onnxruntime: encoders with a classify or tag head, which
+  ``duplexlm.load`` returns behind the model's interface (so ``duplex classify|tag|eval`` take them),
+  and decoders with a KV cache, which :class:`duplexlm.export.onnx.ONNXDecoder` decodes and scores.
+
+``duplex serve`` serves ct2 and gguf exports behind the same API (:mod:`duplexlm.export.threaded`).
 
 Each format names the package it needs; a missing one is one line saying how to install it, with
 nothing written.

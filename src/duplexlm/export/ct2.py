@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import queue
 import tempfile
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +20,9 @@ from ..config import AnyConfig, DecoderConfig, Seq2SeqConfig
 from ..convert import to_hf
 from ..errors import ConfigError, UnsupportedModelError
 from ..fileutil import independent, write_json
-from ..infer.engine import Engine, Request, RequestOutput, SamplingParams, end_token_ids
+from ..infer.engine import Request, RequestOutput, SamplingParams
 from ..io import copy_tokenizer
+from .threaded import Batch, ThreadedEngine
 
 
 @contextlib.contextmanager
@@ -144,44 +141,8 @@ class CT2Model:
 # ----------------------------------------------------------------------------------------------------
 # Serving: the engine's interface over a CTranslate2 export
 
-log = logging.getLogger("duplexlm.serve")
 
-
-@dataclass
-class _Runner:
-    """What the server reads of the engine's runner: the context and the source room."""
-
-    context: int
-    max_source_len: int
-
-    def move_rows(self, *_: Any) -> None:  # rows are CTranslate2's own
-        pass
-
-
-@dataclass
-class _Batch:
-    """One CTranslate2 call in flight: its requests (batch index = row), their stop flags, which the
-    callback reads, and the tokens it reports, which :meth:`CT2Engine.step` reads."""
-
-    reqs: list[Request]
-    stop: list[bool]
-    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    results: list[Any] | None = None
-    error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-class ExportedModel:
-    """Stands for an export where a server reads a model: its ``config`` (the model it came from)."""
-
-    exported = True
-
-    def __init__(self, config: AnyConfig, path: Path) -> None:
-        self.config = config
-        self.path = path
-
-
-class CT2Engine(Engine):
+class CT2Engine(ThreadedEngine):
     """:class:`~duplexlm.infer.engine.Engine`'s interface (requests, stop strings, streamed text,
     abort, beam search) over a CTranslate2 export, so that ``duplex serve`` serves one as it serves a
     model directory.
@@ -194,26 +155,15 @@ class CT2Engine(Engine):
     ``seed`` on a sampled request (CTranslate2 has no per-call seed: its threads seed their generators
     once) and ``early_stopping`` (its beam search stops by its own rule)."""
 
+    library = "ctranslate2"
+
     def __init__(self, path: str | Path, tokenizer: Any, *, max_batch_size: int = 16, max_len: int | None = None,
                  max_source_len: int = 512, threads: int = 0) -> None:
         from ..config import config_from_dict
 
-        if max_batch_size < 1:
-            raise ConfigError(f"max_batch_size: expected an integer >= 1, found {max_batch_size}")
         self.ct2 = CT2Model(path, threads=threads)
         c = config_from_dict(self.ct2.manifest["config"], source=f"{path}/duplex_export.json: config")
-        self.model = ExportedModel(c, Path(path))
-        self.tokenizer = tokenizer
-        self.family = c.family
-        self.device = torch.device("cpu")
-        context = min(c.max_seq_len, 2048) if c.family == "decoder" else 512
-        self.runner = _Runner(context if max_len is None else max_len, max_source_len)  # type: ignore[assignment]
-        self.max_batch_size = max_batch_size
-        self.vocab_size = c.vocab_size
-        self.eos_token_ids = end_token_ids(c, tokenizer)
-        self._init_requests()
-        self._batch: _Batch | None = None
-        self._thread: threading.Thread | None = None
+        self._setup(c, path, tokenizer, max_batch_size, max_len, max_source_len)
 
     def _add(self, prompt: Any, params: SamplingParams | None, request_id: str | None) -> Request:
         p = params or SamplingParams()
@@ -226,89 +176,20 @@ class CT2Engine(Engine):
         if p.num_beams > 1 and p.early_stopping is not False:
             raise ConfigError("early_stopping: the CTranslate2 engine's beam search has its own stopping rule; "
                               "leave early_stopping at false")
-        bad = [i for i in p.stop_token_ids if i >= self.vocab_size]
-        if bad:
-            raise ConfigError(f"stop_token_ids: {bad} lie outside the vocabulary of {self.vocab_size} tokens")
+        self._check_stop_ids(p)
         return super()._add(prompt, params, request_id)
 
-    def close(self) -> None:
-        """Stop the running CTranslate2 call (at its next token) and wait for its thread."""
-        batch, thread = self._batch, self._thread
-        if batch is not None:
-            batch.stop[:] = [True] * len(batch.stop)
-        if thread is not None:
-            thread.join(timeout=10)
-
-    # -- the step --------------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Start a batch when none runs, then hand over the tokens it has made since the last call
-        (waiting briefly for one) → the outputs of the requests that changed."""
-        outputs: list[RequestOutput] = []
-        self._take_inbox(outputs)
-        if self._batch is None and self._waiting:
-            self._launch()
-        batch = self._batch
-        if batch is None:
-            return outputs
-        items = []
-        try:
-            items.append(batch.tokens.get(timeout=0.05))
-            while True:
-                items.append(batch.tokens.get_nowait())
-        except queue.Empty:
-            pass
-        self.stepped = bool(items)  # an empty poll decoded nothing: the server's step metrics skip it
-        for row, token in items:
-            req = batch.reqs[row]
-            if req.finished:
-                continue
-            out = self._advance(req, {row: token})  # type: ignore[arg-type]
-            if out is not None:
-                outputs.append(out)
-            if req.finished:
-                batch.stop[row] = True
-        if batch.done.is_set() and batch.tokens.empty():
-            outputs += self._end_batch(batch)
-        self._release()
-        return outputs
-
-    def _take_inbox(self, outputs: list[RequestOutput]) -> None:
-        super()._take_inbox(outputs)
-        if self._batch is not None:
-            for row, req in enumerate(self._batch.reqs):
-                if req.finished:
-                    self._batch.stop[row] = True
-
-    def _release(self) -> None:
-        self._running = [r for r in self._running if not r.finished]
-
-    def _launch(self) -> None:
-        """The first waiting request and those behind it with the same settings, as one CTranslate2 call
-        in a thread of its own."""
-        first = self._waiting[0]
+    def _group(self, first: Request) -> list[Request]:
+        """The first waiting request and those behind it with the same settings, as one call."""
         # a one-token prompt goes apart: beside longer ones, CTranslate2 would report their prompts' tails
         # as generated tokens (it feeds the shortest prompt's length minus one at once, then decodes)
         key = (_settings(first.params), len(first.prompt_ids) == 1)
-        reqs = [first] if first.params.num_beams > 1 else [
-            r for r in self._waiting
-            if r.params.num_beams == 1 and (_settings(r.params), len(r.prompt_ids) == 1) == key][: self.max_batch_size]
-        for row, req in enumerate(reqs):
-            self._waiting.remove(req)
-            req.row = row
-        self._running.extend(reqs)
-        batch = self._batch = _Batch(reqs, [False] * len(reqs))
-        self._thread = threading.Thread(target=self._run, args=(batch,), name="duplex-ct2", daemon=True)
-        self._thread.start()
+        if first.params.num_beams > 1:
+            return [first]
+        return [r for r in self._waiting if r.params.num_beams == 1
+                and (_settings(r.params), len(r.prompt_ids) == 1) == key][: self.max_batch_size]
 
-    def _run(self, batch: _Batch) -> None:
-        try:
-            self._call(batch)
-        except BaseException as e:  # reported by step(), which ends the batch's requests
-            batch.error = e
-        finally:
-            batch.done.set()
-
-    def _call(self, batch: _Batch) -> None:
+    def _call(self, batch: Batch) -> None:
         p = batch.reqs[0].params
         beams = p.num_beams > 1
 
@@ -342,25 +223,11 @@ class CT2Engine(Engine):
             batch.results = self.ct2.engine.generate_batch(prompts, max_length=longest,
                                                            include_prompt_in_result=False, **options)
 
-    def _end_batch(self, batch: _Batch) -> list[RequestOutput]:
-        """The call has returned: beam results become their requests' outputs; any request still open
-        (CTranslate2 stopped it) finishes by length."""
-        self._batch = None
-        if batch.error is not None:  # the call failed: its requests end, the engine goes on
-            log.error("a CTranslate2 call failed: %r", batch.error)
-            return [self._finish(req, "abort") for req in batch.reqs if not req.finished]
-        outputs = []
-        for row, req in enumerate(batch.reqs):
-            if req.finished:
-                continue
-            if req.params.num_beams > 1 and batch.results is not None:
-                r = batch.results[row]
-                best = (list(r.sequences_ids[0]) if not self.ct2.seq2seq else
-                        [self.ct2.index[t] for t in r.hypotheses[0]])[: req.max_new_tokens]
-                outputs.append(self._finish_beam(req, best, float(r.scores[0]) if r.scores else None))
-            else:
-                outputs.append(self._finish(req, "length"))
-        return outputs
+    def _beam_output(self, batch: Batch, row: int, req: Request) -> RequestOutput:
+        r = batch.results[row]  # type: ignore[index]
+        best = (list(r.sequences_ids[0]) if not self.ct2.seq2seq else
+                [self.ct2.index[t] for t in r.hypotheses[0]])[: req.max_new_tokens]
+        return self._finish_beam(req, best, float(r.scores[0]) if r.scores else None)
 
 
 def _settings(p: SamplingParams) -> tuple[Any, ...]:

@@ -39,6 +39,7 @@ The model knows nothing of this: it takes a cache view (:meth:`~duplexlm.models.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -835,7 +836,10 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
     """Continue each prompt row of ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens, as a tensor:
     rows that produced ``eos_token_id`` keep emitting it; at most up to the model's context.
     Returns (B, T + new). A thin layer over :class:`Engine`, which also
-    streams, stops on strings, batches prompts of different lengths and runs encoder-decoders.
+    streams, stops on strings, batches prompts of different lengths and runs encoder-decoders. On a CPU
+    a model in eval mode is left in the engine's layout (packed weights, as ``Engine(model)`` leaves
+    it: one more copy of the Linear weights in memory), so that later calls decode at the engine's
+    speed; a model in training mode gets its layout back after the call.
 
     >>> from duplexlm.config import DecoderConfig
     >>> from duplexlm.models import build_model
@@ -856,11 +860,12 @@ def generate(model: nn.Module, input_ids: Tensor, max_new_tokens: int, temperatu
                              top_p=1.0 if top_p is None else top_p, seed=s, ignore_eos=True,
                              stop_token_ids=() if eos_token_id is None else (eos_token_id,)) for s in seeds]
     was_training = model.training
-    # the engine's CPU layout (packed weights) for this call only: the weights' layout and the model's
-    # mode are left as they were, since a caller may be mid-training
-    with packed_for_decoding(model):
+    # the engine's CPU layout (packed weights): a model in eval mode keeps it, as an Engine's does, so
+    # that the next call decodes at once; a model in training mode (a caller mid-training) gets back
+    # its layout and its mode after the call
+    with packed_for_decoding(model) if was_training else contextlib.nullcontext():
         try:
-            engine = Engine(model, max_batch_size=B, max_len=T + max_new_tokens, cpu_layout=False)
+            engine = Engine(model, max_batch_size=B, max_len=T + max_new_tokens, cpu_layout=not was_training)
             outs = engine.generate([row.tolist() for row in input_ids], params)
         finally:
             model.train(was_training)

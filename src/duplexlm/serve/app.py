@@ -113,7 +113,7 @@ class ServerSettings:
 def capabilities(model: torch.nn.Module) -> list[str]:
     """What a model can answer: ``completions``, ``chat``, ``embeddings``, ``classify``, ``attention``."""
     c = model.config
-    if getattr(model, "exported", False):  # an engine's export: CTranslate2 generates, ONNX classifies
+    if getattr(model, "exported", False):  # an engine's export: CTranslate2 and llama.cpp generate, ONNX classifies
         if c.family == "encoder":
             return ["classify"]
         return ["completions", "chat"] if c.family == "decoder" else ["completions"]
@@ -173,13 +173,16 @@ def _load_in_background(state: _State) -> None:
     s = state.settings
     try:
         exported = read_manifest(s.model_dir)
-        if exported is not None and exported.get("format") == "ct2":  # CTranslate2 decodes
+        if exported is not None and exported.get("format") in ("ct2", "gguf"):  # CTranslate2 or llama.cpp decodes
             from ..export.ct2 import CT2Engine
+            from ..export.llama_cpp import LlamaCppEngine
 
             tokenizer = Tokenizer.from_dir(s.model_dir)
-            engine = CT2Engine(s.model_dir, tokenizer, max_batch_size=s.max_batch_size)
+            kind = CT2Engine if exported["format"] == "ct2" else LlamaCppEngine
+            engine = kind(s.model_dir, tokenizer, max_batch_size=s.max_batch_size)
             state.ready(engine.model, tokenizer, engine)
-            log.info("serving the CTranslate2 export %s as %r: %s", s.model_dir, state.name, ", ".join(state.caps))
+            log.info("serving the %s export %s as %r: %s", engine.library, s.model_dir, state.name,
+                     ", ".join(state.caps))
             return
         device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load(s.model_dir, device=device)
