@@ -19,6 +19,18 @@ from duplexlm.tokenizer import Tokenizer, train_tokenizer
 LINES = ["我爱北京天安门，天安门上太阳升。", "今天天气很好，我们去公园散步吧。", "the cat sat on the mat and looked at the dog.",
          "北京欢迎你，为你开天辟地。", "hello world, this is a small model.", "这个酒店很干净，服务也很好。"]
 HELD_OUT = ["我爱北京天安门，天安门上太阳升。", "hello world, this is a small model."]
+PROMPTS = ["我爱北京", "今天天气", "the cat sat", "hello world,", "这个酒店"]  # starts of LINES and others
+
+
+def ours_greedy(path, prompts: list[list[int]], n: int, ignore_eos: bool = True) -> list[list[int]]:
+    """Our engine's greedy continuations of ``prompts`` by the model directory ``path``: what each
+    engine's export must give."""
+    import duplexlm
+    from duplexlm.infer.engine import Engine, SamplingParams
+
+    model, tok = duplexlm.load(path)
+    params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=ignore_eos)
+    return [out.token_ids for out in Engine(model, tok, max_batch_size=4).generate(prompts, params)]
 
 
 @pytest.fixture(scope="session")

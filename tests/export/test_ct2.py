@@ -14,18 +14,10 @@ from duplexlm.errors import ConfigError, UnsupportedModelError
 from duplexlm.export import export_model, read_manifest
 from duplexlm.infer.engine import Engine, SamplingParams
 
-from .conftest import HELD_OUT, LINES
+from .conftest import HELD_OUT, LINES, PROMPTS, ours_greedy
 
 pytest.importorskip("ctranslate2")
 from duplexlm.export.ct2 import CT2Model
-
-PROMPTS = ["我爱北京", "今天天气", "the cat sat", "hello world,", "这个酒店"]
-
-
-def ours_greedy(path, prompts: list[list[int]], n: int, ignore_eos: bool = True) -> list[list[int]]:
-    model, tok = duplexlm.load(path)
-    params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=ignore_eos)
-    return [out.token_ids for out in Engine(model, tok, max_batch_size=4).generate(prompts, params)]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])

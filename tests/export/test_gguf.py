@@ -16,7 +16,7 @@ import duplexlm
 from duplexlm.errors import UnsupportedModelError
 from duplexlm.export import export_model
 
-from .conftest import HELD_OUT, LINES
+from .conftest import HELD_OUT, LINES, PROMPTS
 
 gguf = pytest.importorskip("gguf")
 
@@ -212,9 +212,6 @@ def test_llama_cpp_q8_0_keeps_perplexity_within_2_percent(trained_models, export
     export_model(trained_models["llama"], tmp_path / "q8", "gguf", quantize="q8_0")
     assert ppl(tmp_path / "f32") == pytest.approx(ours, rel=1e-3)
     assert ppl(tmp_path / "q8") == pytest.approx(ours, rel=0.02)
-
-
-PROMPTS = ["我爱北京", "今天天气", "the cat sat", "hello world,", "这个酒店"]
 
 
 def test_llama_cpp_engine_serves_requests_as_our_engine(trained_models, export_tokenizer, tmp_path):

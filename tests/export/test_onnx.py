@@ -17,10 +17,9 @@ import torch
 import duplexlm
 from duplexlm.errors import UnsupportedModelError
 from duplexlm.export import export_model
-from duplexlm.infer.engine import Engine, SamplingParams
 from duplexlm.infer.predict import classify, tag
 
-from .conftest import HELD_OUT, LINES, NEGATIVE, POSITIVE, tag_sentences
+from .conftest import HELD_OUT, LINES, NEGATIVE, POSITIVE, PROMPTS, ours_greedy, tag_sentences
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -107,15 +106,6 @@ def test_onnx_refuses_what_it_cannot_take(trained_models, tmp_path):
         duplexlm.load(tmp_path / "ct2")
     with pytest.raises(UnsupportedModelError, match="not an ONNX export of a decoder"):
         ONNXDecoder(tmp_path / "ct2")
-
-
-PROMPTS = ["我爱北京", "今天天气", "the cat sat", "hello world,", "这个酒店"]
-
-
-def ours_greedy(path, prompts: list[list[int]], n: int, ignore_eos: bool = True) -> list[list[int]]:
-    model, tok = duplexlm.load(path)
-    params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=ignore_eos)
-    return [out.token_ids for out in Engine(model, tok, max_batch_size=4).generate(prompts, params)]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])

@@ -55,7 +55,7 @@ class LlamaCppModel:
         self.llm = llama_cpp.Llama(str(self.path / GGUF_FILE), n_ctx=self.context, n_batch=self.context,
                                    n_threads=threads, n_threads_batch=threads, logits_all=scoring, verbose=False)
 
-    def tokens(self, max_new_tokens: int, prompt: list[int], ignore_eos: bool = False,
+    def stream(self, max_new_tokens: int, prompt: list[int], ignore_eos: bool = False,
                sampling: dict[str, Any] | None = None, stop_ids: frozenset[int] = frozenset()) -> Any:
         """Yield ``prompt``'s continuation token by token, greedy unless ``sampling`` says otherwise
         (llama.cpp's ``temp``, ``top_k``, ``top_p``, ``min_p``, ``repeat_penalty``); ends after
@@ -81,7 +81,7 @@ class LlamaCppModel:
         ends = end_token_ids(self.config, None)
         out = []
         for prompt in prompts:
-            row = list(self.tokens(max_new_tokens, prompt, ignore_eos, sampling))
+            row = list(self.stream(max_new_tokens, prompt, ignore_eos, sampling))
             out.append(row[:-1] if row and not ignore_eos and row[-1] in ends else row)
         return out
 
@@ -135,7 +135,7 @@ class LlamaCppEngine(ThreadedEngine):
             sampling.update(temp=p.temperature, top_k=p.top_k if p.top_k < self.vocab_size else 0, top_p=p.top_p,
                             min_p=p.min_p)
         # stop ids and the length end the call here, at once; stop strings by step(), a little later
-        for token in self.llama.tokens(req.max_new_tokens, req.prompt_ids, ignore_eos=True, sampling=sampling,
+        for token in self.llama.stream(req.max_new_tokens, req.prompt_ids, ignore_eos=True, sampling=sampling,
                                        stop_ids=frozenset(req.stop_ids)):
             if batch.stop[0]:
                 return
