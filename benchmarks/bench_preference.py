@@ -2,12 +2,13 @@
 model they start from, in one run.
 
     python benchmarks/bench_preference.py --task dpo --init-from runs/q-sft/all/decoder-pretrained-s1/model --out runs/q-dpo
-    python benchmarks/bench_preference.py --task grpo --init-from DIR --out runs/q-grpo      # GRPO on 实体识别
+    python benchmarks/bench_preference.py --task grpo --init-from runs/q-sft/all/decoder-pretrained-s1/model --out runs/q-grpo  # 实体识别
     python benchmarks/bench_preference.py --task dpo --init-from DIR --out /tmp/qd --smoke  # tiny: checks it runs
 
 The starting model is an instruction-tuned decoder (``bench_quality.py --task sft`` leaves one in
 ``OUT/all/decoder-pretrained-s<seed>/model``). ``dpo`` tunes it on the built-in ``zh-prefs`` with
-``duplex finetune task=dpo``; ``grpo`` on one zh-task's prompts (written to ``OUT/data``) with
+``duplex finetune task=dpo``; ``grpo`` on one zh-task's prompts (``--grpo-prompts``: by default those of
+the built-in ``zh-tasks-unseen``, which the start was not tuned on; written to ``OUT/data``) with
 ``duplex finetune task=grpo objective_args.reward=task`` (the task's metric per sampled answer). Then:
 
 - dpo: the preference accuracy (DPO's implicit reward: the chosen answer's log-ratio to the starting
@@ -47,12 +48,17 @@ RECIPES: dict[str, dict[str, list[str]]] = {
     "dpo": {"dpo": ["task=dpo", "data.train=zh-prefs", "data.seq_len=320", "batch_size=8", "optim.lr=1e-5",
                     "optim.min_lr=1e-6", "optim.warmup_steps=20", "max_steps=200", "objective_args.beta=0.5",
                     "objective_args.sft_weight=5.0", "model.dropout=0.0", "generation.test=false"]},
-    # GRPO on one zh-task's prompts (--grpo-task), each answer rewarded by its task's metric against the reference
+    # GRPO on one zh-task's prompts (--grpo-task; by default the training prompts the start was not tuned on),
+    # each answer rewarded by its task's metric against the reference. Measured from the instruction-tuned
+    # decoder (seed 1) on 实体识别 (docs/recipes.md "GRPO that pays"): on the prompts the start was tuned on
+    # nothing moved (it had learnt them); group-scaled advantages and T = 1 left 转繁体 flat; the reward above
+    # the group's mean (scale_rewards=none, Dr. GRPO), samples at T = 0.7 and 8 prompts a step raised the
+    # validation reward at every evaluation. eval_on_start: the start competes for the kept checkpoint.
     "grpo": {"grpo": ["task=grpo", "objective_args.reward=task", "objective_args.group_size=8",
-                             "objective_args.temperature=1.0", "objective_args.kl_coef=0.04", "batch_size=4",
-                             "data.seq_len=320", "generation.max_new_tokens=64", "generation.val_examples=64",
-                             "optim.lr=1e-4", "optim.min_lr=1e-5", "optim.warmup_steps=10", "max_steps=300",
-                             "model.dropout=0.0"]},
+                      "objective_args.temperature=0.7", "objective_args.kl_coef=0.04", "objective_args.scale_rewards=none",
+                      "batch_size=8", "data.seq_len=320", "generation.max_new_tokens=64", "generation.val_examples=100",
+                      "optim.lr=1e-4", "optim.min_lr=1e-5", "optim.warmup_steps=10", "max_steps=250",
+                      "eval_on_start=true", "model.dropout=0.0"]},
 }
 HEADLINE = {"情感判断": "accuracy", "转繁体": "chrf", "实体识别": "f1"}  # each GRPO task's zh-tasks score
 COLUMNS = SFT_COLUMNS  # the zh-tasks' columns of the sft table, in its order (the first three: zh-prefs' tasks)
@@ -96,11 +102,12 @@ def _start_rewards(out: Path, scores: dict[str, float], done: Path) -> dict[str,
     return scores
 
 
-def _grpo_prompts(out: Path, smoke: bool, task: str) -> list[str]:
-    """``task``'s prompts of zh-tasks, as JSONL files in OUT/data → the runs' data settings."""
+def _grpo_prompts(out: Path, smoke: bool, task: str, prompts: str) -> list[str]:
+    """``task``'s prompts of the built-in ``prompts`` (training prompts the start has not seen, by default;
+    zh-tasks' validation and test), as JSONL files in OUT/data → the runs' data settings."""
     from duplexlm.data.prompts import load_prompt_data
 
-    data = load_prompt_data("zh-tasks")
+    data = load_prompt_data(prompts)
     (out / "data").mkdir(parents=True, exist_ok=True)
     files = {}
     for split, part in data.splits.items():
@@ -121,6 +128,9 @@ def main() -> int:
     p.add_argument("--retrain", action="store_true", help="train every run again, even one OUT already holds")
     p.add_argument("--grpo-task", default="实体识别", choices=list(HEADLINE),
                    help="grpo: the zh-task whose prompts it trains on, rewarded by the task's metric")
+    p.add_argument("--grpo-prompts", default="zh-tasks-unseen", choices=["zh-tasks-unseen", "zh-tasks"],
+                   help="grpo: the training prompts: those the instruction-tuned start was not trained on "
+                        "(default), or zh-tasks' own training prompts (what it was tuned on)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="settings after the recipe's (a variant to compare: --set optim.lr=1e-5 max_steps=100)")
     p.add_argument("--smoke", action="store_true")
@@ -135,7 +145,7 @@ def main() -> int:
     if args.task == "grpo":  # the start's reward on the task GRPO trains on, the runs' test_reward beside it
         base["test_reward"] = base.get(f"test_reward_{args.grpo_task}", float("nan"))
     rows = [{"system": "start (instruction-tuned)", "scores": [base], "minutes": []}]
-    data = _grpo_prompts(out, args.smoke, args.grpo_task) if args.task == "grpo" else []
+    data = _grpo_prompts(out, args.smoke, args.grpo_task, args.grpo_prompts) if args.task == "grpo" else []
     for system, recipe in RECIPES[args.task].items():
         row: dict[str, Any] = {"system": system, "scores": [], "minutes": []}
         for seed in args.seeds:
@@ -203,7 +213,11 @@ def _table(args: argparse.Namespace, rows: list[dict[str, Any]], base: dict[str,
     recipe = "; ".join(f"{name}: `{' '.join([*o, *args.set])}`" for name, o in RECIPES[args.task].items())
     lines += ["", f"Recipes (`duplex finetune` settings, plus `init_from`, the seed"
                   f"{'' if dpo else ' and the prompt files'}): {recipe}."
-              + (" 翻译 is not in zh-prefs." if dpo else ""), ""]
+              + (" 翻译 is not in zh-prefs." if dpo else
+                 f" The training prompts: {task}'s of the built-in `{args.grpo_prompts}`"
+                 + (" (drawn from the source set's training split, none of them in the start's instruction tuning)"
+                    if args.grpo_prompts == "zh-tasks-unseen" else " (the start was instruction-tuned on them)")
+                 + "; validation picks the checkpoint."), ""]
     return "\n".join(lines)
 
 

@@ -391,18 +391,24 @@ def _minutes_in_all(total: float) -> str:
             "earlier ones (their training minutes are in their rows, not in this total)")
 
 
+def _effective(settings: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` settings as the config reads them: a later one overrides an earlier (a recipe's
+    setting moved into the recipe, or given again after it, is the same run)."""
+    return dict(s.split("=", 1) for s in settings)
+
+
 def _train_and_score(args: argparse.Namespace, run: Path, settings: list[str], test: Path, threads: int | None,
                      eval_extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], float, int]:
     """``duplex finetune SETTINGS out_dir=RUN``, then ``duplex eval`` of its model on TEST: (the eval's
     metrics.json, minutes of fine-tuning, steps). What a run measured is kept in RUN/bench.json; a later
-    invocation with the same OUT and the same settings reads it back instead of training again (unless
+    invocation with the same OUT and the same effective settings reads it back instead of training again (unless
     ``--retrain``), so that seeds can be added to a table one session at a time."""
     record = run / "bench.json"
     finetune = [*settings, f"out_dir={run}", f"eval_every={args.eval_every}", f"save_every={args.eval_every}",
                 "progress=false"]
     if record.is_file() and not args.retrain:
         kept = json.loads(record.read_text(encoding="utf-8"))
-        if kept.get("finetune") == finetune and kept.get("eval") == list(eval_extra) and kept.get("test", str(test)) == str(test):
+        if _effective(kept.get("finetune", [])) == _effective(finetune) and kept.get("eval") == list(eval_extra) and kept.get("test", str(test)) == str(test):
             print(f"{run}: finished before with the same settings, read from {record.name}", flush=True)
             READ_BACK.append(run)
             return kept["scores"], kept["minutes"], kept["steps"]

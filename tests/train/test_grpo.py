@@ -96,6 +96,21 @@ def test_one_step_raises_the_better_completions_and_lowers_the_worse(files, pd_c
     assert change[a > 0].mean() > 0 > change[a < 0].mean()
 
 
+def test_advantages_unscaled_are_the_rewards_above_their_group_mean(files, pd_corpus, tmp_path):
+    # "none" (Dr. GRPO) keeps a group's spread; "group" divides it out: the same samples (same seeds) both ways
+    a = {}
+    for scale in ("group", "none"):
+        run = setup(_cfg(files, pd_corpus / "tok", tmp_path / scale, "max_steps=1", "objective_args.kl_coef=0",
+                         f"objective_args.scale_rewards={scale}"))
+        a[scale] = make_batch(run, run.train, 0, 4, (1,))["advantages"].view(4, 4)
+    spread = a["none"].std(dim=1)
+    assert float(spread.max()) > 0 and float(a["none"].abs().max()) <= 1.0  # rewards in [0, 1]
+    assert torch.allclose(a["none"].sum(1), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(a["group"] * (spread[:, None] + 1e-4), a["none"], atol=1e-6)
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        _cfg(files, pd_corpus / "tok", tmp_path / "x", "objective_args.scale_rewards=batch")
+
+
 def test_grpo_trains_logs_rewards_and_scores_the_test_split(files, pd_corpus, tmp_path):
     out = tmp_path / "run"
     result = finetune(_cfg(files, pd_corpus / "tok", out, "max_steps=10", f"data.test={files['validation']}"))
@@ -107,6 +122,17 @@ def test_grpo_trains_logs_rewards_and_scores_the_test_split(files, pd_corpus, tm
     gens = [json.loads(line) for line in (out / "test_generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(gens) == 12 and all(0 <= g["reward"] <= 1 for g in gens)
     assert duplexlm.load(out / "model")[0].config.head == "lm"
+
+
+def test_a_log_line_averages_the_rewards_of_its_steps(files, pd_corpus, tmp_path):
+    each, pairs = tmp_path / "each", tmp_path / "pairs"
+    finetune(_cfg(files, pd_corpus / "tok", each, "max_steps=4"))
+    finetune(_cfg(files, pd_corpus / "tok", pairs, "max_steps=4", "log_every=2"))  # the same samples, seed for seed
+    one = [r for r in _records(each) if "reward" in r]
+    two = [r for r in _records(pairs) if "reward" in r]
+    assert [r["step"] for r in two] == [2, 4]
+    for k in ("reward", "reward_std", "completion_tokens", "kl"):
+        assert [r[k] for r in two] == pytest.approx([(one[0][k] + one[1][k]) / 2, (one[2][k] + one[3][k]) / 2])
 
 
 def test_grpo_resumes_exactly_with_several_steps_per_sample(files, pd_corpus, tmp_path):
@@ -188,3 +214,45 @@ def test_bad_settings_and_prompts_are_refused(files, pd_corpus, tmp_path):
     data = load_prompt_data("arithmetic")
     train = {e.prompt[-1]["content"].split("：")[-1] for e in data.splits["train"]}
     assert not train & {e.prompt[-1]["content"].split("：")[-1] for e in data.splits["test"]}  # no test question trained
+
+
+def test_unseen_zh_task_prompts_are_none_of_the_instruction_tuning_ones():
+    from duplexlm.data.gen_tasks import zh_task_input, zh_tasks
+
+    tuned = zh_tasks().splits
+    data = load_prompt_data("zh-tasks-unseen")
+    train = data.splits["train"]
+    counts = {t: sum(e.task == t for e in train) for t in ("情感判断", "翻译", "转繁体", "实体识别")}
+    assert counts == {"情感判断": 2000, "翻译": 2000, "转繁体": 2000, "实体识别": 2000}
+    sources = {e.source for e in train}
+    assert len(sources) == len(train) and not sources & {e.source for e in tuned["train"]}
+    inputs = {(e.task, zh_task_input(e.as_chat())) for e in train}
+    assert not inputs & {(e.task, zh_task_input(e)) for part in tuned.values() for e in part}  # nor evaluated on
+    assert [e.source for e in data.splits["test"]] == [e.source for e in tuned["test"]]  # scored as zh-tasks
+    assert [e.source for e in load_prompt_data("zh-tasks-unseen").splits["train"]] == [e.source for e in train]
+
+
+def test_eval_on_start_scores_the_start_and_keeps_it_when_no_step_beats_it(files, pd_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    start = tmp_path / "start"
+    finetune(_cfg(files, pd_corpus / "tok", start, "max_steps=2"))
+    shape = ("model.preset", "model.n_layer", "model.d_model", "model.n_head", "model.n_kv_head")
+
+    def tuned(out: Path, *extra: str) -> dict[str, torch.Tensor]:
+        # a learning rate too small to change a greedy answer: no later validation beats the start's
+        settings = [s for s in SMALL if not s.startswith(shape)]
+        finetune(load_train_config(None, [
+            "task=grpo", f"data.train={files['train']}", f"data.validation={files['validation']}",
+            f"out_dir={out}", f"objective_args.reward={files['reward']}:digits", *settings,
+            f"init_from={start / 'model'}", "max_steps=5", "optim.lr=1e-12", "optim.min_lr=1e-13", *extra]))
+        return load_file(str(out / "model" / "model.safetensors"))
+
+    first = load_file(str(start / "model" / "model.safetensors"))
+    kept = tuned(tmp_path / "run", "eval_on_start=true")
+    vals = [r for r in _records(tmp_path / "run") if "val_reward" in r]
+    assert [r["step"] for r in vals] == [0, 5] and vals[0]["val_reward"] == vals[1]["val_reward"]
+    assert first.keys() == kept.keys() and all(torch.equal(first[k], kept[k]) for k in first)  # the start, kept
+    moved = tuned(tmp_path / "without")
+    assert [r["step"] for r in _records(tmp_path / "without") if "val_reward" in r] == [5]
+    assert not all(torch.equal(first[k], moved[k]) for k in first)  # step 5's weights, a hair from the start

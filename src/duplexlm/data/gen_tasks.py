@@ -440,6 +440,28 @@ def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 
     return GenData("sft", out, stats)
 
 
+def zh_tasks_unseen(seed: int = 1234, per_task: int = 2000, seen: int = 2000) -> list[ChatExample]:
+    """Training examples made as :func:`zh_tasks` makes them (the same templates and system prompts) from
+    the items of the source sets' training splits that ``zh_tasks(seed, train_per_task=seen)`` does not
+    hold: up to ``per_task`` a task (fewer where the pool runs out: 转繁体 has 6,411 training sentences of
+    at most 60 characters, 4,411 of them unseen), tasks mixed. What a model instruction-tuned on
+    zh-tasks has never been trained on, from the splits that hold no validation or test item: the
+    prompts for reinforcement learning after it (``data.train=zh-tasks-unseen`` for ``task=grpo``).
+    """
+    for name, value in (("seed", seed), ("per_task", per_task), ("seen", seen)):
+        if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 1):
+            raise ConfigError(f"{name}: expected an integer{'' if name == 'seed' else ' >= 1'}, found {value!r}")
+    taken = {e.source for e in _zh_tasks_cached(seed, seen, 0)[0]["train"]}
+    out: list[ChatExample] = []
+    for task in ZH_TASKS:
+        rng = random.Random(f"zh-tasks-unseen:{seed}:{task}")
+        pool = [x for x in _zh_items(task, seed)["train"] if f"zh-tasks:{task}:{x[2]}" not in taken]
+        drawn = rng.sample(pool, min(per_task, len(pool)))
+        out += [_chat(task, text, answer, where, rng) for text, answer, where in drawn]
+    random.Random(f"zh-tasks-unseen:{seed}:order").shuffle(out)
+    return out
+
+
 def write_chats(path: str | Path, examples: list[ChatExample]) -> Path:
     """``examples`` as a chat JSONL file (``{"messages": [...], "task": ...}`` a line, Chinese as it is),
     written atomically: what ``data.train=`` and ``duplex eval --data`` read back."""
@@ -806,4 +828,5 @@ __all__ = [
     "write_chats",
     "zh_task_input",
     "zh_tasks",
+    "zh_tasks_unseen",
 ]

@@ -8,7 +8,9 @@ metric of the ``task`` reward and of the scores). Every bad record is a
 :class:`~duplexlm.errors.DataError` naming ``file:line``.
 
 Built-ins: ``zh-tasks`` (the prompts of :func:`~duplexlm.data.gen_tasks.zh_tasks`, its reference
-answers as answers: every task verifiable by its metric) and ``arithmetic`` (:func:`arithmetic`:
+answers as answers: every task verifiable by its metric), ``zh-tasks-unseen`` (the same tasks' training
+prompts that zh-tasks' training split does not hold, :func:`~duplexlm.data.gen_tasks.zh_tasks_unseen`:
+RL after instruction tuning on zh-tasks on prompts the model has not been trained on) and ``arithmetic`` (:func:`arithmetic`:
 two-digit sums and differences, the number as the answer).
 
 >>> data = load_prompt_data("arithmetic")
@@ -35,6 +37,7 @@ from .gen_tasks import (
     assemble_splits,
     resolve_data,
     zh_tasks,
+    zh_tasks_unseen,
 )
 from .preference import prompt_messages
 from .tasks import JSONL_SUFFIXES, jsonl_records, shown_value, where_in
@@ -42,6 +45,9 @@ from .tasks import JSONL_SUFFIXES, jsonl_records, shown_value, where_in
 BUILTIN_PROMPTS: dict[str, str] = {
     "zh-tasks": "the zh-tasks prompts with their reference answers (2,000 training and 200 validation and test "
                 "prompts a task), each verifiable by its task's metric",
+    "zh-tasks-unseen": "training prompts of the zh-tasks that zh-tasks' own training split does not hold (up to "
+                       "2,000 a task, drawn from the same source splits: 转繁体 4,411), zh-tasks' validation and "
+                       "test: what a model instruction-tuned on zh-tasks has not seen, for RL after it",
     "arithmetic": "两位数加减法: 'a+b' and 'a-b' with a, b in 10-99 in a few phrasings, the number as the answer; "
                   "2,000 training and 200 validation and test prompts, seeded",
 }
@@ -109,9 +115,12 @@ def arithmetic(seed: int = 1234, train: int = 2000, evaluation: int = 200) -> Ge
                    {"builtin": "arithmetic", "seed": seed})
 
 
-def _zh_task_prompts(seed: int) -> dict[str, list[PromptExample]]:
+def _zh_task_prompts(seed: int, unseen: bool = False) -> dict[str, list[PromptExample]]:
+    splits = zh_tasks(seed).splits
+    if unseen:
+        splits["train"] = zh_tasks_unseen(seed)
     return {split: [PromptExample(e.messages[:-1], e.target, e.task, e.source) for e in part]
-            for split, part in zh_tasks(seed).splits.items()}
+            for split, part in splits.items()}
 
 
 def load_prompt_data(train: str, validation: str | None = None, test: str | None = None, *,
@@ -130,7 +139,7 @@ def load_prompt_data(train: str, validation: str | None = None, test: str | None
         if name == "arithmetic":
             data = arithmetic(seed)
             return data.splits, data.stats
-        return _zh_task_prompts(seed), {"builtin": "zh-tasks", "seed": seed}
+        return _zh_task_prompts(seed, name == "zh-tasks-unseen"), {"builtin": name, "seed": seed}
 
     return assemble_splits("prompt", (("train", train), ("validation", validation), ("test", test)), builtin,
                            _read_file, resolve)

@@ -110,13 +110,17 @@ class ObjectiveSection:
     sft_weight: float = 0.0  # dpo: + this × the chosen answers' NLL (RPO), keeping them likely
     # grpo: completions sampled per prompt, the reward (exact, chrf, task, regex:PATTERN or
     # path/to/file.py:function), sampling temperature, PPO's clip, the KL weight to the reference,
-    # optimisation steps per batch of samples
+    # optimisation steps per batch of samples, and whether advantages are divided by their group's
+    # spread (GRPO's "group") or left as the reward above the group's mean (Dr. GRPO's "none": a group
+    # whose rewards differ by a hair, as graded rewards' often do, then moves the policy by a hair
+    # instead of as much as a group that is half right)
     group_size: int = 8
     reward: str = "task"
     temperature: float = 1.0
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     grpo_iterations: int = 1
+    scale_rewards: Literal["group", "none"] = "group"
 
 
 @dataclass
@@ -189,6 +193,10 @@ class TrainConfig:
     max_steps: int = 1000
     max_epochs: float | None = None  # fine-tuning: when set, max_steps follows from the training split's size
     eval_every: int = 100
+    # validate before the first step too: the start's scores open the curve, and where no step beats
+    # them the start is the best checkpoint (fine-tuning from init_from, RL: a run that makes it worse
+    # ends with the model it began from)
+    eval_on_start: bool = False
     eval_metric: str | None = None  # what early stopping and the best checkpoint follow (default: the task's)
     patience: int = 0  # evaluations without improvement before stopping early (0: never)
     label_smoothing: float = 0.0  # classify / tag; dpo: the chance a pair is flipped (conservative DPO)

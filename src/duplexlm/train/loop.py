@@ -653,13 +653,18 @@ def fit(run: Run) -> dict[str, Any]:
     last_eval: dict[str, float] = {}
     metric = _eval_metric(run)
     t_window, tok_window = time.perf_counter(), 0
+    extras: dict[str, list[float]] = {}  # the objective's own figures (rewards, KL...) since the last log line
     try:
+        if cfg.eval_on_start and state["step"] == 0:
+            last_eval = _evaluate_and_log(run, metric, log, bar, 0)
         while state["step"] < run.max_steps and not state["stopped_early"]:
             t0 = time.perf_counter()
             out = train_step(run, state["step"])
             state["step"] += 1
             state["elapsed"] += time.perf_counter() - t0
             tok_window += out["tokens_step"]
+            for k, v in out.get("extra", {}).items():
+                extras.setdefault(k, []).append(v)
             if not out["finite"] and info.is_main:
                 print(f"step {state['step']}: non-finite loss or gradient (loss {out['loss']}, grad norm "
                       f"{out['grad_norm']}); skipped ({state['nonfinite_run']} in a row, {state['nonfinite']} in all)")
@@ -681,23 +686,16 @@ def fit(run: Run) -> dict[str, Any]:
                           "nonfinite": state["nonfinite"]}
                 if "task" in out:  # multi-task: which task this step trained
                     record["task"] = out["task"]
-                record.update(out.get("extra", {}))
+                # averaged over the steps since the last line: one step's 8 groups are too few to read
+                record.update({k: sum(v) / len(v) for k, v in extras.items()})
+                extras.clear()
                 log.write(record)
                 t_window, tok_window = time.perf_counter(), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}", tok_s=f"{tps:,.0f}",
                                     mfu=f"{record['mfu']:.1%}", refresh=False)
             if step % cfg.eval_every == 0 or step == run.max_steps:
-                last_eval = evaluate(run)
-                if "val_loss" in last_eval:  # grpo scores its answers' rewards, not a loss
-                    state["best_val"] = min(last_eval["val_loss"], state["best_val"] or float("inf"))
-                line = _track_best(run, metric, last_eval, step)
-                log.write({"step": step, **last_eval})
-                log.plot(run.out_dir / "loss.png")
-                if bar is not None:
-                    bar.write(line)
-                elif info.is_main:
-                    print(line, flush=True)
+                last_eval = _evaluate_and_log(run, metric, log, bar, step)
             done = step == run.max_steps or state["stopped_early"]
             # grpo: a checkpoint between the steps of one batch of samples could not sample it again
             stop_now = stop["requested"] and (run.spec.name != "grpo" or step % cfg.objective_args.grpo_iterations == 0)
@@ -746,6 +744,21 @@ def _metric_kind(run: Run, name: str) -> str:
             if name.startswith(task.name + "_"):
                 return name[len(task.name) + 1:]
     return name
+
+
+def _evaluate_and_log(run: Run, metric: str, log: MetricsLog, bar: Any, step: int) -> dict[str, float]:
+    """Validate, keep the best weights, log and plot the scores and print their line."""
+    scores = evaluate(run)
+    if "val_loss" in scores:  # grpo scores its answers' rewards, not a loss
+        run.state["best_val"] = min(scores["val_loss"], run.state["best_val"] or float("inf"))
+    line = _track_best(run, metric, scores, step)
+    log.write({"step": step, **scores})
+    log.plot(run.out_dir / "loss.png")
+    if bar is not None:
+        bar.write(line)
+    elif run.info.is_main:
+        print(line, flush=True)
+    return scores
 
 
 def _track_best(run: Run, metric: str, scores: dict[str, float], step: int) -> str:

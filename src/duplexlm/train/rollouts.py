@@ -5,7 +5,8 @@
 ``group_size`` completions for each through the decoding engine (:class:`~duplexlm.infer.engine.Engine`,
 the one ``duplex serve`` uses; each completion with its own seed, a function of the run's seed and the
 global sample, so a resumed run samples what the uninterrupted one did), scores them with the reward,
-normalises the rewards within each group into advantages, and returns the rows of
+turns the rewards into advantages within each group (each reward less its group's mean, divided by the
+group's spread unless ``scale_rewards="none"``), and returns the rows of
 :func:`duplexlm.objectives.rl.grpo_loss`. With ``objective_args.grpo_iterations`` μ > 1 the loop asks
 for the same samples μ steps in a row: the sampler keeps the batches of the step (one per micro-batch)
 and hands them back, with the sampling policy's log-probabilities (``old_logps``). The log-probabilities
@@ -46,7 +47,7 @@ class RolloutSampler:
 
     def __init__(self, examples: Sequence[Any], tokenizer: Any, *, seed: int, group_size: int, max_new_tokens: int,
                  temperature: float, reward: Any, max_prompt_len: int, shuffle: bool = True, name: str = "train",
-                 iterations: int = 1) -> None:
+                 iterations: int = 1, scale_rewards: str = "group") -> None:
         from ..infer.chat import chat_prompt
 
         if not examples:
@@ -54,6 +55,7 @@ class RolloutSampler:
         self.examples, self.tokenizer, self.name = list(examples), tokenizer, name
         self.seed, self.group_size, self.max_new_tokens = seed, group_size, max_new_tokens
         self.temperature, self.reward, self.iterations = temperature, reward, iterations
+        self.scale_rewards = scale_rewards
         self.prompts = [chat_prompt(tokenizer, list(e.prompt)) for e in self.examples]
         self.ids = [tokenizer.encode(p.text, add_special_tokens=False)[-max_prompt_len:] for p in self.prompts]
         self.n = len(self.examples)
@@ -122,7 +124,10 @@ class RolloutSampler:
                               references=[e.answer for e in exs], tasks=[e.task for e in exs])
         r = torch.tensor(rewards, dtype=torch.float32).view(count, G)
         std = r.std(dim=1, keepdim=True)  # group_size >= 2
-        advantages = ((r - r.mean(dim=1, keepdim=True)) / (std + 1e-4)).view(-1)
+        advantages = r - r.mean(dim=1, keepdim=True)
+        if self.scale_rewards == "group":
+            advantages = advantages / (std + 1e-4)
+        advantages = advantages.view(-1)
         # each row: the prompt and its completion, labelled (shifted) on the completion's tokens
         prompts = [self.ids[i] for i in rows for _ in range(G)]
         batch = collate_rows([([*p, *c.token_ids], [IGNORE_INDEX] * (len(p) - 1) + [*c.token_ids, IGNORE_INDEX])

@@ -333,7 +333,7 @@ def rollout_source(cfg: TrainConfig) -> Source:
     samplers = {split: RolloutSampler(part, tokenizer, seed=cfg.seed, group_size=a.group_size,
                                       max_new_tokens=g.max_new_tokens, temperature=a.temperature, reward=reward,
                                       max_prompt_len=d.seq_len - g.max_new_tokens, shuffle=split == "train",
-                                      name=split, iterations=a.grpo_iterations)
+                                      name=split, iterations=a.grpo_iterations, scale_rewards=a.scale_rewards)
                 for split, part in splits.items()}
     return Source(tokenizer=tokenizer, tokens=None, vocab_size=tokenizer.vocab_size, train=samplers["train"],
                   val=samplers["validation"], test=samplers.get("test"), notes=notes)
