@@ -381,7 +381,20 @@ def _chat(task: str, text: str, answer: str, where: str, rng: random.Random) -> 
     system = rng.choice(SYSTEM_PROMPTS) if rng.random() < _SYSTEM_SHARE else None
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return ChatExample(tuple(messages), task, f"zh-tasks:{task}:{where}")
+    return ChatExample(tuple(messages), task, _zh_source(task, where))
+
+
+def _zh_source(task: str, where: str) -> str:
+    """A zh-tasks example's ``source``: its task and where its source set's item came from."""
+    return f"zh-tasks:{task}:{where}"
+
+
+def _check_ints(*checks: tuple[str, Any, int | None]) -> None:
+    """``(name, value, least)``: each value an integer (not a bool), at least ``least`` when given."""
+    for name, value, least in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+            wanted = "an integer" if least is None else f"an integer >= {least}"
+            raise ConfigError(f"{name}: expected {wanted}, found {value!r}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -428,11 +441,7 @@ def zh_tasks(seed: int = 1234, train_per_task: int = 2000, eval_per_task: int = 
     >>> {k: len(v) for k, v in data.splits.items()}  # doctest: +SKIP
     {'train': 400, 'validation': 40, 'test': 40}
     """
-    for name, value, least in (("seed", seed, None), ("train_per_task", train_per_task, 1),
-                               ("eval_per_task", eval_per_task, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
-            wanted = "an integer" if least is None else f"an integer >= {least}"
-            raise ConfigError(f"{name}: expected {wanted}, found {value!r}")
+    _check_ints(("seed", seed, None), ("train_per_task", train_per_task, 1), ("eval_per_task", eval_per_task, 0))
     splits, stats = _zh_tasks_cached(seed, train_per_task, eval_per_task)
     out = {split: list(part) for split, part in splits.items()}
     stats = copy.deepcopy(stats)
@@ -448,14 +457,12 @@ def zh_tasks_unseen(seed: int = 1234, per_task: int = 2000, seen: int = 2000) ->
     zh-tasks has never been trained on, from the splits that hold no validation or test item: the
     prompts for reinforcement learning after it (``data.train=zh-tasks-unseen`` for ``task=grpo``).
     """
-    for name, value in (("seed", seed), ("per_task", per_task), ("seen", seen)):
-        if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 1):
-            raise ConfigError(f"{name}: expected an integer{'' if name == 'seed' else ' >= 1'}, found {value!r}")
+    _check_ints(("seed", seed, None), ("per_task", per_task, 1), ("seen", seen, 1))
     taken = {e.source for e in _zh_tasks_cached(seed, seen, 0)[0]["train"]}
     out: list[ChatExample] = []
     for task in ZH_TASKS:
         rng = random.Random(f"zh-tasks-unseen:{seed}:{task}")
-        pool = [x for x in _zh_items(task, seed)["train"] if f"zh-tasks:{task}:{x[2]}" not in taken]
+        pool = [x for x in _zh_items(task, seed)["train"] if _zh_source(task, x[2]) not in taken]
         drawn = rng.sample(pool, min(per_task, len(pool)))
         out += [_chat(task, text, answer, where, rng) for text, answer, where in drawn]
     random.Random(f"zh-tasks-unseen:{seed}:order").shuffle(out)
