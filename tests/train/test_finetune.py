@@ -219,6 +219,34 @@ def test_freeze_trains_only_what_it_should(review_files, pd_corpus, tmp_path):
                    "model.n_layer=2"))
 
 
+def test_head_lr_mult_steps_the_head_and_crf_faster_than_the_body(pd_ner, tmp_path):
+    from duplexlm.train.loop import train_step
+
+    def first_step_moves(*extra: str) -> tuple[float, float, float]:
+        """How far AdamW's first step (about lr per weight, whatever the gradient's size) moved the
+        body, the tag head and the CRF: the largest change in each."""
+        run = setup(load_train_config(None, [
+            "task=tag", "crf=true", f"data.train={pd_ner['train']}", f"tokenizer={pd_ner['tok']}",
+            f"out_dir={tmp_path / 'run'}", "model.preset=bert-tiny", *SMALL, "optim.warmup_steps=0",
+            "optim.schedule=constant", "optim.lr=1e-4", "optim.weight_decay=0.0", "max_steps=2", *extra]),
+            overwrite=True)
+        before = {n: p.detach().clone() for n, p in run.raw_model.named_parameters()}
+        train_step(run, 0)
+        moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in run.raw_model.named_parameters()}
+        body = max(v for n, v in moved.items() if not n.startswith(("head.", "classifier.", "crf.")))
+        head = max(v for n, v in moved.items() if n.startswith(("head.", "classifier.")))
+        return body, head, moved["crf.transitions"]
+
+    body, head, crf = first_step_moves()
+    assert body == pytest.approx(1e-4, rel=0.05) and head == pytest.approx(1e-4, rel=0.05), (body, head)
+    assert crf == pytest.approx(1e-4, rel=0.05)
+    body, head, crf = first_step_moves("optim.head_lr_mult=30")
+    assert body == pytest.approx(1e-4, rel=0.05), body  # the body's step is unchanged
+    assert head == pytest.approx(3e-3, rel=0.05) and crf == pytest.approx(3e-3, rel=0.05), (head, crf)
+    with pytest.raises(ConfigError, match=r"optim.head_lr_mult.*positive"):
+        load_train_config(None, ["task=tag", "optim.head_lr_mult=0"])
+
+
 def test_init_from_a_pretrained_encoder_keeps_its_weights(review_files, pd_data, tmp_path):
     pre = tmp_path / "pre"
     pretrain(load_train_config(None, [f"data.path={pd_data}", f"out_dir={pre}", "objective=mlm",

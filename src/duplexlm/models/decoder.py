@@ -27,6 +27,7 @@ from .layers import (
     attention_bias,
     build_norm,
     make_mask,
+    traced,
 )
 from .outputs import ModelOutput
 
@@ -120,7 +121,7 @@ class Decoder(nn.Module):
                 f"input_ids: {past + T} positions exceed max_seq_len={self.config.max_seq_len} "
                 "of this model's learned position table"
             )
-        if torch.compiler.is_exporting():  # traced by torch.export (ONNX): the values are not known yet
+        if traced():  # torch.compile / torch.export (ONNX): the values are not known yet
             return
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, EncoderConfig
 from .crf import crf_for
 from .heads import MLMHead, RTDHead, build_task_heads
-from .layers import MLP, Attention, Dropout, build_norm, make_mask
+from .layers import MLP, Attention, Dropout, build_norm, make_mask, traced
 from .outputs import ModelOutput
 
 
@@ -180,7 +180,7 @@ class Encoder(nn.Module):
                         ("position_ids", position_ids)):
             if t is not None and tuple(t.shape) != shape:
                 raise ValueError(f"{name}: expected shape {shape} (as input_ids), found {tuple(t.shape)}")
-        if torch.compiler.is_exporting():  # traced by torch.export (ONNX): the values are not known yet
+        if traced():  # torch.compile / torch.export (ONNX): the values are not known yet
             return
         for name, t, high in (("input_ids", input_ids, c.vocab_size),
                               ("token_type_ids", token_type_ids, c.type_vocab_size),

@@ -31,8 +31,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and torch.is_grad_enabled()
-                and (x.requires_grad or self.weight.requires_grad) and not torch.compiler.is_compiling()
-                and not torch.compiler.is_exporting()):
+                and (x.requires_grad or self.weight.requires_grad) and not traced()):
             return _RMSNormFunction.apply(x, self.weight, self.eps)  # training in fp32: one fused backward
         dtype = x.dtype
         x32 = x.float()
@@ -74,6 +73,13 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0.0 or self.p >= 1.0 or self.inplace or x.device.type != "cpu":
             return super().forward(x)
         return x * dropout_mask(x, self.p)
+
+
+def traced() -> bool:
+    """Whether torch.compile or torch.export is tracing this code: tensor values are unknown then, and
+    reading one (``int(t.max())``, ``bool(t.all())``) would break the graph. Checks of values and
+    value-dependent shortcuts step aside under tracing; shapes are still checked."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def dropout_mask(x: Tensor, p: float) -> Tensor:
@@ -222,8 +228,8 @@ def make_mask(attention_mask: Tensor | None, q_len: int, k_len: int, causal: boo
                 f"attention_mask: expected {k_len} columns (one per key position, cached ones included), "
                 f"found shape {tuple(attention_mask.shape)}"
             )
-        # (traced by torch.export, the mask's values are unknown: it is kept)
-        if torch.compiler.is_exporting() or not bool(attention_mask.all()):
+        # (traced by torch.compile or torch.export, the mask's values are unknown: it is kept)
+        if traced() or not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     # Causality needs no explicit mask when the attention function can infer it: a square
     # block from position 0 (is_causal, the flash path), or one new token that sees everything.

@@ -43,6 +43,7 @@ from .layers import (
     RMSNorm,
     attention_bias,
     make_mask,
+    traced,
 )
 from .outputs import ModelOutput
 
@@ -394,6 +395,8 @@ class Seq2Seq(nn.Module):
     def _check_ids(self, ids: Tensor, name: str) -> None:
         if ids.dim() != 2:
             raise ValueError(f"{name}: expected shape (batch, seq_len), found {tuple(ids.shape)}")
+        if traced():  # torch.compile / torch.export: the values are not known yet
+            return
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
             raise ValueError(
                 f"{name}: token ids must lie in [0, {self.config.vocab_size}), "

@@ -93,6 +93,9 @@ class OptimSection:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+    # the task head's (and a CRF's) lr is lr x this, on the same schedule: a pretrained body fine-tuned
+    # gently while its fresh head learns fast (a BERT's usual 1e-4 leaves a CRF's transitions near zero)
+    head_lr_mult: float = 1.0
 
 
 @dataclass
@@ -276,6 +279,7 @@ class TrainConfig:
             ("optim.eps", o.eps, o.eps > 0.0, "a positive number"),
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0"),
             ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0.0, "a number >= 0 (0 disables clipping)"),
+            ("optim.head_lr_mult", o.head_lr_mult, o.head_lr_mult > 0.0, "a positive number"),
             ("optim.decay_fraction", o.decay_fraction, 0.0 < o.decay_fraction <= 1.0, "a fraction in (0, 1]"),
             ("objective_args.mask_prob", a.mask_prob, 0.0 < a.mask_prob <= 1.0, "a probability in (0, 1]"),
             ("objective_args.noise_density", a.noise_density, 0.0 < a.noise_density < 1.0, "a fraction in (0, 1)"),

@@ -39,6 +39,7 @@ from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, save_train_config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, unwrap, wrap_model
 from .logs import MetricsLog
+from .methods import is_head
 from .samplers import ChunkSampler, ExampleSampler
 from .schedule import get_lr
 from .sources import (
@@ -93,23 +94,28 @@ class Run:
     reference: Any = None  # dpo: a reference.Reference (its log-probabilities join each batch)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """Weight decay on matrices only: never on norms, biases or embeddings (a tied head counts as
-    the embedding it shares)."""
+    the embedding it shares). With ``head_lr_mult`` other than 1 the task head's parameters form
+    groups of their own whose ``lr_mult`` scales the scheduled lr (:func:`train_step`)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():  # each tensor once, tied ones included
+    apart = head_lr_mult != 1.0
+    groups = [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
+    if apart:
+        groups += [{"params": [], "weight_decay": weight_decay, "lr_mult": head_lr_mult},
+                   {"params": [], "weight_decay": 0.0, "lr_mult": head_lr_mult}]
+    for name, p in model.named_parameters():  # each tensor once, tied ones included
         if not p.requires_grad:
             continue
-        (no_decay if id(p) in embeddings or p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups[2 * (apart and is_head(name)) + (id(p) in embeddings or p.ndim < 2)]["params"].append(p)
+    return groups
 
 
 def make_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch.optim.Optimizer:
     """``optim.name``'s optimizer over :func:`param_groups`: AdamW, or Adafactor (T5's, each step
     relative to the weight's RMS: a T5 trained from scratch has unit-scale embeddings, which AdamW's
     absolute steps move slowly)."""
-    groups = param_groups(model, optim.weight_decay)
+    groups = param_groups(model, optim.weight_decay, optim.head_lr_mult)
     if optim.name == "adafactor":
         return torch.optim.Adafactor(groups, lr=optim.lr)
     # the fused kernel (one pass per tensor, CPU and CUDA): 2-4x faster than the per-op foreach update
@@ -370,7 +376,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     lr = get_lr(run.state["opt_steps"], lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, warmup=cfg.optim.warmup_steps,
                 total=run.max_steps, schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     # dropout draws from the global RNG: seed it from (seed, step, rank) so a resumed run, and every
     # rank, draws exactly what the uninterrupted run drew
     torch.manual_seed(_seed(cfg.seed, step, info.rank, 17))

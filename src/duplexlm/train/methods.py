@@ -37,6 +37,11 @@ _HEADS = ("classifier.", "head.", "attention_pool.", "pooler.", "crf.", "task_he
 _EMBEDDINGS = ("embed.", "pos_embed.", "type_embed.", "embed_norm.", "shared.")
 
 
+def is_head(name: str) -> bool:
+    """Whether a parameter (by name) belongs to a task head: the classifier, tagger, pooler or CRF."""
+    return name.startswith(_HEADS)
+
+
 def _blocks(model: nn.Module) -> list[str]:
     """Prefixes of the model's stacked layers in order (``blocks.0.``, ... or the RNN's layers)."""
     names = {m.group(0) for n, _ in model.named_parameters() if (m := re.match(r"(?:\w+\.)*?blocks\.\d+\.", n))}
@@ -45,7 +50,7 @@ def _blocks(model: nn.Module) -> list[str]:
 
 def _freeze(model: nn.Module, spec: str) -> None:
     if spec == "all-but-head":
-        frozen = lambda name: not name.startswith(_HEADS)  # noqa: E731
+        frozen = lambda name: not is_head(name)  # noqa: E731
     elif spec == "embeddings":
         frozen = lambda name: name.startswith(_EMBEDDINGS)  # noqa: E731
     elif m := re.fullmatch(r"layers:(\d+)", spec):
