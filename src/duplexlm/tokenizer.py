@@ -28,7 +28,8 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +132,10 @@ class Tokenizer:
     @property
     def mask_token_id(self) -> int | None:
         return self._id("mask_token")
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id("unk_token")
 
     @property
     def vocab_size(self) -> int:
@@ -314,6 +319,37 @@ def ensure_chat_tokens(tokenizer: Tokenizer) -> list[str]:
         tokenizer.config["additional_special_tokens"] = extra + [t for t in missing if t not in extra]
     tokenizer.config["chat_template"] = CHATML_TEMPLATE
     return missing
+
+
+def add_unknown_chars(tokenizer: Tokenizer, texts: Iterable[str | Sequence[str]], min_count: int = 1
+                      ) -> tuple[list[str], int, int]:
+    """Add to ``tokenizer`` every character of ``texts`` that it maps to its unknown token, seen at
+    least ``min_count`` times (most frequent first, ties in code-point order, so the same texts give
+    the same ids): an English checkpoint's WordPiece meeting Chinese. A text may be a string or a list
+    of words (a tagging sentence). Returns the characters added (a model's embedding must grow by as
+    many rows) and the counts of unknown characters and of all non-space characters in ``texts``.
+
+    >>> from tokenizers import Tokenizer as _T, models, pre_tokenizers
+    >>> back = _T(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    >>> back.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    >>> tok = Tokenizer(back, {"unk_token": "[UNK]"})
+    >>> add_unknown_chars(tok, ["a好a", ["好", "的"]], min_count=2), tok.encode("好a的")
+    ((['好'], 3, 5), [2, 1, 0])
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        raise ConfigError("data.add_unknown_chars: the tokenizer has no unknown token (unk_token), so no character "
+                          "maps to one; leave data.add_unknown_chars at 0")
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text if isinstance(text, str) else "".join(text))
+    chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))
+    encoded = tokenizer.backend.encode_batch(chars, add_special_tokens=False)
+    unknown = [c for c, e in zip(chars, encoded) if unk in e.ids]
+    added = [c for c in unknown if counts[c] >= min_count]
+    if added:
+        tokenizer.backend.add_tokens(added)
+    return added, sum(counts[c] for c in unknown), sum(counts[c] for c in chars)
 
 
 def _message_fields(message: Any, index: int) -> tuple[str, str]:

@@ -265,6 +265,65 @@ def test_init_from_a_pretrained_encoder_keeps_its_weights(review_files, pd_data,
             torch.testing.assert_close(model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
 
 
+def test_add_unknown_chars_grows_a_pretrained_encoders_vocabulary(pd_ner, tmp_path):
+    """An encoder whose WordPiece knows few of the training split's characters (as all-MiniLM-L6-v2's
+    English one meets Chinese): data.add_unknown_chars adds those seen often enough, the embedding
+    grows by as many rows at the mean of the old ones, the old rows stay, and the fine-tuned model
+    directory's tokenizer and embedding agree (the added characters encode to their own ids)."""
+    from duplexlm.config import EncoderConfig
+    from duplexlm.data.tasks import load_task_data
+    from duplexlm.models import build_model
+    from duplexlm.tokenizer import train_tokenizer
+    from duplexlm.train.sources import validation_split
+
+    sentences = [line for line in Path(pd_ner["train"]).read_text(encoding="utf-8").split("\n\n")[:40]]
+    texts = ["".join(row.split(" ")[0] for row in s.splitlines()) for s in sentences]
+    tok = train_tokenizer(texts, kind="wordpiece", vocab_size=300, limit_alphabet=150, num_sentinels=0)
+    old = tok.vocab_size
+    torch.manual_seed(0)
+    pretrained = build_model(EncoderConfig(vocab_size=old, d_model=32, n_layer=1, n_head=2, max_seq_len=128,
+                                           pad_token_id=tok.pad_token_id))
+    duplexlm.save_model(pretrained, tmp_path / "pre", tokenizer=tok)
+
+    args = ["task=tag", "crf=true", f"data.train={pd_ner['train']}", f"init_from={tmp_path / 'pre'}",
+            "data.seq_len=48", "batch_size=8", "max_steps=3", "eval_every=3", "progress=false", "precision=fp32"]
+    run = setup(load_train_config(None, [*args, f"out_dir={tmp_path / 'ft'}", "data.add_unknown_chars=3"]))
+    splits = dict(load_task_data("tag", str(pd_ner["train"]), seed=1234).splits)
+    validation_split(splits, 1234)  # the tenth carved out to validate on is not counted
+    train = splits["train"]
+    counts: dict[str, int] = {}
+    for e in train:
+        for c in "".join(e.text):
+            counts[c] = counts.get(c, 0) + 1
+    unknown = {c for c in counts if tok.unk_token_id in tok.encode(c, add_special_tokens=False)}
+    expected = sorted((c for c in unknown if counts[c] >= 3), key=lambda c: (-counts[c], c))
+    assert len(expected) > 100 and any(counts[c] < 3 for c in unknown)  # the slice has both kinds
+    embed = run.raw_model.embed.weight.detach()
+    assert run.raw_model.config.vocab_size == embed.shape[0] == old + len(expected)
+    torch.testing.assert_close(embed[:old], pretrained.embed.weight, atol=0, rtol=0)  # the old rows stay
+    mean = pretrained.embed.weight.mean(0)
+    torch.testing.assert_close(embed[old:], mean.expand(len(expected), -1), atol=0, rtol=0)
+    assert run.raw_model.embed.padding_idx == tok.pad_token_id
+    assert any("added " + str(len(expected)) + " characters" in n for n in run.notes), run.notes
+
+    finetune(load_train_config(None, [*args, f"out_dir={tmp_path / 'ft'}", "data.add_unknown_chars=3"]),
+             overwrite=True)
+    model, saved = duplexlm.load(tmp_path / "ft" / "model")
+    assert model.config.vocab_size == saved.vocab_size == old + len(expected)
+    assert [saved.encode(c, add_special_tokens=False) for c in expected[:3]] == [[old], [old + 1], [old + 2]]
+    rare = sorted(c for c in unknown if counts[c] < 3)[0]
+    assert saved.encode(rare, add_special_tokens=False) == [tok.unk_token_id]  # seen too rarely: still unknown
+    # the embedding's new rows trained
+    assert not torch.equal(model.embed.weight[old:old + 1], mean.unsqueeze(0))
+
+    for bad, match in ((["task=tag", "data.add_unknown_chars=-1"], r"data.add_unknown_chars.*integer >= 0"),
+                       (["task=mlm", "data.add_unknown_chars=1"], r"data.add_unknown_chars.*classify or tag"),
+                       (["task=tag", "method=lora", "data.add_unknown_chars=1"],
+                        r"data.add_unknown_chars: method=lora keeps the embedding frozen")):
+        with pytest.raises(ConfigError, match=match):
+            load_train_config(None, bad)
+
+
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "lstm-tiny"])
 def test_other_families_classify(review_files, pd_corpus, tmp_path, preset):
     extra = ["model.d_hidden=32", "model.d_embed=32"] if preset.startswith("lstm") else []

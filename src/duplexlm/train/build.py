@@ -166,9 +166,7 @@ def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi:
     if head is None:
         model = build_model(config)
         load_weights(model, sd, source=str(cfg.init_from))
-        if source.vocab_size > config.vocab_size and spec.head == "lm":  # chat tokens added for sft
-            from .build import grow_vocab
-
+        if spec.head == "lm":  # chat tokens added for sft
             grow_vocab(model, source.vocab_size)
         return model
     changes = dict(head)
@@ -180,6 +178,7 @@ def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi:
     model = build_model(config.replace(**changes))
     if _same_head(config, head):  # a task model trained on (a recovery fine-tune, a student from its teacher)
         load_weights(model, sd, source=str(cfg.init_from))
+        grow_vocab(model, source.vocab_size)  # characters data.add_unknown_chars added
         return model
     expected = model.state_dict()
     backbone = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
@@ -191,6 +190,7 @@ def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi:
     if missing:
         raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")
     model.load_state_dict({**backbone, **keep}, strict=False)
+    grow_vocab(model, source.vocab_size)  # characters data.add_unknown_chars added
     return model
 
 
@@ -204,7 +204,8 @@ def grow_vocab(model: nn.Module, vocab_size: int) -> None:
     if vocab_size <= old:
         return
     embed = model.embed
-    new_embed = nn.Embedding(vocab_size, embed.embedding_dim, device=embed.weight.device, dtype=embed.weight.dtype)
+    new_embed = nn.Embedding(vocab_size, embed.embedding_dim, padding_idx=embed.padding_idx,
+                             device=embed.weight.device, dtype=embed.weight.dtype)
     new_embed.weight[:old] = embed.weight
     new_embed.weight[old:] = embed.weight.mean(0)
     model.embed = new_embed

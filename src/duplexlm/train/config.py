@@ -60,6 +60,10 @@ class DataSection:
     source_field: str = "source"
     target_field: str = "target"
     prefix: str = ""
+    # classify, tag: add every character of the training split that the tokenizer maps to its unknown
+    # token, seen at least this many times, to the vocabulary (0: off); the embedding grows by as many
+    # rows, each starting at the mean of the old ones (an English checkpoint fine-tuned on Chinese)
+    add_unknown_chars: int = 0
 
 
 @dataclass
@@ -258,6 +262,12 @@ class TrainConfig:
         if self.loss_reduction == "example" and self.objective not in ("sft", "seq2seq"):
             raise ConfigError(f"loss_reduction=example: a mean over examples' answers is for task=sft or seq2seq, "
                               f"found {self.objective!r}")
+        if self.data.add_unknown_chars and self.objective not in ("classify", "tag"):
+            raise ConfigError(f"data.add_unknown_chars: grows the tokenizer of task=classify or tag, found "
+                              f"{self.objective!r}")
+        if self.data.add_unknown_chars and self.method != "full":
+            raise ConfigError(f"data.add_unknown_chars: method={self.method} keeps the embedding frozen, so every "
+                              "added character would keep the one starting row they share; use method=full")
         if self.data.packing and self.objective != "sft":
             raise ConfigError(f"data.packing: packs conversations for task=sft, found {self.objective!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every",
@@ -295,6 +305,9 @@ class TrainConfig:
             ("objective_args.kl_coef", a.kl_coef, a.kl_coef >= 0.0, "a number >= 0 (0: no KL penalty)"),
             ("objective_args.grpo_iterations", a.grpo_iterations,
              isinstance(a.grpo_iterations, int) and a.grpo_iterations >= 1, "an integer >= 1"),
+            ("data.add_unknown_chars", self.data.add_unknown_chars,
+             isinstance(self.data.add_unknown_chars, int) and self.data.add_unknown_chars >= 0,
+             "an integer >= 0 (the fewest times a character is seen to be added; 0: off)"),
             ("seed", self.seed, self.seed >= 0, "an integer >= 0"),
             ("patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)"),
             ("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0, "a value in [0, 1)"),

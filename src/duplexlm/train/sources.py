@@ -99,6 +99,15 @@ def examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     L = cfg.data.seq_len
     notes: list[str] = []
+    if cfg.data.add_unknown_chars:
+        from ..tokenizer import add_unknown_chars
+
+        added, unknown, total = add_unknown_chars(tokenizer, [e.text for e in splits["train"]],
+                                                  cfg.data.add_unknown_chars)
+        notes.append(f"data.add_unknown_chars: {unknown / max(total, 1):.1%} of the training split's characters "
+                     f"were unknown to the tokenizer; added {len(added)} characters seen at least "
+                     f"{cfg.data.add_unknown_chars} times (vocabulary {tokenizer.vocab_size}; the embedding "
+                     "grows with them)")
     # tag: training cuts a sentence to data.seq_len; validation and test score every word of it, in windows
     windowed = {k: encode_tag_windows(v, tokenizer, L, names) for k, v in splits.items()
                 if objective == "tag" and k != "train"}
