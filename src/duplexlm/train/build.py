@@ -178,18 +178,17 @@ def model_from(cfg: TrainConfig, spec: obj.ObjectiveSpec, source: Source, multi:
     model = build_model(config.replace(**changes))
     if _same_head(config, head):  # a task model trained on (a recovery fine-tune, a student from its teacher)
         load_weights(model, sd, source=str(cfg.init_from))
-        grow_vocab(model, source.vocab_size)  # characters data.add_unknown_chars added
-        return model
-    expected = model.state_dict()
-    backbone = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
-    keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
-    if _same_labels(config, head):  # a tagger on the same labels, a CRF added or dropped: its tag scores stay
-        keep.update({k: v for k, v in sd.items()
-                     if k.startswith(HEAD_PREFIXES) and not k.startswith("crf.") and k in expected})
-    missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(HEAD_PREFIXES)]
-    if missing:
-        raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")
-    model.load_state_dict({**backbone, **keep}, strict=False)
+    else:
+        expected = model.state_dict()
+        backbone = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIXES)}
+        keep = {k: v for k, v in sd.items() if k.startswith("pooler.") and k in expected}  # a pretrained pooler stays
+        if _same_labels(config, head):  # a tagger on the same labels, a CRF added or dropped: its tag scores stay
+            keep.update({k: v for k, v in sd.items()
+                         if k.startswith(HEAD_PREFIXES) and not k.startswith("crf.") and k in expected})
+        missing = [k for k in expected if k not in backbone and k not in keep and not k.startswith(HEAD_PREFIXES)]
+        if missing:
+            raise ModelError(f"init_from: {cfg.init_from} lacks tensors the {config.family} needs: {missing[:8]}")
+        model.load_state_dict({**backbone, **keep}, strict=False)
     grow_vocab(model, source.vocab_size)  # characters data.add_unknown_chars added
     return model
 

@@ -107,8 +107,7 @@ def examples_source(cfg: TrainConfig, objective: str | None = None, data: Any = 
         notes.append(f"data.add_unknown_chars: {unknown / max(total, 1):.1%} of the training split's characters "
                      f"were unknown to the tokenizer; added {len(added)} characters seen at least "
                      f"{cfg.data.add_unknown_chars} time{'s' if cfg.data.add_unknown_chars > 1 else ''} "
-                     f"(vocabulary {tokenizer.vocab_size}; the embedding "
-                     "grows with them)")
+                     f"(vocabulary {tokenizer.vocab_size}; the embedding grows with them)")
     # tag: training cuts a sentence to data.seq_len; validation and test score every word of it, in windows
     windowed = {k: encode_tag_windows(v, tokenizer, L, names) for k, v in splits.items()
                 if objective == "tag" and k != "train"}
