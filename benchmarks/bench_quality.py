@@ -5,6 +5,7 @@
     python benchmarks/bench_quality.py --task sentiment --out runs/quality-sentiment
     python benchmarks/bench_quality.py --task s2t --out runs/quality-s2t            # T5 from scratch, 3 seeds
     python benchmarks/bench_quality.py --task sft --out runs/quality-sft            # a decoder on zh-tasks
+    python benchmarks/bench_quality.py --task sft --systems decoder-pretrained@800 --out runs/quality-sft
     python benchmarks/bench_quality.py --task ner --smoke --out /tmp/q             # tiny: checks it runs
 
 Each system is trained with the recipe below through ``duplex finetune`` (the same command a user runs,
@@ -20,7 +21,9 @@ disagree are written to ``OUT/disagreements.jsonl`` and counted in the table. ``
 a decoder on the four zh-tasks together (``--labels``: conversations per task, each task capped by its
 pool; the test split is the built-in's, 200 per task, whatever the size) and scores each task's answers
 (accuracy, chrF, entity F1, and the share in the task's format) beside the majority answer, copying
-the input, the character map (转繁体) and a dictionary of the training answers' entities (实体识别). Validation picks the checkpoint (the loop's
+the input, the character map (转繁体) and a dictionary of the training answers' entities (实体识别).
+``--systems decoder-pretrained@STEPS`` tunes from the decoder pretraining's checkpoint at STEPS (of its
+2,400; every 400 kept) with the same recipe: what pretraining compute it takes to pay. Validation picks the checkpoint (the loop's
 best on the validation metric); the test split only reports. ``--write`` puts the table in
 docs/benchmarks.md with the machine and the wall time.
 """
@@ -295,6 +298,11 @@ def main() -> int:
     out = Path(args.out)
     sizes = [None if s == "all" else int(s) for s in args.labels]
     systems = args.systems or list(RECIPES[args.task])
+    for system in systems:
+        base, _, steps = system.partition("@")
+        if base not in RECIPES[args.task] or (steps and not (base == "decoder-pretrained" and steps.isdigit())):
+            p.error(f"--systems {system}: expected one of {', '.join(RECIPES[args.task])}"
+                    + (" or decoder-pretrained@STEPS (a checkpoint of its pretraining)" if args.task == "sft" else ""))
     if args.task == "s2t" and sizes != [None]:
         p.error("--task s2t trains on all its pairs: --labels all")
     generative = args.task in ("s2t", "sft")
@@ -444,13 +452,13 @@ def _run_sft(args: argparse.Namespace, out: Path, sizes: list[int | None], syste
                                                                  if not k.endswith(("bleu", "format"))), flush=True)
         for system in systems:
             init = []
-            if system == "decoder-pretrained":
-                init = [f"init_from={_pretrain_decoder(out, tok, smoke)}"]
+            if system.startswith("decoder-pretrained"):
+                init = [f"init_from={_pretrained_start(system, _pretrain_decoder(out, tok, smoke))}"]
             row: dict[str, Any] = {"system": system, "labels": per_task, "scores": [], "minutes": [], "steps": []}
             for seed in args.seeds:
                 run = out / f"{n or 'all'}" / f"{system}-s{seed}"
                 scores, minutes, steps = _train_and_score(
-                    args, run, [*RECIPES["sft"][system], *init, f"tokenizer={tok}", f"data.train={train_files[n]}",
+                    args, run, [*RECIPES["sft"][system.split("@")[0]], *init, f"tokenizer={tok}", f"data.train={train_files[n]}",
                                 f"data.validation={val}", f"data.test={test}", f"seed={seed}", *smoke], test, threads)
                 row["scores"].append(scores)
                 row["minutes"].append(minutes)
@@ -460,6 +468,20 @@ def _run_sft(args: argparse.Namespace, out: Path, sizes: list[int | None], syste
                       flush=True)
             rows.append(row)
     return rows
+
+
+def _pretrained_start(system: str, model: Path) -> Path:
+    """The start of ``decoder-pretrained`` (the pretraining's model) or of ``decoder-pretrained@STEPS`` (its
+    checkpoint at STEPS, a model directory too)."""
+    if "@" not in system:
+        return model
+    step = int(system.split("@")[1])
+    ckpt = model.parent / "checkpoints" / f"step_{step:08d}"
+    if not (ckpt / "config.json").is_file():
+        kept = sorted(int(c.name[5:]) for c in (model.parent / "checkpoints").glob("step_*") if c.is_dir())
+        raise SystemExit(f"{system}: the decoder pretraining in {model.parent} kept no checkpoint at step {step} "
+                         f"(kept: {', '.join(map(str, kept)) or 'none'}; it saves every 400 steps)")
+    return ckpt
 
 
 def _pretrain_decoder(out: Path, tok: Path, smoke: list[str]) -> Path:
@@ -484,7 +506,7 @@ def _pretrain_decoder(out: Path, tok: Path, smoke: list[str]) -> Path:
          log=log)
     t0 = time.perf_counter()
     _cli("pretrain", *PRETRAIN_SFT, f"data.path={root / 'data'}", f"tokenizer={tok}", f"out_dir={root / 'run'}",
-         "eval_every=400", "save_every=400", "log_every=50", "progress=false",
+         "eval_every=400", "save_every=400", "keep_last=6", "log_every=50", "progress=false",
          *(["max_steps=20", "eval_every=10", "save_every=20", "log_every=5"] if smoke else []), "--overwrite", log=log)
     rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     summary = {"tokens": max(r.get("tokens", 0) for r in rows), "steps": max(r["step"] for r in rows),
@@ -527,6 +549,13 @@ def _sft_table(args: argparse.Namespace, rows: list[dict[str, Any]], total: floa
         lines += ["", f"decoder-pretrained's pretraining (not in its minutes): {info['tokens']:,} tokens, {info['steps']} "
                       f"steps, {info['minutes']} minutes, validation loss {info['val_loss']:.3f}; `duplex pretrain "
                       f"{' '.join(PRETRAIN_SFT)}` on People's Daily and the training reviews, each text twice on its line."]
+        points = sorted({int(r["system"].split("@")[1]) for r in rows if "@" in r["system"]})
+        if points:
+            logged = [json.loads(line) for line in (pre.parent / "run" / "metrics.jsonl").read_text().splitlines()]
+            at = {r["step"]: r for r in logged if "val_loss" in r}
+            lines[-1] += " decoder-pretrained@STEPS starts from that run's checkpoint at STEPS: " + "; ".join(
+                f"{s} steps, {s * info['tokens'] // info['steps']:,} tokens, validation loss {at[s]['val_loss']:.3f}"
+                for s in points) + " (the learning rate still on its way from 2e-3 to 1e-3)."
     lines += ["", f"Recipes (`duplex finetune` settings, plus the tokenizer and data files): {recipe}.", ""]
     return "\n".join(lines)
 
