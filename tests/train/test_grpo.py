@@ -19,7 +19,7 @@ from duplexlm.objectives.generative import sft_forward, token_logps
 from duplexlm.objectives.rl import grpo_loss, grpo_token_losses
 from duplexlm.scores.rewards import RewardError, make_reward, task_reward
 from duplexlm.train.config import load_train_config
-from duplexlm.train.loop import finetune, make_batch, setup
+from duplexlm.train.loop import finetune, make_batch, setup, train_step
 
 from .conftest import finetune_one_and_two_processes
 
@@ -94,6 +94,47 @@ def test_one_step_raises_the_better_completions_and_lowers_the_worse(files, pd_c
     change = row_logps() - before
     a = batch["advantages"]
     assert change[a > 0].mean() > 0 > change[a < 0].mean()
+
+
+@pytest.mark.parametrize("kind", ["grpo", "dapo", "dr_grpo"])
+def test_a_step_split_into_micro_batches_equals_the_whole_for_each_loss_type(files, pd_corpus, tmp_path, kind,
+                                                                              monkeypatch):
+    # the same 4 prompts' groups, in one batch of 4 or two of 2: the loss the step logs is the loss type's
+    # (ratio 1, no KL: minus the advantages, averaged its way) and so is the gradient's norm
+    import duplexlm.train.loop as loop
+
+    made = loop.make_batch
+
+    def varied(run, sampler, start, n, seeds):  # completions of 5-8 tokens (a random model runs to the limit)
+        batch = made(run, sampler, start, n, seeds)
+        rows = batch["labels"].shape[0]
+        for i in range(rows):
+            cols = (batch["labels"][i] != -100).nonzero()[:, 0]
+            batch["labels"][i, cols[len(cols) - (start * 4 + i) % 4:]] = -100
+        batch["advantages"] = torch.arange(start * 4, start * 4 + rows, dtype=torch.float32) / 8 - 1
+        seen.append(batch)
+        return batch
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    monkeypatch.setattr(loop, "make_batch", varied)
+    runs = [setup(_cfg(files, pd_corpus / "tok", tmp_path / f"{b}", "max_steps=1", f"objective_args.loss_type={kind}",
+                       "objective_args.kl_coef=0", f"batch_size={b}", f"grad_accum={4 // b}", "device=cpu"))
+            for b in (4, 2)]
+    seen.clear()  # setup made batches of its own
+    logs = [train_step(run, 0) for run in runs]
+    whole = seen[0]
+    assert [len(b["labels"]) for b in seen] == [16, 8, 8]
+    split_lengths = torch.cat([(b["labels"] != -100).sum(1) for b in seen[1:]])
+    assert split_lengths.tolist() == (whole["labels"] != -100).sum(1).tolist()  # the same completions either way
+    scored = whole["labels"] != -100
+    adv = whole["advantages"][:, None].expand_as(scored)[scored]
+    lengths = scored.sum(1)
+    per_row = torch.zeros(16).index_add(0, scored.nonzero()[:, 0], -adv)
+    want = {"grpo": (per_row / lengths).mean(), "dapo": -adv.mean(), "dr_grpo": -adv.sum() / (16 * 8)}[kind]
+    assert logs[0]["loss"] == pytest.approx(float(want), abs=1e-5)
+    assert logs[1]["loss"] == pytest.approx(float(want), abs=1e-5)
+    assert logs[0]["grad_norm"] == pytest.approx(logs[1]["grad_norm"], rel=1e-4)  # the same gradient
 
 
 def test_advantages_unscaled_are_the_rewards_above_their_group_mean(files, pd_corpus, tmp_path):
@@ -203,6 +244,8 @@ def test_bad_reward_functions_are_named(files, pd_corpus, tmp_path):
 def test_bad_settings_and_prompts_are_refused(files, pd_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"objective_args\.group_size: expected an integer >= 2"):
         _cfg(files, pd_corpus / "tok", tmp_path / "a", "objective_args.group_size=1")
+    with pytest.raises(ConfigError, match=r"objective_args\.loss_type"):
+        _cfg(files, pd_corpus / "tok", tmp_path / "a", "objective_args.loss_type=bnpo")
     with pytest.raises(ConfigError, match="fsdp: task=grpo samples"):
         _cfg(files, pd_corpus / "tok", tmp_path / "a", "fsdp=true")
     with pytest.raises(ConfigError, match="give a multiple of grpo_iterations"):

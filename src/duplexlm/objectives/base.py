@@ -31,6 +31,11 @@ class LossOptions:
     clip_eps: float = 0.2  # grpo: PPO's clipping of the probability ratio
     kl_coef: float = 0.04  # grpo: the weight of the KL penalty to the reference (0: none, no reference)
     temperature: float = 1.0  # grpo: the sampling temperature, which the log-probabilities use too
+    # grpo: how the per-token losses make the batch's (objectives/rl.py): each completion's mean, then
+    # their mean ("grpo"); the mean over every completion token of the batch ("dapo"); their sum over
+    # completions × max_completion ("dr_grpo")
+    grpo_loss: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
+    max_completion: int = 1  # grpo: the most tokens a completion has (dr_grpo's constant)
 
 
 @dataclass(frozen=True)

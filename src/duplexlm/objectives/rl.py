@@ -13,7 +13,10 @@ optional KL penalty to the reference model (the starting weights):
     ratio = π(y_t) / π_old(y_t)
     ℓ_t = −min(ratio · A, clip(ratio, 1 − ε, 1 + ε) · A) + β · (π_ref/π − log(π_ref/π) − 1)
 
-averaged over each completion's tokens, then over the completions. ``π_old`` is the policy that
+averaged over each completion's tokens, then over the completions (``objective_args.loss_type=grpo``;
+``dapo``: over every completion token of the batch alike, DAPO's; ``dr_grpo``: summed, and divided by
+the completions × the most tokens a completion may have, Dr. GRPO's; both without the per-completion
+mean's length bias, under which a token of a short completion weighs more). ``π_old`` is the policy that
 sampled the group: with one optimisation step per group (``objective_args.grpo_iterations=1``) it is
 the policy itself, detached (ratio 1, the plain policy gradient); with ``μ`` steps the batch carries the
 sampling policy's log-probabilities (``old_logps``) and the ratio clips how far the later steps move.
@@ -56,7 +59,8 @@ def _per_row_mean(values: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
 
 
 def grpo_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOptions) -> tuple[Tensor, int]:
-    """The GRPO loss of a batch of completions (see the module); the count is the completions."""
+    """The GRPO loss of a batch of completions (see the module); the count is what it is a mean over:
+    the completions, or (``dapo``) their tokens."""
     logps = token_logps(sft_forward(model, batch).logits, batch, options.temperature)
     scored = batch["labels"] != IGNORE_INDEX
     rows = scored.nonzero()[:, 0]
@@ -64,6 +68,10 @@ def grpo_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOption
     old = logps.detach() if old is None else old
     per_token = grpo_token_losses(logps, old, batch["advantages"][rows].float(), batch.get("ref_logps"),
                                   options.clip_eps, options.kl_coef)
+    if options.grpo_loss == "dapo":
+        return per_token.mean(), int(per_token.numel())
+    if options.grpo_loss == "dr_grpo":
+        return per_token.sum() / (scored.shape[0] * options.max_completion), int(scored.shape[0])
     return _per_row_mean(per_token, batch).mean(), int(scored.shape[0])
 
 

@@ -128,6 +128,11 @@ class ObjectiveSection:
     kl_coef: float = 0.04
     grpo_iterations: int = 1
     scale_rewards: Literal["group", "none"] = "group"
+    # how the per-token losses make the batch's (TRL's loss_type): "grpo" averages each completion's
+    # tokens, then the completions (a token of a short completion weighs more than one of a long one:
+    # short right answers and long wrong ones are favoured); "dapo" averages every completion token of
+    # the batch alike; "dr_grpo" sums them and divides by completions × generation.max_new_tokens
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
 
 
 @dataclass
