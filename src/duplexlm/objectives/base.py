@@ -34,7 +34,7 @@ class LossOptions:
     # grpo: how the per-token losses make the batch's (objectives/rl.py): each completion's mean, then
     # their mean ("grpo"); the mean over every completion token of the batch ("dapo"); their sum over
     # completions × max_completion ("dr_grpo")
-    grpo_loss: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
+    grpo_loss_type: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
     max_completion: int = 1  # grpo: the most tokens a completion has (dr_grpo's constant)
 
 

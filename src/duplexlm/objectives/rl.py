@@ -68,9 +68,9 @@ def grpo_loss(model: nn.Module, batch: Mapping[str, Tensor], options: LossOption
     old = logps.detach() if old is None else old
     per_token = grpo_token_losses(logps, old, batch["advantages"][rows].float(), batch.get("ref_logps"),
                                   options.clip_eps, options.kl_coef)
-    if options.grpo_loss == "dapo":
+    if options.grpo_loss_type == "dapo":
         return per_token.mean(), int(per_token.numel())
-    if options.grpo_loss == "dr_grpo":
+    if options.grpo_loss_type == "dr_grpo":
         return per_token.sum() / (scored.shape[0] * options.max_completion), int(scored.shape[0])
     return _per_row_mean(per_token, batch).mean(), int(scored.shape[0])
 

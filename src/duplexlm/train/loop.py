@@ -272,7 +272,7 @@ def setup(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Ru
         dpo_loss=cfg.objective_args.dpo_loss, beta=cfg.objective_args.beta, simpo_gamma=cfg.objective_args.simpo_gamma,
         sft_weight=cfg.objective_args.sft_weight, clip_eps=cfg.objective_args.clip_eps,
         kl_coef=cfg.objective_args.kl_coef, temperature=cfg.objective_args.temperature,
-        grpo_loss=cfg.objective_args.loss_type, max_completion=cfg.generation.max_new_tokens,
+        grpo_loss_type=cfg.objective_args.loss_type, max_completion=cfg.generation.max_new_tokens,
         class_weights=(tasks.class_weights(source.train_labels, source.num_labels)
                        if cfg.class_weights and spec.name == "classify" else None))
     run = Run(
@@ -408,7 +408,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         from ..objectives.generative import example_count
 
         count = example_count
-    elif run.spec.name == "grpo" and options.grpo_loss == "dapo":  # a mean over the completions' tokens
+    elif run.spec.name == "grpo" and options.grpo_loss_type == "dapo":  # a mean over the completions' tokens
         count = _target_count
     local_targets = sum(count(b) for b in batches)
     (global_targets,) = all_reduce_sum([float(local_targets)], info)
